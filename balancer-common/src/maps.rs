@@ -1,0 +1,131 @@
+//! Map keys and values shared by the XDP program and user space. Every field is
+//! a plain integer or byte array so the layout is the same on both sides.
+
+/// Services (VIPs) one program serves; also the number of Maglev table pairs.
+pub const MAX_SERVICES: u32 = 64;
+/// Backend slots, over all services.
+pub const MAX_BACKENDS: u32 = 4096;
+/// Interfaces the program may redirect to.
+pub const MAX_PORTS: u32 = 64;
+
+pub const AF_INET: u8 = 2;
+pub const AF_INET6: u8 = 10;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// An IP endpoint. IPv4 addresses sit in the first four bytes of `addr`, the rest
+/// zero; `port` is in network byte order as in the packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub family: u8,
+    pub proto: u8,
+}
+
+/// `Service::mode` values.
+pub const MODE_DNAT: u32 = 0;
+pub const MODE_DSR: u32 = 1;
+
+/// A service, keyed by its VIP [`Endpoint`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Service {
+    /// Index of the service's table pair in `MAGLEV`, `< MAX_SERVICES`.
+    pub id: u32,
+    /// Maglev table size (a prime `<= maglev::MAX_TABLE`).
+    pub table_size: u32,
+    /// Which of the two tables is live (0 or 1); user space writes the other one
+    /// and then flips this field with one map update.
+    pub active: u32,
+    pub mode: u32,
+}
+
+/// A backend slot. `family == 0` marks an empty slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub family: u8,
+    pub _pad: u8,
+}
+
+/// What a backend reply's source is rewritten to: the service VIP.
+pub type Vip = Endpoint;
+
+/// Per-CPU packet and byte counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Traffic {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Table entry meaning "no backend" (an empty service).
+pub const NO_BACKEND: u32 = u32::MAX;
+
+/// Verdict/reason counters, indices into the `STATS` per-CPU array.
+pub mod reason {
+    /// Not IPv4/IPv6 (ARP, LLDP, ...): passed untouched.
+    pub const PASS_NOT_IP: u32 = 0;
+    /// IP but not UDP: passed untouched.
+    pub const PASS_NOT_UDP: u32 = 1;
+    /// UDP not addressed to a service and not from a backend: passed untouched.
+    pub const PASS_NO_SERVICE: u32 = 2;
+    /// Dispatched by Call-ID.
+    pub const CALLID: u32 = 3;
+    /// A SIP-looking datagram without a usable Call-ID: source-address hash.
+    pub const FALLBACK_NO_CALLID: u32 = 4;
+    /// Empty or CR/LF-only datagram (keepalive): source-address hash.
+    pub const FALLBACK_KEEPALIVE: u32 = 5;
+    /// Backend reply rewritten to come from the VIP.
+    pub const REVERSE_NAT: u32 = 6;
+    /// Backend reply addressed to this host itself (probe answers): untouched.
+    pub const PASS_LOCAL: u32 = 7;
+    /// IP fragment: passed to the kernel stack untouched.
+    pub const FRAGMENT: u32 = 8;
+    /// The service has no backend: dropped.
+    pub const NO_BACKEND: u32 = 9;
+    /// Headers shorter than they claim, bad lengths: passed untouched.
+    pub const MALFORMED: u32 = 10;
+    /// Next hop not resolved yet: rewritten packet handed to the kernel to resolve.
+    pub const FIB_NO_NEIGH: u32 = 11;
+    /// No route, or the route is not forwardable: handed to the kernel.
+    pub const FIB_FAIL: u32 = 12;
+    /// TTL/hop limit would expire: handed to the kernel (it answers ICMP).
+    pub const TTL_EXCEEDED: u32 = 13;
+    /// Sent back out of the receiving interface.
+    pub const TX: u32 = 14;
+    /// Redirected to another interface.
+    pub const REDIRECT: u32 = 15;
+    pub const COUNT: u32 = 16;
+
+    pub const NAMES: [&str; COUNT as usize] = [
+        "pass_not_ip",
+        "pass_not_udp",
+        "pass_no_service",
+        "callid",
+        "fallback_no_callid",
+        "fallback_keepalive",
+        "reverse_nat",
+        "pass_local",
+        "fragment",
+        "no_backend",
+        "malformed",
+        "fib_no_neigh",
+        "fib_fail",
+        "ttl_exceeded",
+        "tx",
+        "redirect",
+    ];
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    unsafe impl aya::Pod for Endpoint {}
+    unsafe impl aya::Pod for Service {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for Traffic {}
+}
