@@ -1,1 +1,31 @@
-#![no_std] #![no_main] 
+//! The XDP data plane: SIP/UDP datagrams to a service VIP are dispatched to a
+//! backend by their Call-ID (Maglev), rewritten and forwarded in the driver;
+//! backend replies are reverse-NATed to come from the VIP. Everything else passes
+//! untouched.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod maps;
+#[cfg(target_arch = "bpf")]
+mod nat;
+#[cfg(target_arch = "bpf")]
+mod parse;
+#[cfg(target_arch = "bpf")]
+mod program;
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {
+    eprintln!("balancer-ebpf builds only for the bpfel-unknown-none target (cargo xtask build-ebpf)");
+}
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[cfg(target_arch = "bpf")]
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,82 @@
+//! The program's maps. User space finds them by these names.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, DevMapHash, HashMap, PerCpuArray},
+};
+use balancer_common::{
+    callid::{HeaderScan, ScanBuf},
+    maglev::MAX_TABLE,
+    maps::{reason, Backend, Endpoint, Service, Traffic, Vip, MAX_BACKENDS, MAX_PORTS, MAX_SERVICES},
+};
+
+/// VIP -> service.
+#[map]
+pub static SERVICES: HashMap<Endpoint, Service> = HashMap::with_max_entries(MAX_SERVICES, 0);
+
+/// Backend address:port -> the VIP its replies must appear to come from.
+#[map]
+pub static REVERSE: HashMap<Endpoint, Vip> = HashMap::with_max_entries(MAX_BACKENDS, 0);
+
+/// Backend slots.
+#[map]
+pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+/// Two Maglev tables per service (double buffer), flat: see `maglev::table_base`.
+#[map]
+pub static MAGLEV: Array<u32> = Array::with_max_entries(MAX_SERVICES * 2 * MAX_TABLE, 0);
+
+/// Egress interfaces for redirects, keyed by ifindex.
+#[map]
+pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_PORTS, 0);
+
+/// Verdict/reason counters.
+#[map]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(reason::COUNT, 0);
+
+#[map]
+pub static BACKEND_STATS: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+#[map]
+pub static SERVICE_STATS: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
+
+/// Per-CPU working memory for the scanner: too big for the 512-byte BPF stack.
+#[repr(C)]
+pub struct Scratch {
+    pub scan: HeaderScan,
+    pub buf: ScanBuf,
+}
+
+#[map]
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Target of the benchmark baseline program (`xdp_trivial`): slot 0 only.
+#[repr(C)]
+pub struct TrivialTarget {
+    pub addr: [u8; 4],
+    pub port: u16,
+    pub dmac: [u8; 6],
+    pub smac: [u8; 6],
+    pub _pad: [u8; 2],
+    pub ifindex: u32,
+}
+
+#[map]
+pub static TRIVIAL: Array<TrivialTarget> = Array::with_max_entries(1, 0);
+
+#[inline(always)]
+pub fn count(r: u32) {
+    if let Some(c) = STATS.get_ptr_mut(r) {
+        unsafe { *c += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn add_traffic(map: &PerCpuArray<Traffic>, idx: u32, bytes: u64) {
+    if let Some(t) = map.get_ptr_mut(idx) {
+        unsafe {
+            (*t).packets += 1;
+            (*t).bytes += bytes;
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! Rewrites: addresses, ports, TTL, MACs, with incremental checksum updates.
+
+use aya_ebpf::{
+    bindings::{bpf_fib_lookup, xdp_action, BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS},
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect},
+    programs::XdpContext,
+};
+use balancer_common::{
+    csum::{replace128, replace16, replace32, udp_nonzero},
+    maps::{reason, Endpoint, AF_INET, IPPROTO_UDP},
+};
+
+use crate::{maps::TX_PORTS, parse::{ptr_at, Udp}};
+
+const AF_INET_FIB: u8 = 2;
+const AF_INET6_FIB: u8 = 10;
+
+/// Outcome of a next-hop lookup.
+pub enum Hop {
+    /// MACs and egress interface known.
+    Ok { ifindex: u32, smac: [u8; 6], dmac: [u8; 6] },
+    /// Route exists, neighbour not resolved: let the kernel resolve it.
+    NoNeigh,
+    /// Destination is this host.
+    Local,
+    /// Anything else (no route, forwarding disabled, ...).
+    Fail,
+}
+
+/// Asks the kernel FIB for the next hop towards `dst`.
+#[inline(always)]
+pub fn next_hop(ctx: &XdpContext, src: &Endpoint, dst: &Endpoint, tot_len: u16) -> Hop {
+    let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    p.l4_protocol = IPPROTO_UDP;
+    p.sport = src.port;
+    p.dport = dst.port;
+    p.__bindgen_anon_1.tot_len = tot_len;
+    p.ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+    if dst.family == AF_INET {
+        p.family = AF_INET_FIB;
+        p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes([src.addr[0], src.addr[1], src.addr[2], src.addr[3]]);
+        p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([dst.addr[0], dst.addr[1], dst.addr[2], dst.addr[3]]);
+    } else {
+        p.family = AF_INET6_FIB;
+        p.__bindgen_anon_3.ipv6_src = words(&src.addr);
+        p.__bindgen_anon_4.ipv6_dst = words(&dst.addr);
+    }
+    let rc = unsafe {
+        fib_lookup(
+            ctx.ctx as *mut _,
+            &mut p,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
+    if rc < 0 {
+        return Hop::Fail;
+    }
+    match rc as u32 {
+        BPF_FIB_LKUP_RET_SUCCESS => Hop::Ok {
+            ifindex: p.ifindex,
+            smac: p.smac,
+            dmac: p.dmac,
+        },
+        BPF_FIB_LKUP_RET_NO_NEIGH => Hop::NoNeigh,
+        BPF_FIB_LKUP_RET_NOT_FWDED => Hop::Local,
+        _ => Hop::Fail,
+    }
+}
+
+#[inline(always)]
+fn words(a: &[u8; 16]) -> [u32; 4] {
+    [
+        u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
+        u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
+        u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
+        u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
+    ]
+}
+
+/// TTL / hop limit of the packet.
+#[inline(always)]
+pub fn ttl(ctx: &XdpContext, u: &Udp) -> Result<u8, u32> {
+    let off = if u.family == AF_INET { u.l3 + 8 } else { u.l3 + 7 };
+    Ok(unsafe { *ptr_at::<u8>(ctx, off)? })
+}
+
+/// IP total length as the FIB wants it (for the MTU check).
+#[inline(always)]
+pub fn ip_len(ctx: &XdpContext, u: &Udp) -> u16 {
+    (ctx.data_end() - ctx.data() - u.l3) as u16
+}
+
+/// Which address/port pair a rewrite changes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Src,
+    Dst,
+}
+
+/// Replaces the source or destination address and port, fixing the IPv4 header
+/// checksum and the UDP checksum (IPv4 UDP checksum 0 stays 0: none was sent).
+#[inline(always)]
+pub fn rewrite(ctx: &XdpContext, u: &Udp, side: Side, new: &Endpoint) -> Result<(), u32> {
+    let udp = ptr_at::<[u16; 4]>(ctx, u.l4)?;
+    let (port_idx, old) = match side {
+        Side::Src => (0, &u.src),
+        Side::Dst => (1, &u.dst),
+    };
+    unsafe {
+        let check = (*udp)[3];
+        (*udp)[port_idx] = new.port;
+        if u.family == AF_INET {
+            let addr_off = if side == Side::Src { 12 } else { 16 };
+            let a = ptr_at::<u32>(ctx, u.l3 + addr_off)?;
+            let ipc = ptr_at::<u16>(ctx, u.l3 + 10)?;
+            let o = *a;
+            let n = u32::from_ne_bytes([new.addr[0], new.addr[1], new.addr[2], new.addr[3]]);
+            *a = n;
+            *ipc = replace32(*ipc, o, n);
+            if check != 0 {
+                (*udp)[3] = udp_nonzero(replace16(replace32(check, o, n), old.port, new.port));
+            }
+        } else {
+            let addr_off = if side == Side::Src { 8 } else { 24 };
+            let a = ptr_at::<[u8; 16]>(ctx, u.l3 + addr_off)?;
+            *a = new.addr;
+            (*udp)[3] = udp_nonzero(replace16(replace128(check, &old.addr, &new.addr), old.port, new.port));
+        }
+    }
+    Ok(())
+}
+
+/// Decrements TTL / hop limit (we are a router on the DNAT path).
+#[inline(always)]
+pub fn dec_ttl(ctx: &XdpContext, u: &Udp) -> Result<(), u32> {
+    unsafe {
+        if u.family == AF_INET {
+            let w = ptr_at::<u16>(ctx, u.l3 + 8)?;
+            let ipc = ptr_at::<u16>(ctx, u.l3 + 10)?;
+            let old = *w;
+            let b = ptr_at::<u8>(ctx, u.l3 + 8)?;
+            *b -= 1;
+            *ipc = replace16(*ipc, old, *w);
+        } else {
+            let b = ptr_at::<u8>(ctx, u.l3 + 7)?;
+            *b -= 1;
+        }
+    }
+    Ok(())
+}
+
+/// Sets the MACs and sends the frame towards `ifindex`.
+#[inline(always)]
+pub fn forward(ctx: &XdpContext, ifindex: u32, smac: &[u8; 6], dmac: &[u8; 6]) -> Result<u32, u32> {
+    let eth = ptr_at::<[u8; 12]>(ctx, 0)?;
+    unsafe {
+        (&mut *eth)[..6].copy_from_slice(dmac);
+        (&mut *eth)[6..].copy_from_slice(smac);
+    }
+    if ifindex == unsafe { (*ctx.ctx).ingress_ifindex } {
+        crate::maps::count(reason::TX);
+        return Ok(xdp_action::XDP_TX);
+    }
+    crate::maps::count(reason::REDIRECT);
+    match TX_PORTS.redirect(ifindex, 0) {
+        Ok(v) => Ok(v),
+        Err(_) => Ok(unsafe { bpf_redirect(ifindex, 0) } as u32),
+    }
+}

@@ -1,0 +1,128 @@
+//! Header parsing: Ethernet (+ up to two VLAN tags), IPv4 (any IHL) or IPv6, UDP.
+
+use aya_ebpf::programs::XdpContext;
+use balancer_common::maps::{reason, Endpoint, AF_INET, AF_INET6, IPPROTO_UDP};
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+const IPV6_LEN: usize = 40;
+const NEXTHDR_FRAGMENT: u8 = 44;
+
+/// The one bounds check: a pointer to a `T` at `off`, if the packet holds it.
+#[inline(always)]
+pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Result<*mut T, u32> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + off + core::mem::size_of::<T>() > end {
+        return Err(reason::MALFORMED);
+    }
+    Ok((start + off) as *mut T)
+}
+
+/// Offsets and addresses of a parsed UDP datagram. Addresses are as in the
+/// packet; IPv4 addresses in the first 4 bytes.
+pub struct Udp {
+    pub family: u8,
+    pub l3: usize,
+    pub l4: usize,
+    pub src: Endpoint,
+    pub dst: Endpoint,
+    /// UDP payload length from the UDP header (checked against the frame).
+    pub payload_len: u32,
+}
+
+#[inline(always)]
+fn be16(p: *const u8) -> u16 {
+    unsafe { u16::from_be_bytes([*p, *p.add(1)]) }
+}
+
+/// Parses down to UDP. `Err(reason)` for everything that is not a complete,
+/// unfragmented UDP datagram: the caller passes it untouched.
+#[inline(always)]
+pub fn parse(ctx: &XdpContext) -> Result<Udp, u32> {
+    let mut off = 12;
+    let mut proto = be16(ptr_at::<[u8; 2]>(ctx, off)? as *const u8);
+    off += 2;
+    let mut tags = 0;
+    while tags < 2 {
+        if proto != ETH_P_8021Q && proto != ETH_P_8021AD {
+            break;
+        }
+        // The tag is TCI (2 bytes) then the inner EtherType.
+        proto = be16(unsafe { (ptr_at::<[u8; 4]>(ctx, off)? as *const u8).add(2) });
+        off += 4;
+        tags += 1;
+    }
+    let l3 = off;
+    let (family, l4, ip_payload_end) = match proto {
+        ETH_P_IP => {
+            let ip = ptr_at::<[u8; 20]>(ctx, l3)? as *const u8;
+            let ihl = unsafe { (*ip & 0x0f) as usize * 4 };
+            if unsafe { *ip >> 4 } != 4 || ihl < 20 {
+                return Err(reason::MALFORMED);
+            }
+            if unsafe { *ip.add(9) } != IPPROTO_UDP {
+                return Err(reason::PASS_NOT_UDP);
+            }
+            if be16(unsafe { ip.add(6) }) & 0x3fff != 0 {
+                return Err(reason::FRAGMENT);
+            }
+            let tot = be16(unsafe { ip.add(2) }) as usize;
+            (AF_INET, l3 + ihl, l3 + tot)
+        }
+        ETH_P_IPV6 => {
+            let ip = ptr_at::<[u8; IPV6_LEN]>(ctx, l3)? as *const u8;
+            let next = unsafe { *ip.add(6) };
+            if next == NEXTHDR_FRAGMENT {
+                return Err(reason::FRAGMENT);
+            }
+            if next != IPPROTO_UDP {
+                return Err(reason::PASS_NOT_UDP);
+            }
+            let plen = be16(unsafe { ip.add(4) }) as usize;
+            (AF_INET6, l3 + IPV6_LEN, l3 + IPV6_LEN + plen)
+        }
+        _ => return Err(reason::PASS_NOT_IP),
+    };
+    let udp = ptr_at::<[u8; 8]>(ctx, l4)? as *const u8;
+    let ulen = be16(unsafe { udp.add(4) }) as usize;
+    let frame_len = ctx.data_end() - ctx.data();
+    if ulen < 8 || l4 + ulen > ip_payload_end || ip_payload_end > frame_len {
+        return Err(reason::MALFORMED);
+    }
+    let mut src = Endpoint {
+        addr: [0; 16],
+        port: unsafe { *(udp as *const u16) },
+        family,
+        proto: IPPROTO_UDP,
+    };
+    let mut dst = Endpoint {
+        addr: [0; 16],
+        port: unsafe { *(udp.add(2) as *const u16) },
+        family,
+        proto: IPPROTO_UDP,
+    };
+    if family == AF_INET {
+        let a = ptr_at::<[u8; 8]>(ctx, l3 + 12)?;
+        unsafe {
+            src.addr[..4].copy_from_slice(&(&*a)[..4]);
+            dst.addr[..4].copy_from_slice(&(&*a)[4..]);
+        }
+    } else {
+        let a = ptr_at::<[u8; 32]>(ctx, l3 + 8)?;
+        unsafe {
+            src.addr.copy_from_slice(&(&*a)[..16]);
+            dst.addr.copy_from_slice(&(&*a)[16..]);
+        }
+    }
+    Ok(Udp {
+        family,
+        l3,
+        l4,
+        src,
+        dst,
+        payload_len: (ulen - 8) as u32,
+    })
+}

@@ -1,0 +1,2 @@
+pub mod attach;
+pub mod inspect;

@@ -1,0 +1,8 @@
+//! User space of the SIP XDP balancer: loading and feeding the data plane,
+//! Maglev tables, interface discovery, message inspection.
+
+pub mod dataplane;
+pub mod inspect;
+pub mod route;
+pub mod select;
+pub mod spec;
