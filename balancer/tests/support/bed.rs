@@ -1,0 +1,104 @@
+//! The netns test bed (DESIGN.md section 6): a client, the balancer host as a
+//! gateway with a client-side and a backend-side interface, a switch (bridge)
+//! and N backends, each in a namespace of its own, joined by veth pairs. The
+//! client and backend ends send like wire hosts (`tx off`) and receive redirected
+//! frames like NICs (`gro on`). Everything is deleted on drop.
+
+use std::net::Ipv4Addr;
+use std::process::Command;
+
+fn sh(cmd: &str) {
+    let st = Command::new("sh").arg("-c").arg(cmd).status().expect("sh");
+    assert!(st.success(), "bed command failed: {cmd}");
+}
+
+pub struct Bed {
+    pub prefix: String,
+    /// Backends made by `new`.
+    pub backends: usize,
+}
+
+pub const VIP: &str = "10.0.0.10";
+pub const CLIENT: &str = "10.0.1.2";
+pub const LB_CLIENT_SIDE: &str = "10.0.1.1";
+pub const LB_BACKEND_SIDE: &str = "10.0.2.1";
+
+pub fn backend_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 0, 2, 11 + i as u8)
+}
+
+impl Bed {
+    pub fn ns(&self, role: &str) -> String {
+        format!("{}-{role}", self.prefix)
+    }
+
+    pub fn backend_ns(&self, i: usize) -> String {
+        self.ns(&format!("b{i}"))
+    }
+
+    /// Builds the topology. `prefix` must be unique per concurrent bed.
+    pub fn new(prefix: &str, backends: usize) -> Bed {
+        let bed = Bed {
+            prefix: prefix.to_string(),
+            backends,
+        };
+        // Leftovers from a run that was killed: remove first.
+        bed.cleanup();
+        let (cli, lb, sw) = (bed.ns("cli"), bed.ns("lb"), bed.ns("sw"));
+        for n in [&cli, &lb, &sw] {
+            sh(&format!("ip netns add {n} && ip -n {n} link set lo up"));
+        }
+        // client <-> balancer
+        sh(&format!("ip link add c0 netns {cli} type veth peer name l0 netns {lb}"));
+        // balancer <-> switch
+        sh(&format!("ip link add l1 netns {lb} type veth peer name s0 netns {sw}"));
+        sh(&format!(
+            "ip -n {sw} link add br0 type bridge && ip -n {sw} link set br0 up && ip -n {sw} link set s0 master br0 up"
+        ));
+        sh(&format!("ip -n {cli} addr add {CLIENT}/24 dev c0 && ip -n {cli} link set c0 up"));
+        sh(&format!("ip -n {cli} route add default via {LB_CLIENT_SIDE}"));
+        sh(&format!("ip -n {lb} addr add {LB_CLIENT_SIDE}/24 dev l0 && ip -n {lb} link set l0 up"));
+        sh(&format!("ip -n {lb} addr add {LB_BACKEND_SIDE}/24 dev l1 && ip -n {lb} link set l1 up"));
+        sh(&format!("ip netns exec {lb} sysctl -qw net.ipv4.ip_forward=1"));
+        for i in 0..backends {
+            let b = bed.backend_ns(i);
+            sh(&format!("ip netns add {b} && ip -n {b} link set lo up"));
+            sh(&format!("ip link add e0 netns {b} type veth peer name s{} netns {sw}", i + 1));
+            sh(&format!("ip -n {sw} link set s{} master br0 up", i + 1));
+            sh(&format!(
+                "ip -n {b} addr add {}/24 dev e0 && ip -n {b} link set e0 up && ip -n {b} route add default via {LB_BACKEND_SIDE}",
+                backend_ip(i)
+            ));
+            sh(&format!("ip netns exec {b} ethtool -K e0 tx off gro on >/dev/null"));
+        }
+        // Hosts send complete checksums like wire hosts; redirect targets' peers run
+        // NAPI (GRO) like NICs; the balancer's ingress veths use threaded NAPI.
+        sh(&format!("ip netns exec {cli} ethtool -K c0 tx off gro on >/dev/null"));
+        sh(&format!("ip netns exec {sw} ethtool -K s0 gro on >/dev/null"));
+        for d in ["l0", "l1"] {
+            // Threaded NAPI needs NAPI, which a veth runs once GRO (or XDP) is on.
+            sh(&format!("ip netns exec {lb} ethtool -K {d} gro on >/dev/null"));
+            sh(&format!("ip netns exec {lb} sh -c 'echo 1 > /sys/class/net/{d}/threaded'"));
+        }
+        bed
+    }
+
+    pub fn cleanup(&self) {
+        let mut names = vec![self.ns("cli"), self.ns("lb"), self.ns("sw")];
+        for i in 0..16 {
+            names.push(self.backend_ns(i));
+        }
+        for n in names {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &n])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        self.cleanup();
+    }
+}

@@ -1,0 +1,71 @@
+//! Runs `balancer attach` in the bed's balancer namespace and stops it on drop.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub fn balancer_bin() -> String {
+    std::env::var("BALANCER_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_balancer").to_string())
+}
+
+pub struct Daemon {
+    child: Option<Child>,
+    pub lines: mpsc::Receiver<String>,
+}
+
+impl Daemon {
+    /// Starts `balancer <args>` inside `netns` and waits for its `ready` line.
+    pub fn start(netns: &str, args: &[String]) -> Daemon {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", netns, &balancer_bin()])
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn balancer");
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(l);
+            }
+        });
+        let mut d = Daemon {
+            child: Some(child),
+            lines: rx,
+        };
+        loop {
+            match d.lines.recv_timeout(Duration::from_secs(60)) {
+                Ok(l) if l.starts_with("ready") => break,
+                Ok(_) => {}
+                Err(_) => {
+                    d.kill();
+                    panic!("balancer did not print `ready`");
+                }
+            }
+        }
+        d
+    }
+
+    /// SIGTERM, then waits; returns whether it said `detached` and exited 0.
+    pub fn stop(mut self) -> bool {
+        let mut child = self.child.take().unwrap();
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let ok = child.wait().map(|s| s.success()).unwrap_or(false);
+        let said = self.lines.iter().any(|l| l == "detached");
+        ok && said
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,129 @@
+//! Minimal SIP/UDP peers for the bed: a backend that answers every request with
+//! a 200 carrying the same Call-ID and records what it saw, and a client that
+//! sends INVITEs and collects the answers.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+pub fn enter_netns(name: &str) {
+    let f = std::fs::File::open(format!("/run/netns/{name}")).expect("netns");
+    assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns {name}");
+}
+
+/// The Call-ID a peer sees, found the simple way (these peers only ever see
+/// messages this bed wrote, which put it on its own line as `Call-ID: `).
+pub fn naive_call_id(msg: &[u8]) -> Option<String> {
+    let s = String::from_utf8_lossy(msg);
+    s.lines()
+        .find_map(|l| l.strip_prefix("Call-ID: "))
+        .map(|v| v.trim().to_string())
+}
+
+pub struct Uas {
+    pub seen: Arc<Mutex<HashMap<String, u32>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Uas {
+    /// Listens on 0.0.0.0:5060 inside `netns`.
+    pub fn start(netns: &str) -> Uas {
+        let seen = Arc::new(Mutex::new(HashMap::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (s2, st2, ns) = (seen.clone(), stop.clone(), netns.to_string());
+        let thread = std::thread::spawn(move || {
+            enter_netns(&ns);
+            let sock = UdpSocket::bind("0.0.0.0:5060").expect("bind 5060");
+            sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+            ready_tx.send(()).unwrap();
+            let mut buf = [0u8; 65536];
+            while !st2.load(Ordering::Relaxed) {
+                let Ok((n, from)) = sock.recv_from(&mut buf) else { continue };
+                let Some(id) = naive_call_id(&buf[..n]) else { continue };
+                *s2.lock().unwrap().entry(id.clone()).or_insert(0) += 1;
+                let reply = format!(
+                    "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP {from}\r\nCall-ID: {id}\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+                );
+                let _ = sock.send_to(reply.as_bytes(), from);
+            }
+        });
+        ready_rx.recv_timeout(Duration::from_secs(5)).expect("UAS ready");
+        Uas {
+            seen,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Uas {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+pub fn invite(call_id: &str) -> Vec<u8> {
+    let sdp = "v=0\r\no=- 1 1 IN IP4 10.0.1.2\r\ns=-\r\nc=IN IP4 10.0.1.2\r\nt=0 0\r\nm=audio 49170 RTP/AVP 0\r\n";
+    format!(
+        "INVITE sip:bob@10.0.0.10 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.1.2;branch=z9hG4bK-{call_id};rport\r\n\
+Max-Forwards: 70\r\nFrom: <sip:alice@10.0.1.2>;tag=1\r\nTo: <sip:bob@10.0.0.10>\r\nCall-ID: {call_id}\r\n\
+CSeq: 1 INVITE\r\nContact: <sip:alice@10.0.1.2>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    )
+    .into_bytes()
+}
+
+/// What the client got back.
+#[derive(Default, Debug)]
+pub struct Answers {
+    /// Call-ID -> number of 200s received.
+    pub by_call_id: HashMap<String, u32>,
+    /// Answers whose source was not the VIP.
+    pub wrong_source: Vec<SocketAddr>,
+}
+
+/// Sends each Call-ID `repeats` times from inside `netns`, at most `window`
+/// requests in flight, and collects the answers.
+pub fn run_client(netns: &str, vip: SocketAddr, call_ids: &[String], repeats: u32, window: usize) -> Answers {
+    let (ns, ids) = (netns.to_string(), call_ids.to_vec());
+    std::thread::spawn(move || {
+        enter_netns(&ns);
+        let sock = UdpSocket::bind("0.0.0.0:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        let mut ans = Answers::default();
+        let mut buf = [0u8; 65536];
+        let sends: Vec<&String> = (0..repeats).flat_map(|_| ids.iter()).collect();
+        let total = sends.len();
+        let mut got = 0;
+        for chunk in sends.chunks(window) {
+            for id in chunk {
+                sock.send_to(&invite(id), vip).unwrap();
+            }
+            let deadline = Instant::now() + Duration::from_secs(2);
+            let want = got + chunk.len();
+            while got < want && Instant::now() < deadline {
+                let Ok((n, from)) = sock.recv_from(&mut buf) else { continue };
+                if from != vip {
+                    ans.wrong_source.push(from);
+                }
+                if let Some(id) = naive_call_id(&buf[..n]) {
+                    *ans.by_call_id.entry(id).or_insert(0) += 1;
+                    got += 1;
+                }
+            }
+        }
+        let _ = total;
+        ans
+    })
+    .join()
+    .unwrap()
+}
