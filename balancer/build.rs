@@ -8,7 +8,15 @@
 fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-env-changed=BALANCER_EBPF_TOOLCHAIN");
     println!("cargo:rerun-if-changed=../balancer-common/src");
-    let name = std::env::var("BALANCER_EBPF_TOOLCHAIN").ok();
+    // Unset: the toolchain `cargo xtask setup` linked, if there is one, else nightly.
+    let name = std::env::var("BALANCER_EBPF_TOOLCHAIN").ok().or_else(|| {
+        std::process::Command::new("rustup")
+            .args(["run", "balancer-bpf", "rustc", "--version"])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|_| "balancer-bpf".to_string())
+    });
     let toolchain = match name.as_deref() {
         None | Some("") | Some("nightly") => aya_build::Toolchain::Nightly,
         Some(other) => {

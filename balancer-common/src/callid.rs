@@ -246,11 +246,7 @@ impl HeaderScan {
     #[inline(always)]
     fn step(&mut self, b: u8, i: u32) {
         match self.state {
-            S_LEAD => {
-                if b != b'\r' && b != b'\n' {
-                    self.state = S_SKIP;
-                }
-            }
+            S_LEAD if b != b'\r' && b != b'\n' => self.state = S_SKIP,
             S_SKIP => self.skip(b),
             S_LINE => self.line_start(b),
             S_EMPTY_CR => {
@@ -380,14 +376,32 @@ mod tests {
 
     #[test]
     fn basic_forms() {
-        assert_eq!(cid(b"INVITE x SIP/2.0\r\nCall-ID: abc@h\r\n\r\n"), Some(&b"abc@h"[..]));
+        assert_eq!(
+            cid(b"INVITE x SIP/2.0\r\nCall-ID: abc@h\r\n\r\n"),
+            Some(&b"abc@h"[..])
+        );
         assert_eq!(cid(b"INVITE x SIP/2.0\r\ni:abc\r\n\r\n"), Some(&b"abc"[..]));
-        assert_eq!(cid(b"INVITE x SIP/2.0\r\nCALL-id \t: abc  \r\n"), Some(&b"abc"[..]));
-        assert_eq!(cid(b"INVITE x SIP/2.0\r\nCall-ID\r\n : abc\r\n"), Some(&b"abc"[..]));
-        assert_eq!(cid(b"INVITE x SIP/2.0\r\nCall-ID:\r\n\tabc\r\n"), Some(&b"abc"[..]));
-        assert_eq!(cid(b"INVITE x SIP/2.0\nCall-ID: abc\nX: y\n"), Some(&b"abc"[..]));
+        assert_eq!(
+            cid(b"INVITE x SIP/2.0\r\nCALL-id \t: abc  \r\n"),
+            Some(&b"abc"[..])
+        );
+        assert_eq!(
+            cid(b"INVITE x SIP/2.0\r\nCall-ID\r\n : abc\r\n"),
+            Some(&b"abc"[..])
+        );
+        assert_eq!(
+            cid(b"INVITE x SIP/2.0\r\nCall-ID:\r\n\tabc\r\n"),
+            Some(&b"abc"[..])
+        );
+        assert_eq!(
+            cid(b"INVITE x SIP/2.0\nCall-ID: abc\nX: y\n"),
+            Some(&b"abc"[..])
+        );
         assert_eq!(cid(b"INVITE x SIP/2.0\r\nCall-ID: abc"), Some(&b"abc"[..]));
-        assert_eq!(cid(b"\r\n\r\nINVITE x SIP/2.0\r\nCall-ID: abc\r\n"), Some(&b"abc"[..]));
+        assert_eq!(
+            cid(b"\r\n\r\nINVITE x SIP/2.0\r\nCall-ID: abc\r\n"),
+            Some(&b"abc"[..])
+        );
     }
 
     #[test]
@@ -399,7 +413,10 @@ mod tests {
         assert_eq!(cid(b"INVITE x SIP/2.0\r\n\r\nCall-ID: body\r\n"), None);
         assert_eq!(cid(b"\r\n\r\n"), None);
         assert_eq!(cid(b""), None);
-        assert_eq!(cid(b"INVITE x SIP/2.0\r\nVia: x\r\n Call-ID: continuation\r\n"), None);
+        assert_eq!(
+            cid(b"INVITE x SIP/2.0\r\nVia: x\r\n Call-ID: continuation\r\n"),
+            None
+        );
     }
 
     #[test]
@@ -442,6 +459,15 @@ mod tests {
             assert!(has_newline(u64::from_le_bytes(w)));
         }
         assert!(!has_newline(u64::from_le_bytes(*b"abcdefgh")));
-        assert!(!has_newline(u64::from_le_bytes([0x0b, 0x8a, 0x0a ^ 0x80, 0, 0xff, 9, 11, 13])));
+        assert!(!has_newline(u64::from_le_bytes([
+            0x0b,
+            0x8a,
+            0x0a ^ 0x80,
+            0,
+            0xff,
+            9,
+            11,
+            13
+        ])));
     }
 }

@@ -32,7 +32,7 @@ pub const fn is_prime(n: u32) -> bool {
     }
     let mut d = 2;
     while d * d <= n {
-        if n % d == 0 {
+        if n.is_multiple_of(d) {
             return false;
         }
         d += 1;
@@ -80,7 +80,9 @@ mod build {
             return Err(BuildError::BadSize(size));
         }
         let live: Vec<usize> = {
-            let mut v: Vec<usize> = (0..members.len()).filter(|&i| members[i].weight > 0).collect();
+            let mut v: Vec<usize> = (0..members.len())
+                .filter(|&i| members[i].weight > 0)
+                .collect();
             // Order by identity, not by position: the table must not depend on the order
             // in which an operator listed the backends.
             v.sort_by(|&a, &b| members[a].id.cmp(&members[b].id));

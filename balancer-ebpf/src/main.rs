@@ -16,7 +16,9 @@ mod program;
 
 #[cfg(not(target_arch = "bpf"))]
 fn main() {
-    eprintln!("balancer-ebpf builds only for the bpfel-unknown-none target (cargo xtask build-ebpf)");
+    eprintln!(
+        "balancer-ebpf builds only for the bpfel-unknown-none target (cargo xtask build-ebpf)"
+    );
 }
 
 #[cfg(target_arch = "bpf")]

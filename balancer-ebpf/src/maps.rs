@@ -7,7 +7,9 @@ use aya_ebpf::{
 use balancer_common::{
     callid::{HeaderScan, ScanBuf},
     maglev::MAX_TABLE,
-    maps::{reason, Backend, Endpoint, Service, Traffic, Vip, MAX_BACKENDS, MAX_PORTS, MAX_SERVICES},
+    maps::{
+        reason, Backend, Endpoint, Service, Traffic, Vip, MAX_BACKENDS, MAX_PORTS, MAX_SERVICES,
+    },
 };
 
 /// VIP -> service.

@@ -1,7 +1,10 @@
 //! Rewrites: addresses, ports, TTL, MACs, with incremental checksum updates.
 
 use aya_ebpf::{
-    bindings::{bpf_fib_lookup, xdp_action, BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS},
+    bindings::{
+        bpf_fib_lookup, xdp_action, BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_NO_NEIGH,
+        BPF_FIB_LKUP_RET_SUCCESS,
+    },
     helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect},
     programs::XdpContext,
 };
@@ -10,7 +13,10 @@ use balancer_common::{
     maps::{reason, Endpoint, AF_INET, IPPROTO_UDP},
 };
 
-use crate::{maps::TX_PORTS, parse::{ptr_at, Udp}};
+use crate::{
+    maps::TX_PORTS,
+    parse::{ptr_at, Udp},
+};
 
 const AF_INET_FIB: u8 = 2;
 const AF_INET6_FIB: u8 = 10;
@@ -18,7 +24,11 @@ const AF_INET6_FIB: u8 = 10;
 /// Outcome of a next-hop lookup.
 pub enum Hop {
     /// MACs and egress interface known.
-    Ok { ifindex: u32, smac: [u8; 6], dmac: [u8; 6] },
+    Ok {
+        ifindex: u32,
+        smac: [u8; 6],
+        dmac: [u8; 6],
+    },
     /// Route exists, neighbour not resolved: let the kernel resolve it.
     NoNeigh,
     /// Destination is this host.
@@ -38,8 +48,10 @@ pub fn next_hop(ctx: &XdpContext, src: &Endpoint, dst: &Endpoint, tot_len: u16) 
     p.ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
     if dst.family == AF_INET {
         p.family = AF_INET_FIB;
-        p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes([src.addr[0], src.addr[1], src.addr[2], src.addr[3]]);
-        p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([dst.addr[0], dst.addr[1], dst.addr[2], dst.addr[3]]);
+        p.__bindgen_anon_3.ipv4_src =
+            u32::from_ne_bytes([src.addr[0], src.addr[1], src.addr[2], src.addr[3]]);
+        p.__bindgen_anon_4.ipv4_dst =
+            u32::from_ne_bytes([dst.addr[0], dst.addr[1], dst.addr[2], dst.addr[3]]);
     } else {
         p.family = AF_INET6_FIB;
         p.__bindgen_anon_3.ipv6_src = words(&src.addr);
@@ -81,7 +93,11 @@ fn words(a: &[u8; 16]) -> [u32; 4] {
 /// TTL / hop limit of the packet.
 #[inline(always)]
 pub fn ttl(ctx: &XdpContext, u: &Udp) -> Result<u8, u32> {
-    let off = if u.family == AF_INET { u.l3 + 8 } else { u.l3 + 7 };
+    let off = if u.family == AF_INET {
+        u.l3 + 8
+    } else {
+        u.l3 + 7
+    };
     Ok(unsafe { *ptr_at::<u8>(ctx, off)? })
 }
 
@@ -125,7 +141,11 @@ pub fn rewrite(ctx: &XdpContext, u: &Udp, side: Side, new: &Endpoint) -> Result<
             let addr_off = if side == Side::Src { 8 } else { 24 };
             let a = ptr_at::<[u8; 16]>(ctx, u.l3 + addr_off)?;
             *a = new.addr;
-            (*udp)[3] = udp_nonzero(replace16(replace128(check, &old.addr, &new.addr), old.port, new.port));
+            (*udp)[3] = udp_nonzero(replace16(
+                replace128(check, &old.addr, &new.addr),
+                old.port,
+                new.port,
+            ));
         }
     }
     Ok(())

@@ -15,7 +15,10 @@ use balancer_common::{
 };
 
 use crate::{
-    maps::{add_traffic, count, BACKENDS, BACKEND_STATS, MAGLEV, REVERSE, SCRATCH, SERVICES, SERVICE_STATS, TRIVIAL},
+    maps::{
+        add_traffic, count, BACKENDS, BACKEND_STATS, MAGLEV, REVERSE, SCRATCH, SERVICES,
+        SERVICE_STATS, TRIVIAL, TX_PORTS,
+    },
     nat::{dec_ttl, forward, ip_len, next_hop, rewrite, ttl, Hop, Side},
     parse::{parse, ptr_at, Udp},
 };
@@ -73,7 +76,11 @@ fn dispatch(ctx: &XdpContext, u: &Udp, svc: balancer_common::maps::Service) -> R
     if svc.mode == MODE_DSR {
         // L2 direct server return: the backend holds the VIP; only MACs change.
         return match next_hop(ctx, &u.src, &target, ip_len(ctx, u)) {
-            Hop::Ok { ifindex, smac, dmac } => forward(ctx, ifindex, &smac, &dmac),
+            Hop::Ok {
+                ifindex,
+                smac,
+                dmac,
+            } => forward(ctx, ifindex, &smac, &dmac),
             Hop::NoNeigh => Err(reason::FIB_NO_NEIGH),
             _ => Err(reason::FIB_FAIL),
         };
@@ -83,7 +90,11 @@ fn dispatch(ctx: &XdpContext, u: &Udp, svc: balancer_common::maps::Service) -> R
     }
     rewrite(ctx, u, Side::Dst, &target)?;
     match next_hop(ctx, &u.src, &target, ip_len(ctx, u)) {
-        Hop::Ok { ifindex, smac, dmac } => {
+        Hop::Ok {
+            ifindex,
+            smac,
+            dmac,
+        } => {
             dec_ttl(ctx, u)?;
             forward(ctx, ifindex, &smac, &dmac)
         }
@@ -110,7 +121,11 @@ fn reverse(ctx: &XdpContext, u: &Udp, vip: &Endpoint) -> Result<u32, u32> {
     rewrite(ctx, u, Side::Src, vip)?;
     count(reason::REVERSE_NAT);
     match hop {
-        Hop::Ok { ifindex, smac, dmac } => {
+        Hop::Ok {
+            ifindex,
+            smac,
+            dmac,
+        } => {
             dec_ttl(ctx, u)?;
             forward(ctx, ifindex, &smac, &dmac)
         }
@@ -123,10 +138,15 @@ fn reverse(ctx: &XdpContext, u: &Udp, vip: &Endpoint) -> Result<u32, u32> {
 fn key_hash(ctx: &XdpContext, u: &Udp) -> Result<u32, u32> {
     let s = SCRATCH.get_ptr_mut(0).ok_or(reason::MALFORMED)?;
     let len = u.payload_len;
-    let n = if len > SCAN_MAX as u32 { SCAN_MAX as u32 } else { len };
+    let n = if len > SCAN_MAX as u32 {
+        SCAN_MAX as u32
+    } else {
+        len
+    };
     if n > 0 {
         let off = (u.l4 + 8) as u32;
-        let rc = unsafe { bpf_xdp_load_bytes(ctx.ctx, off, (*s).buf.bytes.as_mut_ptr() as *mut _, n) };
+        let rc =
+            unsafe { bpf_xdp_load_bytes(ctx.ctx, off, (*s).buf.bytes.as_mut_ptr() as *mut _, n) };
         if rc == 0 {
             unsafe {
                 (*s).scan = HeaderScan::new(Header::CALL_ID, n, n == len);
@@ -173,7 +193,7 @@ extern "C" fn scan_step(index: u64, _ctx: *mut core::ffi::c_void) -> i64 {
 
 /// Benchmark baseline: the least a DNAT balancer must do (IPv4/UDP only, fixed
 /// target): rewrite destination address and port with checksum updates, set MACs,
-/// send. `cargo xtask bench` compares `balancer` against it.
+/// redirect through the devmap. `cargo xtask bench` compares `balancer` against it.
 #[xdp]
 pub fn xdp_trivial(ctx: XdpContext) -> u32 {
     try_trivial(&ctx).unwrap_or(xdp_action::XDP_PASS)
@@ -192,5 +212,7 @@ fn try_trivial(ctx: &XdpContext) -> Result<u32, u32> {
         (&mut *eth)[..6].copy_from_slice(&t.dmac);
         (&mut *eth)[6..].copy_from_slice(&t.smac);
     }
-    Ok(xdp_action::XDP_TX)
+    Ok(TX_PORTS
+        .redirect(t.ifindex, 0)
+        .unwrap_or(xdp_action::XDP_ABORTED))
 }

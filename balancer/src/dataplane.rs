@@ -168,15 +168,18 @@ impl Dataplane {
 
     pub fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<()> {
         let p = self.program(PROGRAM)?;
-        p.attach(iface, mode)
-            .with_context(|| format!("attaching XDP to {iface} (is another XDP program attached?)"))?;
+        p.attach(iface, mode).with_context(|| {
+            format!("attaching XDP to {iface} (is another XDP program attached?)")
+        })?;
         Ok(())
     }
 
     /// Verdict counters summed over CPUs, by name.
     pub fn stats(&self) -> Result<Vec<(&'static str, u64)>> {
         let m: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
-            self.ebpf.map("STATS").ok_or_else(|| anyhow!("no map STATS"))?,
+            self.ebpf
+                .map("STATS")
+                .ok_or_else(|| anyhow!("no map STATS"))?,
         )?;
         (0..reason::COUNT)
             .map(|r| Ok((reason::NAMES[r as usize], m.get(&r, 0)?.iter().sum())))
@@ -190,10 +193,12 @@ impl Dataplane {
                 .map("BACKEND_STATS")
                 .ok_or_else(|| anyhow!("no map BACKEND_STATS"))?,
         )?;
-        Ok(m.get(&slot, 0)?.iter().fold(Traffic::default(), |a, t| Traffic {
-            packets: a.packets + t.packets,
-            bytes: a.bytes + t.bytes,
-        }))
+        Ok(m.get(&slot, 0)?
+            .iter()
+            .fold(Traffic::default(), |a, t| Traffic {
+                packets: a.packets + t.packets,
+                bytes: a.bytes + t.bytes,
+            }))
     }
 
     /// Sets the benchmark baseline's fixed target.

@@ -47,6 +47,9 @@ mod tests {
     fn parses_dev() {
         let t = "10.0.2.11 dev lb1 src 10.0.2.1 uid 0 \\    cache ";
         assert_eq!(super::parse_dev(t).as_deref(), Some("lb1"));
-        assert_eq!(super::parse_dev("local 10.0.0.1 dev lo table local"), Some("lo".into()));
+        assert_eq!(
+            super::parse_dev("local 10.0.0.1 dev lo table local"),
+            Some("lo".into())
+        );
     }
 }

@@ -160,9 +160,18 @@ mod tests {
         assert_eq!(b.weight, 3);
         let b: BackendSpec = "[fd00::11]:5060".parse().unwrap();
         assert_eq!(b.weight, 1);
-        assert!(matches!("10.0.2.11".parse::<BackendSpec>(), Err(SpecError::Addr(_))));
-        assert!(matches!("10.0.2.11:5060,w=1".parse::<BackendSpec>(), Err(SpecError::Option(_))));
-        assert!(matches!("10.0.2.11:5060,weight=-1".parse::<BackendSpec>(), Err(SpecError::Weight(_))));
+        assert!(matches!(
+            "10.0.2.11".parse::<BackendSpec>(),
+            Err(SpecError::Addr(_))
+        ));
+        assert!(matches!(
+            "10.0.2.11:5060,w=1".parse::<BackendSpec>(),
+            Err(SpecError::Option(_))
+        ));
+        assert!(matches!(
+            "10.0.2.11:5060,weight=-1".parse::<BackendSpec>(),
+            Err(SpecError::Weight(_))
+        ));
     }
 
     #[test]
@@ -175,7 +184,10 @@ mod tests {
         };
         assert!(matches!(s.validate(), Err(SpecError::Family { .. })));
         let s = ServiceSpec {
-            backends: vec!["10.0.2.1:5060".parse().unwrap(), "10.0.2.1:5060".parse().unwrap()],
+            backends: vec![
+                "10.0.2.1:5060".parse().unwrap(),
+                "10.0.2.1:5060".parse().unwrap(),
+            ],
             ..s
         };
         assert!(matches!(s.validate(), Err(SpecError::Duplicate(_))));

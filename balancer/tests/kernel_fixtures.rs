@@ -69,8 +69,12 @@ fn bed() -> Bed {
     ns.ip("neigh add 10.0.1.2 lladdr 02:00:00:00:01:02 dev cli0 nud permanent");
     ns.ip("neigh add fd00:1::2 lladdr 02:00:00:00:01:02 dev cli0 nud permanent");
     for h in [11, 12, 13, 21, 22] {
-        ns.ip(&format!("neigh add 10.0.2.{h} lladdr 02:00:00:00:02:{h:02x} dev bk0 nud permanent"));
-        ns.ip(&format!("neigh add fd00:2::{h} lladdr 02:00:00:00:06:{h} dev bk0 nud permanent"));
+        ns.ip(&format!(
+            "neigh add 10.0.2.{h} lladdr 02:00:00:00:02:{h:02x} dev bk0 nud permanent"
+        ));
+        ns.ip(&format!(
+            "neigh add fd00:2::{h} lladdr 02:00:00:00:06:{h} dev bk0 nud permanent"
+        ));
     }
     ns.exec("sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1");
     let cli = ns.ifindex("cli0");
@@ -79,7 +83,11 @@ fn bed() -> Bed {
 
     let mut dp = Dataplane::load().expect("the verifier accepts the program");
     let v4 = dp
-        .install_service(&spec("10.0.0.10:5060", Mode::Dnat, &["10.0.2.11:5060", "10.0.2.12:5060", "10.0.2.13:5060"]))
+        .install_service(&spec(
+            "10.0.0.10:5060",
+            Mode::Dnat,
+            &["10.0.2.11:5060", "10.0.2.12:5060", "10.0.2.13:5060"],
+        ))
         .unwrap()
         .selector
         .clone();
@@ -87,19 +95,35 @@ fn bed() -> Bed {
         .install_service(&spec(
             "[fd00::10]:5060",
             Mode::Dnat,
-            &["[fd00:2::11]:5060", "[fd00:2::12]:5060", "[fd00:2::13]:5060"],
+            &[
+                "[fd00:2::11]:5060",
+                "[fd00:2::12]:5060",
+                "[fd00:2::13]:5060",
+            ],
         ))
         .unwrap()
         .selector
         .clone();
     let dsr = dp
-        .install_service(&spec("10.0.0.20:5060", Mode::Dsr, &["10.0.2.21:5060", "10.0.2.22:5060"]))
+        .install_service(&spec(
+            "10.0.0.20:5060",
+            Mode::Dsr,
+            &["10.0.2.21:5060", "10.0.2.22:5060"],
+        ))
         .unwrap()
         .selector
         .clone();
     dp.add_tx_port(cli).unwrap();
     dp.add_tx_port(bk).unwrap();
-    Bed { dp, cli, bk, v4, v6, dsr, _ns: ns }
+    Bed {
+        dp,
+        cli,
+        bk,
+        v4,
+        v6,
+        dsr,
+        _ns: ns,
+    }
 }
 
 impl Bed {
@@ -181,7 +205,13 @@ fn ipv4_invite_is_dispatched_by_call_id() {
     let mut bed = bed();
     let f = client_v4(&invite("Call-ID: a84b4c76e66710@pc33.atlanta.com", 0));
     let (v, out, moved) = bed.run_counted(&f.build(), bed.cli);
-    assert_dnat(&bed, &f, v, &out, callid_target(&bed.v4, "a84b4c76e66710@pc33.atlanta.com"));
+    assert_dnat(
+        &bed,
+        &f,
+        v,
+        &out,
+        callid_target(&bed.v4, "a84b4c76e66710@pc33.atlanta.com"),
+    );
     assert_eq!(moved, ["callid", "redirect"]);
 }
 
@@ -200,7 +230,13 @@ fn ipv6_invite_is_dispatched_by_call_id() {
     let mut bed = bed();
     let f = client_v6(&invite("Call-ID: v6call@[fd00:1::2]", 0));
     let (v, out, moved) = bed.run_counted(&f.build(), bed.cli);
-    assert_dnat(&bed, &f, v, &out, callid_target(&bed.v6, "v6call@[fd00:1::2]"));
+    assert_dnat(
+        &bed,
+        &f,
+        v,
+        &out,
+        callid_target(&bed.v6, "v6call@[fd00:1::2]"),
+    );
     assert_eq!(moved, ["callid", "redirect"]);
 }
 
@@ -219,7 +255,11 @@ fn vlan_tagged_frames_keep_their_tags() {
 fn compact_and_folded_forms_go_where_the_long_form_goes() {
     let mut bed = bed();
     let want = callid_target(&bed.v4, "fold-me@host");
-    for h in ["i: fold-me@host", "CALL-ID:fold-me@host", "Call-ID\r\n :\r\n\tfold-me@host  "] {
+    for h in [
+        "i: fold-me@host",
+        "CALL-ID:fold-me@host",
+        "Call-ID\r\n :\r\n\tfold-me@host  ",
+    ] {
         let f = client_v4(&invite(h, 0));
         let (v, out, moved) = bed.run_counted(&f.build(), bed.cli);
         assert_dnat(&bed, &f, v, &out, want);
@@ -234,7 +274,13 @@ fn call_id_at_the_end_of_a_1400_byte_invite() {
     assert!(msg.len() >= 1400 && msg.len() < 1472, "{}", msg.len());
     let f = client_v4(&msg);
     let (v, out, moved) = bed.run_counted(&f.build(), bed.cli);
-    assert_dnat(&bed, &f, v, &out, callid_target(&bed.v4, "far-away-call-id@example.com"));
+    assert_dnat(
+        &bed,
+        &f,
+        v,
+        &out,
+        callid_target(&bed.v4, "far-away-call-id@example.com"),
+    );
     assert_eq!(moved, ["callid", "redirect"]);
 }
 
@@ -244,12 +290,20 @@ fn fallbacks_hash_the_source_and_are_counted() {
     let mut bed = bed();
     let by_source = bed
         .v4
-        .pick(hash_addr(&[10, 0, 1, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], 2))
+        .pick(hash_addr(
+            &[10, 0, 1, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            2,
+        ))
         .unwrap()
         .addr;
-    let stun = [0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12];
+    let stun = [
+        0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
+    ];
     let cases: [(&[u8], &str); 5] = [
-        (b"OPTIONS sip:x SIP/2.0\r\nVia: SIP/2.0/UDP h\r\n\r\n", "fallback_no_callid"),
+        (
+            b"OPTIONS sip:x SIP/2.0\r\nVia: SIP/2.0/UDP h\r\n\r\n",
+            "fallback_no_callid",
+        ),
         (b"\r\n\r\n", "fallback_keepalive"),
         (b"", "fallback_keepalive"),
         (&stun, "fallback_no_callid"),
@@ -266,11 +320,27 @@ fn fallbacks_hash_the_source_and_are_counted() {
 #[test]
 fn traffic_not_for_a_service_passes_untouched() {
     let mut bed = bed();
-    let other_port = Frame::udp(ip("10.0.1.2"), 5060, ip("10.0.0.10"), 5061, &invite("i: x", 0));
+    let other_port = Frame::udp(
+        ip("10.0.1.2"),
+        5060,
+        ip("10.0.0.10"),
+        5061,
+        &invite("i: x", 0),
+    );
     let mut tcp = client_v4(b"INVITE");
     tcp.proto = 6;
-    let other_host = Frame::udp(ip("10.0.1.2"), 5060, ip("10.0.0.99"), 5060, &invite("i: x", 0));
-    for (f, counter) in [(other_port, "pass_no_service"), (tcp, "pass_not_udp"), (other_host, "pass_no_service")] {
+    let other_host = Frame::udp(
+        ip("10.0.1.2"),
+        5060,
+        ip("10.0.0.99"),
+        5060,
+        &invite("i: x", 0),
+    );
+    for (f, counter) in [
+        (other_port, "pass_no_service"),
+        (tcp, "pass_not_udp"),
+        (other_host, "pass_no_service"),
+    ] {
         let bytes = f.build();
         let (v, out, moved) = bed.run_counted(&bytes, bed.cli);
         assert_eq!(v, XDP_PASS);
@@ -305,14 +375,23 @@ fn backend_reply_is_reverse_nated_to_the_vip() {
     let (v, out) = bed.run(&f6.build(), bed.bk);
     assert_eq!(v, XDP_REDIRECT);
     let p = parse(&out);
-    assert_eq!((p.src, p.sport, p.dst), (ip("fd00::10"), 5060, ip("fd00:1::2")));
+    assert_eq!(
+        (p.src, p.sport, p.dst),
+        (ip("fd00::10"), 5060, ip("fd00:1::2"))
+    );
 }
 
 #[test]
 fn backend_answer_to_this_host_is_left_alone() {
     let mut bed = bed();
     // E.g. the 200 to our own OPTIONS probe, sent to the balancer's address.
-    let f = Frame::udp(ip("10.0.2.11"), 5060, ip("10.0.2.1"), 40000, b"SIP/2.0 200 OK\r\ni: probe\r\n\r\n");
+    let f = Frame::udp(
+        ip("10.0.2.11"),
+        5060,
+        ip("10.0.2.1"),
+        40000,
+        b"SIP/2.0 200 OK\r\ni: probe\r\n\r\n",
+    );
     let bytes = f.build();
     let (v, out, moved) = bed.run_counted(&bytes, bed.bk);
     assert_eq!((v, out, moved), (XDP_PASS, bytes, vec!["pass_local"]));
@@ -321,7 +400,13 @@ fn backend_answer_to_this_host_is_left_alone() {
 #[test]
 fn dsr_changes_only_the_macs() {
     let mut bed = bed();
-    let f = Frame::udp(ip("10.0.1.2"), 5060, ip("10.0.0.20"), 5060, &invite("Call-ID: dsr-1", 0));
+    let f = Frame::udp(
+        ip("10.0.1.2"),
+        5060,
+        ip("10.0.0.20"),
+        5060,
+        &invite("Call-ID: dsr-1", 0),
+    );
     let bytes = f.build();
     let (v, out) = bed.run(&bytes, bed.cli);
     assert_eq!(v, XDP_REDIRECT);
@@ -345,7 +430,10 @@ fn expiring_ttl_is_left_to_the_kernel() {
 #[test]
 fn truncated_frames_pass_untouched_and_are_counted() {
     let mut bed = bed();
-    for full in [client_v4(&invite("Call-ID: trunc", 0)).build(), client_v6(&invite("i: t6", 0)).build()] {
+    for full in [
+        client_v4(&invite("Call-ID: trunc", 0)).build(),
+        client_v6(&invite("i: t6", 0)).build(),
+    ] {
         for len in 14..full.len() {
             let cut = &full[..len];
             let (v, out, moved) = bed.run_counted(cut, bed.cli);
@@ -363,7 +451,11 @@ fn kernel_choice_equals_user_space_prediction_for_1000_call_ids() {
     let mut seen = HashMap::new();
     for _ in 0..1000 {
         let n = rng.gen_range(1..120);
-        let id: String = (&mut rng).sample_iter(&Alphanumeric).take(n).map(char::from).collect();
+        let id: String = (&mut rng)
+            .sample_iter(&Alphanumeric)
+            .take(n)
+            .map(char::from)
+            .collect();
         let f = client_v4(&invite(&format!("Call-ID: {id}"), 0));
         let (v, out) = bed.run(&f.build(), bed.cli);
         assert_eq!(v, XDP_REDIRECT);
@@ -386,7 +478,13 @@ fn empty_service_drops_and_counts() {
         backends: vec!["10.0.2.11:5060,weight=0".parse().unwrap()],
     };
     bed.dp.install_service(&s).unwrap();
-    let f = Frame::udp(ip("10.0.1.2"), 5060, ip("10.0.0.30"), 5060, &invite("i: x", 0));
+    let f = Frame::udp(
+        ip("10.0.1.2"),
+        5060,
+        ip("10.0.0.30"),
+        5060,
+        &invite("i: x", 0),
+    );
     let (v, _, moved) = bed.run_counted(&f.build(), bed.cli);
     assert_eq!(v, XDP_DROP);
     assert_eq!(moved, ["callid", "no_backend"]);

@@ -21,10 +21,17 @@ const REPEATS: u32 = 3;
 
 #[test]
 fn call_ids_stick_balance_and_replies_come_from_the_vip() {
-    assert!(unsafe { libc::geteuid() } == 0, "run as root (cargo xtask test)");
+    assert!(
+        unsafe { libc::geteuid() } == 0,
+        "run as root (cargo xtask test)"
+    );
     let bed = bed::Bed::new(&format!("e2e{}", std::process::id()), 3);
-    let uas: Vec<peers::Uas> = (0..3).map(|i| peers::Uas::start(&bed.backend_ns(i))).collect();
-    let backends: Vec<String> = (0..3).map(|i| format!("{}:5060", bed::backend_ip(i))).collect();
+    let uas: Vec<peers::Uas> = (0..3)
+        .map(|i| peers::Uas::start(&bed.backend_ns(i)))
+        .collect();
+    let backends: Vec<String> = (0..3)
+        .map(|i| format!("{}:5060", bed::backend_ip(i)))
+        .collect();
     let mut args = vec![
         "attach".to_string(),
         "l0".into(),
@@ -41,7 +48,11 @@ fn call_ids_stick_balance_and_replies_come_from_the_vip() {
     let ids: Vec<String> = (0..CALLS)
         .map(|_| {
             let n = rng.gen_range(8..40);
-            let s: String = (&mut rng).sample_iter(&Alphanumeric).take(n).map(char::from).collect();
+            let s: String = (&mut rng)
+                .sample_iter(&Alphanumeric)
+                .take(n)
+                .map(char::from)
+                .collect();
             format!("{s}@10.0.1.2")
         })
         .collect();
@@ -49,7 +60,8 @@ fn call_ids_stick_balance_and_replies_come_from_the_vip() {
     let answers = peers::run_client(&bed.ns("cli"), vip, &ids, REPEATS, 64);
     assert!(daemon.stop(), "balancer detaches cleanly on SIGTERM");
 
-    let seen: Vec<HashMap<String, u32>> = uas.iter().map(|u| u.seen.lock().unwrap().clone()).collect();
+    let seen: Vec<HashMap<String, u32>> =
+        uas.iter().map(|u| u.seen.lock().unwrap().clone()).collect();
     let specs: Vec<BackendSpec> = backends.iter().map(|b| b.parse().unwrap()).collect();
     let sel = Selector::build(&specs, 65537).unwrap();
     let mut per_backend = [0usize; 3];
@@ -58,15 +70,30 @@ fn call_ids_stick_balance_and_replies_come_from_the_vip() {
         assert_eq!(holders.len(), 1, "{id} reached backends {holders:?}");
         let b = holders[0];
         assert_eq!(seen[b][id], REPEATS, "{id}: every copy reached backend {b}");
-        assert_eq!(specs[b].addr, sel.whereis(id.as_bytes()).unwrap().addr, "{id}: kernel and whereis agree");
+        assert_eq!(
+            specs[b].addr,
+            sel.whereis(id.as_bytes()).unwrap().addr,
+            "{id}: kernel and whereis agree"
+        );
         per_backend[b] += 1;
     }
     for (b, n) in per_backend.iter().enumerate() {
         let share = *n as f64 / CALLS as f64;
-        assert!((share - 1.0 / 3.0).abs() < 0.03, "backend {b} got {share:.3} of the calls: {per_backend:?}");
+        assert!(
+            (share - 1.0 / 3.0).abs() < 0.03,
+            "backend {b} got {share:.3} of the calls: {per_backend:?}"
+        );
     }
-    assert!(answers.wrong_source.is_empty(), "answers not from the VIP: {:?}", &answers.wrong_source[..5.min(answers.wrong_source.len())]);
+    assert!(
+        answers.wrong_source.is_empty(),
+        "answers not from the VIP: {:?}",
+        &answers.wrong_source[..5.min(answers.wrong_source.len())]
+    );
     let answered: u32 = answers.by_call_id.values().sum();
-    assert_eq!(answered, CALLS as u32 * REPEATS, "every request answered, through the VIP");
+    assert_eq!(
+        answered,
+        CALLS as u32 * REPEATS,
+        "every request answered, through the VIP"
+    );
     eprintln!("per-backend calls: {per_backend:?}; {answered} answers from {vip}");
 }

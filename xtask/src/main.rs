@@ -1,1 +1,111 @@
-fn main() {}
+//! Developer and CI entry points: `cargo xtask setup|build|test|lab|bench`.
+//!
+//! Every command that builds calls `setup` first, so a fresh Debian machine needs
+//! nothing but the Rust toolchain from rustup and this repository.
+
+mod setup;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Developer and CI tasks for the SIP XDP balancer")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what building the eBPF object needs (idempotent; says what it does).
+    Setup,
+    /// Build the balancer binary (release) with its embedded XDP object.
+    Build,
+    /// Run every test: formatting, clippy, host tests, kernel fixtures, netns end-to-end.
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// The lab demo: a netns topology, SIP traffic through the balancer, the per-backend distribution.
+    Lab {
+        /// Arguments for the lab (see `cargo xtask lab -- --help`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Benchmarks: in-kernel ns/packet of the balancer against a trivial rewrite (writes bench/RESULTS.md).
+    Bench,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Setup => setup::run(),
+        Cmd::Build => {
+            setup::run()?;
+            cargo(&["build", "--release", "-p", "balancer"])
+        }
+        Cmd::Test { args } => {
+            require_root("the tests load XDP programs and create network namespaces")?;
+            setup::run()?;
+            cargo(&["fmt", "--all", "--", "--check"])?;
+            cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
+            cargo(&["build", "-p", "balancer", "--bins"])?;
+            let mut a = vec!["test".to_string()];
+            a.extend(args);
+            cargo(&a.iter().map(String::as_str).collect::<Vec<_>>())
+        }
+        Cmd::Lab { args } => {
+            require_root("the lab creates network namespaces and attaches XDP")?;
+            setup::run()?;
+            let mut a = vec![
+                "run",
+                "--release",
+                "-p",
+                "balancer",
+                "--example",
+                "lab",
+                "--",
+            ];
+            a.extend(args.iter().map(String::as_str));
+            cargo(&a)
+        }
+        Cmd::Bench => {
+            require_root("the benchmark loads XDP programs")?;
+            setup::run()?;
+            let out = root().join("bench/RESULTS.md");
+            std::env::set_var("BENCH_RESULTS", &out);
+            cargo(&["bench", "-p", "balancer", "--bench", "dataplane"])
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn require_root(why: &str) -> Result<()> {
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("run as root: {why}");
+    }
+    Ok(())
+}
+
+/// Runs cargo in the workspace root with the eBPF toolchain chosen by setup.
+fn cargo(args: &[&str]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(args).current_dir(root());
+    if let Some(t) = setup::ebpf_toolchain() {
+        cmd.env("BALANCER_EBPF_TOOLCHAIN", t);
+    }
+    eprintln!("+ cargo {}", args.join(" "));
+    let st = cmd.status().context("running cargo")?;
+    if !st.success() {
+        bail!("cargo {} failed ({st})", args.join(" "));
+    }
+    Ok(())
+}

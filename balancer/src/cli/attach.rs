@@ -109,7 +109,11 @@ pub fn run(a: Args) -> Result<()> {
 
 /// An exclusive lock per instance name, so two daemons never share pins or a socket.
 fn instance_lock(name: &str) -> Result<std::fs::File> {
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
         bail!("instance name `{name}`: use letters, digits, '-' and '_'");
     }
     let dir = std::path::Path::new("/run/balancer");
@@ -117,7 +121,10 @@ fn instance_lock(name: &str) -> Result<std::fs::File> {
     let path = dir.join(format!("{name}.lock"));
     let f = std::fs::File::create(&path).with_context(|| format!("opening {}", path.display()))?;
     if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        bail!("instance `{name}` is already running (lock {} held); pick another --instance", path.display());
+        bail!(
+            "instance `{name}` is already running (lock {} held); pick another --instance",
+            path.display()
+        );
     }
     Ok(f)
 }
@@ -128,7 +135,10 @@ fn warn_forwarding(v4: bool) {
     } else {
         "/proc/sys/net/ipv6/conf/all/forwarding"
     };
-    if std::fs::read_to_string(path).map(|s| s.trim() == "0").unwrap_or(false) {
+    if std::fs::read_to_string(path)
+        .map(|s| s.trim() == "0")
+        .unwrap_or(false)
+    {
         eprintln!("warning: {path} is 0: in dnat mode this host is a router; the kernel refuses to forward and rewritten datagrams are dropped");
     }
 }

@@ -14,10 +14,9 @@ fn sh(cmd: &str) {
 
 pub struct Bed {
     pub prefix: String,
-    /// Backends made by `new`.
-    pub backends: usize,
 }
 
+pub const MAX_BACKENDS: usize = 16;
 pub const VIP: &str = "10.0.0.10";
 pub const CLIENT: &str = "10.0.1.2";
 pub const LB_CLIENT_SIDE: &str = "10.0.1.1";
@@ -38,9 +37,9 @@ impl Bed {
 
     /// Builds the topology. `prefix` must be unique per concurrent bed.
     pub fn new(prefix: &str, backends: usize) -> Bed {
+        assert!(backends <= MAX_BACKENDS, "at most {MAX_BACKENDS} backends");
         let bed = Bed {
             prefix: prefix.to_string(),
-            backends,
         };
         // Leftovers from a run that was killed: remove first.
         bed.cleanup();
@@ -49,43 +48,70 @@ impl Bed {
             sh(&format!("ip netns add {n} && ip -n {n} link set lo up"));
         }
         // client <-> balancer
-        sh(&format!("ip link add c0 netns {cli} type veth peer name l0 netns {lb}"));
+        sh(&format!(
+            "ip link add c0 netns {cli} type veth peer name l0 netns {lb}"
+        ));
         // balancer <-> switch
-        sh(&format!("ip link add l1 netns {lb} type veth peer name s0 netns {sw}"));
+        sh(&format!(
+            "ip link add l1 netns {lb} type veth peer name s0 netns {sw}"
+        ));
         sh(&format!(
             "ip -n {sw} link add br0 type bridge && ip -n {sw} link set br0 up && ip -n {sw} link set s0 master br0 up"
         ));
-        sh(&format!("ip -n {cli} addr add {CLIENT}/24 dev c0 && ip -n {cli} link set c0 up"));
-        sh(&format!("ip -n {cli} route add default via {LB_CLIENT_SIDE}"));
-        sh(&format!("ip -n {lb} addr add {LB_CLIENT_SIDE}/24 dev l0 && ip -n {lb} link set l0 up"));
-        sh(&format!("ip -n {lb} addr add {LB_BACKEND_SIDE}/24 dev l1 && ip -n {lb} link set l1 up"));
-        sh(&format!("ip netns exec {lb} sysctl -qw net.ipv4.ip_forward=1"));
+        sh(&format!(
+            "ip -n {cli} addr add {CLIENT}/24 dev c0 && ip -n {cli} link set c0 up"
+        ));
+        sh(&format!(
+            "ip -n {cli} route add default via {LB_CLIENT_SIDE}"
+        ));
+        sh(&format!(
+            "ip -n {lb} addr add {LB_CLIENT_SIDE}/24 dev l0 && ip -n {lb} link set l0 up"
+        ));
+        sh(&format!(
+            "ip -n {lb} addr add {LB_BACKEND_SIDE}/24 dev l1 && ip -n {lb} link set l1 up"
+        ));
+        sh(&format!(
+            "ip netns exec {lb} sysctl -qw net.ipv4.ip_forward=1"
+        ));
         for i in 0..backends {
             let b = bed.backend_ns(i);
             sh(&format!("ip netns add {b} && ip -n {b} link set lo up"));
-            sh(&format!("ip link add e0 netns {b} type veth peer name s{} netns {sw}", i + 1));
+            sh(&format!(
+                "ip link add e0 netns {b} type veth peer name s{} netns {sw}",
+                i + 1
+            ));
             sh(&format!("ip -n {sw} link set s{} master br0 up", i + 1));
             sh(&format!(
                 "ip -n {b} addr add {}/24 dev e0 && ip -n {b} link set e0 up && ip -n {b} route add default via {LB_BACKEND_SIDE}",
                 backend_ip(i)
             ));
-            sh(&format!("ip netns exec {b} ethtool -K e0 tx off gro on >/dev/null"));
+            sh(&format!(
+                "ip netns exec {b} ethtool -K e0 tx off gro on >/dev/null"
+            ));
         }
         // Hosts send complete checksums like wire hosts; redirect targets' peers run
         // NAPI (GRO) like NICs; the balancer's ingress veths use threaded NAPI.
-        sh(&format!("ip netns exec {cli} ethtool -K c0 tx off gro on >/dev/null"));
-        sh(&format!("ip netns exec {sw} ethtool -K s0 gro on >/dev/null"));
+        sh(&format!(
+            "ip netns exec {cli} ethtool -K c0 tx off gro on >/dev/null"
+        ));
+        sh(&format!(
+            "ip netns exec {sw} ethtool -K s0 gro on >/dev/null"
+        ));
         for d in ["l0", "l1"] {
             // Threaded NAPI needs NAPI, which a veth runs once GRO (or XDP) is on.
-            sh(&format!("ip netns exec {lb} ethtool -K {d} gro on >/dev/null"));
-            sh(&format!("ip netns exec {lb} sh -c 'echo 1 > /sys/class/net/{d}/threaded'"));
+            sh(&format!(
+                "ip netns exec {lb} ethtool -K {d} gro on >/dev/null"
+            ));
+            sh(&format!(
+                "ip netns exec {lb} sh -c 'echo 1 > /sys/class/net/{d}/threaded'"
+            ));
         }
         bed
     }
 
     pub fn cleanup(&self) {
         let mut names = vec![self.ns("cli"), self.ns("lb"), self.ns("sw")];
-        for i in 0..16 {
+        for i in 0..MAX_BACKENDS {
             names.push(self.backend_ns(i));
         }
         for n in names {

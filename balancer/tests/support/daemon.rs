@@ -5,8 +5,20 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+/// `BALANCER_BIN`, else the binary cargo built for these tests, else the one next
+/// to the running example (`target/<profile>/examples/..`).
 pub fn balancer_bin() -> String {
-    std::env::var("BALANCER_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_balancer").to_string())
+    if let Ok(b) = std::env::var("BALANCER_BIN") {
+        return b;
+    }
+    if let Some(b) = option_env!("CARGO_BIN_EXE_balancer") {
+        return b.to_string();
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    exe.parent()
+        .and_then(|d| d.parent())
+        .map(|d| d.join("balancer").display().to_string())
+        .expect("target dir")
 }
 
 pub struct Daemon {

@@ -15,7 +15,11 @@ pub fn sh(cmd: &str) {
 
 pub fn sh_out(cmd: &str) -> String {
     let o = Command::new("sh").arg("-c").arg(cmd).output().expect("sh");
-    assert!(o.status.success(), "command failed: {cmd}: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "command failed: {cmd}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
@@ -35,7 +39,12 @@ pub struct Netns {
 
 impl Netns {
     pub fn new(tag: &str) -> Netns {
-        let name = format!("bt{}-{}-{}", tag, std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
+        let name = format!(
+            "bt{}-{}-{}",
+            tag,
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
         sh(&format!("ip netns add {name}"));
         sh(&format!("ip -n {name} link set lo up"));
         Netns { name }
@@ -64,7 +73,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
@@ -266,7 +277,8 @@ Via: SIP/2.0/UDP 10.0.1.2:5060;branch=z9hG4bK776asdhds;rport\r\n\
 Max-Forwards: 70\r\n\
 To: Bob <sip:bob@example.com>\r\n\
 From: Alice <sip:alice@example.com>;tag=1928301774\r\n";
-    let tail_hdrs = "CSeq: 314159 INVITE\r\nContact: <sip:alice@10.0.1.2>\r\nContent-Type: application/sdp\r\n";
+    let tail_hdrs =
+        "CSeq: 314159 INVITE\r\nContact: <sip:alice@10.0.1.2>\r\nContent-Type: application/sdp\r\n";
     let sdp = "v=0\r\no=alice 2890844526 2890844526 IN IP4 10.0.1.2\r\ns=-\r\nc=IN IP4 10.0.1.2\r\nt=0 0\r\nm=audio 49170 RTP/AVP 0 8 97\r\na=rtpmap:0 PCMU/8000\r\n";
     let mut filler = String::new();
     let fixed = head.len() + tail_hdrs.len() + call_id_header.len() + 2 + 24 + sdp.len();
@@ -274,7 +286,7 @@ From: Alice <sip:alice@example.com>;tag=1928301774\r\n";
         // Padding headers before the Call-ID push it towards the end of the message.
         let mut need = pad_to - fixed;
         while need > 0 {
-            let n = need.min(200).max(12);
+            let n = need.clamp(12, 200);
             filler.push_str(&format!("X-Pad: {}\r\n", "p".repeat(n - 9)));
             need = need.saturating_sub(n);
         }

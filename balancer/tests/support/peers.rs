@@ -12,7 +12,11 @@ use std::time::{Duration, Instant};
 
 pub fn enter_netns(name: &str) {
     let f = std::fs::File::open(format!("/run/netns/{name}")).expect("netns");
-    assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns {name}");
+    assert_eq!(
+        unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) },
+        0,
+        "setns {name}"
+    );
 }
 
 /// The Call-ID a peer sees, found the simple way (these peers only ever see
@@ -40,12 +44,17 @@ impl Uas {
         let thread = std::thread::spawn(move || {
             enter_netns(&ns);
             let sock = UdpSocket::bind("0.0.0.0:5060").expect("bind 5060");
-            sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+            sock.set_read_timeout(Some(Duration::from_millis(100)))
+                .unwrap();
             ready_tx.send(()).unwrap();
             let mut buf = [0u8; 65536];
             while !st2.load(Ordering::Relaxed) {
-                let Ok((n, from)) = sock.recv_from(&mut buf) else { continue };
-                let Some(id) = naive_call_id(&buf[..n]) else { continue };
+                let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                    continue;
+                };
+                let Some(id) = naive_call_id(&buf[..n]) else {
+                    continue;
+                };
                 *s2.lock().unwrap().entry(id.clone()).or_insert(0) += 1;
                 let reply = format!(
                     "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP {from}\r\nCall-ID: {id}\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
@@ -53,7 +62,9 @@ impl Uas {
                 let _ = sock.send_to(reply.as_bytes(), from);
             }
         });
-        ready_rx.recv_timeout(Duration::from_secs(5)).expect("UAS ready");
+        ready_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("UAS ready");
         Uas {
             seen,
             stop,
@@ -93,12 +104,19 @@ pub struct Answers {
 
 /// Sends each Call-ID `repeats` times from inside `netns`, at most `window`
 /// requests in flight, and collects the answers.
-pub fn run_client(netns: &str, vip: SocketAddr, call_ids: &[String], repeats: u32, window: usize) -> Answers {
+pub fn run_client(
+    netns: &str,
+    vip: SocketAddr,
+    call_ids: &[String],
+    repeats: u32,
+    window: usize,
+) -> Answers {
     let (ns, ids) = (netns.to_string(), call_ids.to_vec());
     std::thread::spawn(move || {
         enter_netns(&ns);
         let sock = UdpSocket::bind("0.0.0.0:0").unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
         let mut ans = Answers::default();
         let mut buf = [0u8; 65536];
         let sends: Vec<&String> = (0..repeats).flat_map(|_| ids.iter()).collect();
@@ -111,7 +129,9 @@ pub fn run_client(netns: &str, vip: SocketAddr, call_ids: &[String], repeats: u3
             let deadline = Instant::now() + Duration::from_secs(2);
             let want = got + chunk.len();
             while got < want && Instant::now() < deadline {
-                let Ok((n, from)) = sock.recv_from(&mut buf) else { continue };
+                let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                    continue;
+                };
                 if from != vip {
                     ans.wrong_source.push(from);
                 }

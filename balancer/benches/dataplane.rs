@@ -1,0 +1,181 @@
+//! In-kernel cost per packet (BPF_PROG_TEST_RUN, large repeat) of the balancer
+//! program for realistic SIP messages, next to the trivial rewrite baseline
+//! (`xdp_trivial`) measured in the same run. Run by `cargo xtask bench`, which
+//! writes the table to bench/RESULTS.md. A benchmark: it measures, it does not judge.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use aya::programs::{TestRun, TestRunAttrs, TestRunOptions};
+use balancer::{
+    dataplane::{Dataplane, PROGRAM, TRIVIAL},
+    spec::{Mode, ServiceSpec},
+};
+use support::*;
+
+const REPEAT: u32 = 200_000;
+const ROUNDS: usize = 5;
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn ns_per_packet(dp: &mut Dataplane, prog: &str, frame: &[u8], ingress: u32) -> (f64, u32) {
+    let mut ctx = [0u8; 24];
+    ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+    ctx[12..16].copy_from_slice(&ingress.to_ne_bytes());
+    // The verdict, from one ordinary run.
+    let mut out = vec![0u8; frame.len() + 256];
+    let verdict = dp
+        .program(prog)
+        .unwrap()
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            ..Default::default()
+        })
+        .unwrap()
+        .return_value;
+    // Timing in live-frames mode: every run starts from the original frame (an
+    // ordinary repeated run would feed the already rewritten frame back in) and
+    // the verdict is carried out (XDP_TX / redirect really transmit).
+    let mut samples = Vec::new();
+    for _ in 0..ROUNDS {
+        let r = dp
+            .program(prog)
+            .unwrap()
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                ctx_in: Some(&ctx),
+                repeat: REPEAT,
+                attrs: TestRunAttrs::new().xdp_live_frames(64),
+                ..Default::default()
+            })
+            .unwrap();
+        // The kernel reports the mean time of one run.
+        samples.push(r.duration);
+    }
+    samples.sort();
+    (duration_ns(samples[ROUNDS / 2]), verdict)
+}
+
+fn duration_ns(d: Duration) -> f64 {
+    d.as_nanos() as f64
+}
+
+fn main() {
+    require_root();
+    let ns = Netns::new("bench");
+    ns.ip("link add cli0 address 02:00:00:00:ff:01 type veth peer name cli0p");
+    ns.ip("link add bk0 address 02:00:00:00:fe:01 type veth peer name bk0p");
+    for d in ["cli0", "cli0p", "bk0", "bk0p"] {
+        ns.ip(&format!("link set {d} up"));
+    }
+    ns.ip("addr add 10.0.1.1/24 dev cli0");
+    ns.ip("addr add 10.0.2.1/24 dev bk0");
+    ns.ip("neigh add 10.0.1.2 lladdr 02:00:00:00:01:02 dev cli0 nud permanent");
+    for h in [11, 12, 13] {
+        ns.ip(&format!(
+            "neigh add 10.0.2.{h} lladdr 02:00:00:00:02:{h:02x} dev bk0 nud permanent"
+        ));
+    }
+    ns.exec("sysctl -qw net.ipv4.ip_forward=1");
+    let cli = ns.ifindex("cli0");
+    let bk = ns.ifindex("bk0");
+    ns.enter();
+
+    let mut dp = Dataplane::load().unwrap();
+    dp.install_service(&ServiceSpec {
+        vip: "10.0.0.10:5060".parse().unwrap(),
+        mode: Mode::Dnat,
+        table_size: 65537,
+        backends: ["10.0.2.11:5060", "10.0.2.12:5060", "10.0.2.13:5060"]
+            .iter()
+            .map(|b| b.parse().unwrap())
+            .collect(),
+    })
+    .unwrap();
+    dp.add_tx_port(cli).unwrap();
+    dp.add_tx_port(bk).unwrap();
+    let mut t = [0u8; 24];
+    t[..4].copy_from_slice(&[10, 0, 2, 11]);
+    t[4..6].copy_from_slice(&5060u16.to_be_bytes());
+    t[6..12].copy_from_slice(&[2, 0, 0, 0, 2, 0x11]);
+    t[12..18].copy_from_slice(&[2, 0, 0, 0, 0xfe, 1]);
+    t[20..24].copy_from_slice(&bk.to_ne_bytes());
+    dp.set_trivial_target(t).unwrap();
+
+    let early = invite("Call-ID: a84b4c76e66710@pc33.atlanta.com", 900);
+    let late = invite("Call-ID: far-away-call-id@example.com", 1400);
+    let options = b"OPTIONS sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.1.2:5060;branch=z9hG4bKhjhs8ass877\r\nMax-Forwards: 70\r\nTo: <sip:bob@example.com>\r\nFrom: Alice <sip:alice@example.com>;tag=1928301774\r\nCall-ID: a84b4c76e66710\r\nCSeq: 63104 OPTIONS\r\nContact: <sip:alice@10.0.1.2>\r\nAccept: application/sdp\r\nContent-Length: 0\r\n\r\n".to_vec();
+    let bye = b"BYE sip:alice@10.0.1.2 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.1.2:5060;branch=z9hG4bKnashds7\r\nMax-Forwards: 70\r\nFrom: Bob <sip:bob@example.com>;tag=a6c85cf\r\nTo: Alice <sip:alice@example.com>;tag=1928301774\r\nCall-ID: a84b4c76e66710\r\nCSeq: 231 BYE\r\nContent-Length: 0\r\n\r\n".to_vec();
+    let ok = b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 10.0.1.2:5060;branch=z9hG4bKnashds7;received=10.0.1.2\r\nFrom: Bob <sip:bob@example.com>;tag=a6c85cf\r\nTo: Alice <sip:alice@example.com>;tag=1928301774\r\nCall-ID: a84b4c76e66710\r\nCSeq: 231 BYE\r\nContent-Length: 0\r\n\r\n".to_vec();
+
+    let to_vip = |p: &[u8]| Frame::udp(ip("10.0.1.2"), 5060, ip("10.0.0.10"), 5060, p).build();
+    let cases: Vec<(String, Vec<u8>, u32)> = vec![
+        (
+            format!("INVITE {} B, Call-ID early", early.len()),
+            to_vip(&early),
+            cli,
+        ),
+        (
+            format!("INVITE {} B, Call-ID at the end", late.len()),
+            to_vip(&late),
+            cli,
+        ),
+        (
+            format!("OPTIONS {} B", options.len()),
+            to_vip(&options),
+            cli,
+        ),
+        (format!("BYE {} B", bye.len()), to_vip(&bye), cli),
+        ("CRLF keepalive".into(), to_vip(b"\r\n\r\n"), cli),
+        (
+            format!("200 OK {} B from a backend (reverse NAT)", ok.len()),
+            Frame::udp(ip("10.0.2.12"), 5060, ip("10.0.1.2"), 5060, &ok).build(),
+            bk,
+        ),
+    ];
+
+    let mut table = String::new();
+    table.push_str("| message | balancer ns/pkt | trivial ns/pkt | ratio | verdict |\n|---|---:|---:|---:|---|\n");
+    for (name, frame, ingress) in &cases {
+        let (ours, v) = ns_per_packet(&mut dp, PROGRAM, frame, *ingress);
+        let (base, _) = ns_per_packet(&mut dp, TRIVIAL, frame, *ingress);
+        let verdict = match v {
+            3 => "TX",
+            4 => "REDIRECT",
+            2 => "PASS",
+            _ => "other",
+        };
+        table.push_str(&format!(
+            "| {name} | {ours:.0} | {base:.0} | {:.2}x | {verdict} |\n",
+            ours / base
+        ));
+    }
+    let kernel = sh_out("uname -r").trim().to_string();
+    let commit = sh_out("git rev-parse --short HEAD 2>/dev/null || echo unknown")
+        .trim()
+        .to_string();
+    let cpu = sh_out("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2")
+        .trim()
+        .to_string();
+    let date = sh_out("date -u +%Y-%m-%d").trim().to_string();
+    let report = format!(
+        "# Benchmark results\n\nIn-kernel cost per packet, BPF_PROG_TEST_RUN in live-frames mode (batches of 64, each run starts from the original frame and its verdict is carried out) with repeat {REPEAT}, median of {ROUNDS} rounds, \
+same run, same frames. `trivial` is `xdp_trivial`: parse, rewrite destination address and port with checksum updates, \
+set fixed MACs, redirect through the devmap to the backend-side interface: the least a DNAT balancer does. `balancer` also finds the service, copies the payload, scans \
+for the Call-ID, hashes it, looks up Maglev, asks the FIB for the next hop and redirects through a devmap.\n\n\
+- machine: {cpu}, {} CPUs\n- kernel: {kernel}\n- commit: {commit}\n- date: {date}\n\n{table}",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+    );
+    println!("{report}");
+    if let Ok(path) = std::env::var("BENCH_RESULTS") {
+        std::fs::write(&path, &report).unwrap();
+        eprintln!("wrote {path}");
+    }
+}
