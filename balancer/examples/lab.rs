@@ -107,6 +107,10 @@ fn main() {
     let t = std::time::Instant::now();
     let answers = peers::run_client(&bed.ns("cli"), vip, &ids, a.repeats, 64);
     let secs = t.elapsed().as_secs_f64();
+    let answered: u32 = answers.by_call_id.values().sum();
+    if answered as usize != a.calls * a.repeats as usize {
+        println!("some datagrams went missing; the path:\n{}", bed.diagnose());
+    }
     assert!(d.stop(), "balancer did not detach cleanly");
 
     println!(
@@ -128,7 +132,6 @@ fn main() {
         );
         split += seen.values().filter(|&&n| n != a.repeats).count();
     }
-    let answered: u32 = answers.by_call_id.values().sum();
     println!(
         "\nanswers received from the VIP: {answered} of {} ({} from elsewhere)",
         a.calls * a.repeats as usize,

@@ -58,6 +58,14 @@ fn call_ids_stick_balance_and_replies_come_from_the_vip() {
         .collect();
     let vip: SocketAddr = format!("{}:5060", bed::VIP).parse().unwrap();
     let answers = peers::run_client(&bed.ns("cli"), vip, &ids, REPEATS, 64);
+    let answered: u32 = answers.by_call_id.values().sum();
+    if answered != CALLS as u32 * REPEATS {
+        eprintln!(
+            "{answered} answers of {}; the path:\n{}",
+            CALLS as u32 * REPEATS,
+            bed.diagnose()
+        );
+    }
     assert!(daemon.stop(), "balancer detaches cleanly on SIGTERM");
 
     let seen: Vec<HashMap<String, u32>> =
@@ -89,7 +97,6 @@ fn call_ids_stick_balance_and_replies_come_from_the_vip() {
         "answers not from the VIP: {:?}",
         &answers.wrong_source[..5.min(answers.wrong_source.len())]
     );
-    let answered: u32 = answers.by_call_id.values().sum();
     assert_eq!(
         answered,
         CALLS as u32 * REPEATS,

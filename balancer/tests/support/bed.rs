@@ -109,6 +109,31 @@ impl Bed {
         bed
     }
 
+    /// What an operator would look at when datagrams go missing: neighbours, XDP
+    /// attachment, and the non-zero veth counters on the path.
+    pub fn diagnose(&self) -> String {
+        let (cli, lb, sw) = (self.ns("cli"), self.ns("lb"), self.ns("sw"));
+        let cmds = [
+            format!("ip -n {lb} neigh"),
+            format!("ip -n {lb} -d link show l0 | grep -i xdp"),
+            format!("ip -n {lb} -d link show l1 | grep -i xdp"),
+            format!("ip netns exec {lb} ethtool -S l0 | grep -v ': 0$'"),
+            format!("ip netns exec {lb} ethtool -S l1 | grep -v ': 0$'"),
+            format!("ip netns exec {sw} ethtool -S s0 | grep -v ': 0$'"),
+            format!("ip netns exec {cli} ethtool -S c0 | grep -v ': 0$'"),
+            format!("ip netns exec {lb} nstat -az | grep -E 'UdpIn|InCsum|Forw|Discard' | grep -v ' 0 '"),
+        ];
+        let mut out = String::new();
+        for c in cmds {
+            let o = Command::new("sh").arg("-c").arg(&c).output();
+            out.push_str(&format!("$ {c}\n"));
+            if let Ok(o) = o {
+                out.push_str(&String::from_utf8_lossy(&o.stdout));
+            }
+        }
+        out
+    }
+
     pub fn cleanup(&self) {
         let mut names = vec![self.ns("cli"), self.ns("lb"), self.ns("sw")];
         for i in 0..MAX_BACKENDS {
