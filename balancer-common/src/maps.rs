@@ -13,8 +13,9 @@ pub const AF_INET6: u8 = 10;
 pub const IPPROTO_UDP: u8 = 17;
 
 /// An IP endpoint. IPv4 addresses sit in the first four bytes of `addr`, the rest
-/// zero; `port` is in network byte order as in the packet.
-#[repr(C)]
+/// zero; `port` is in network byte order as in the packet. 4-aligned so copies and
+/// zeroing are word moves in BPF, not byte loops.
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Endpoint {
     pub addr: [u8; 16],
@@ -42,7 +43,7 @@ pub struct Service {
 }
 
 /// A backend slot. `family == 0` marks an empty slot.
-#[repr(C)]
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Backend {
     pub addr: [u8; 16],

@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, DevMapHash, HashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
 use balancer_common::{
     callid::{HeaderScan, ScanBuf},
@@ -32,6 +32,33 @@ pub static MAGLEV: Array<u32> = Array::with_max_entries(MAX_SERVICES * 2 * MAX_T
 #[map]
 pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_PORTS, 0);
 
+/// Next-hop cache: `bpf_fib_lookup` costs several hundred ns per call, so its
+/// answers are kept for a second per (destination, ingress interface). A changed
+/// neighbour MAC reaches the data plane within that second; an entry is used only
+/// for datagrams no larger than one the FIB has already accepted (MTU).
+#[repr(C, align(8))]
+pub struct NhKey {
+    pub addr: [u8; 16],
+    pub ingress: u32,
+    /// Address family; a whole word so building the key needs no byte-wise padding.
+    pub family: u32,
+}
+
+#[repr(C)]
+pub struct NhEntry {
+    pub expires: u64,
+    pub ifindex: u32,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+    pub max_len: u16,
+    pub _pad: [u8; 2],
+}
+
+pub const NEXTHOP_TTL_NS: u64 = 1_000_000_000;
+
+#[map]
+pub static NEXTHOP: LruHashMap<NhKey, NhEntry> = LruHashMap::with_max_entries(65536, 0);
+
 /// Verdict/reason counters.
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(reason::COUNT, 0);
@@ -46,6 +73,8 @@ pub static SERVICE_STATS: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(M
 #[repr(C)]
 pub struct Scratch {
     pub scan: HeaderScan,
+    /// `bpf_fib_lookup` parameters (64 bytes: too much for the stack next to the rest).
+    pub fib: [u64; 8],
     pub buf: ScanBuf,
 }
 

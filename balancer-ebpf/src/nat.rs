@@ -5,7 +5,7 @@ use aya_ebpf::{
         bpf_fib_lookup, xdp_action, BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_NO_NEIGH,
         BPF_FIB_LKUP_RET_SUCCESS,
     },
-    helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect},
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_ktime_get_coarse_ns, bpf_redirect},
     programs::XdpContext,
 };
 use balancer_common::{
@@ -14,7 +14,7 @@ use balancer_common::{
 };
 
 use crate::{
-    maps::TX_PORTS,
+    maps::{NhEntry, NhKey, NEXTHOP, NEXTHOP_TTL_NS, SCRATCH, TX_PORTS},
     parse::{ptr_at, Udp},
 };
 
@@ -40,7 +40,33 @@ pub enum Hop {
 /// Asks the kernel FIB for the next hop towards `dst`.
 #[inline(always)]
 pub fn next_hop(ctx: &XdpContext, src: &Endpoint, dst: &Endpoint, tot_len: u16) -> Hop {
-    let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    let key = NhKey {
+        addr: dst.addr,
+        ingress: unsafe { (*ctx.ctx).ingress_ifindex },
+        family: dst.family as u32,
+    };
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    if let Some(e) = unsafe { NEXTHOP.get(&key) } {
+        if now < e.expires && tot_len <= e.max_len {
+            return Hop::Ok {
+                ifindex: e.ifindex,
+                smac: e.smac,
+                dmac: e.dmac,
+            };
+        }
+    }
+    let Some(s) = SCRATCH.get_ptr_mut(0) else {
+        return Hop::Fail;
+    };
+    // Zeroed with word stores: `mem::zeroed` becomes a byte-wise memset call in BPF.
+    let raw = unsafe { &mut (*s).fib };
+    let mut i = 0;
+    while i < raw.len() {
+        // Volatile: LLVM would fold a plain loop back into a memset call.
+        unsafe { core::ptr::write_volatile(&mut raw[i], 0) };
+        i += 1;
+    }
+    let p = unsafe { &mut *(raw.as_mut_ptr() as *mut bpf_fib_lookup) };
     p.l4_protocol = IPPROTO_UDP;
     p.sport = src.port;
     p.dport = dst.port;
@@ -60,7 +86,7 @@ pub fn next_hop(ctx: &XdpContext, src: &Endpoint, dst: &Endpoint, tot_len: u16) 
     let rc = unsafe {
         fib_lookup(
             ctx.ctx as *mut _,
-            &mut p,
+            p,
             core::mem::size_of::<bpf_fib_lookup>() as i32,
             0,
         )
@@ -69,11 +95,28 @@ pub fn next_hop(ctx: &XdpContext, src: &Endpoint, dst: &Endpoint, tot_len: u16) 
         return Hop::Fail;
     }
     match rc as u32 {
-        BPF_FIB_LKUP_RET_SUCCESS => Hop::Ok {
-            ifindex: p.ifindex,
-            smac: p.smac,
-            dmac: p.dmac,
-        },
+        BPF_FIB_LKUP_RET_SUCCESS => {
+            // The FIB said this size fits the route's MTU: remember the answer for
+            // datagrams up to this size.
+            let max_len = match unsafe { NEXTHOP.get(&key) } {
+                Some(e) if e.max_len > tot_len && now < e.expires => e.max_len,
+                _ => tot_len,
+            };
+            let e = NhEntry {
+                expires: now + NEXTHOP_TTL_NS,
+                ifindex: p.ifindex,
+                smac: p.smac,
+                dmac: p.dmac,
+                max_len,
+                _pad: [0; 2],
+            };
+            let _ = NEXTHOP.insert(&key, &e, 0);
+            Hop::Ok {
+                ifindex: p.ifindex,
+                smac: p.smac,
+                dmac: p.dmac,
+            }
+        }
         BPF_FIB_LKUP_RET_NO_NEIGH => Hop::NoNeigh,
         BPF_FIB_LKUP_RET_NOT_FWDED => Hop::Local,
         _ => Hop::Fail,

@@ -38,6 +38,21 @@ fn be16(p: *const u8) -> u16 {
     unsafe { u16::from_be_bytes([*p, *p.add(1)]) }
 }
 
+/// An all-zero endpoint, built with word stores (a plain `[0; 16]` becomes a
+/// byte-wise memset call in BPF).
+#[inline(always)]
+fn zeroed_endpoint() -> Endpoint {
+    let mut words = core::mem::MaybeUninit::<[u32; 5]>::uninit();
+    let p = words.as_mut_ptr() as *mut u32;
+    let mut i = 0;
+    while i < 5 {
+        unsafe { core::ptr::write_volatile(p.add(i), 0) };
+        i += 1;
+    }
+    // SAFETY: Endpoint is 20 bytes of plain integers, 4-aligned, all zero is valid.
+    unsafe { core::mem::transmute::<[u32; 5], Endpoint>(words.assume_init()) }
+}
+
 /// Parses down to UDP. `Err(reason)` for everything that is not a complete,
 /// unfragmented UDP datagram: the caller passes it untouched.
 #[inline(always)]
@@ -92,18 +107,14 @@ pub fn parse(ctx: &XdpContext) -> Result<Udp, u32> {
     if ulen < 8 || l4 + ulen > ip_payload_end || ip_payload_end > frame_len {
         return Err(reason::MALFORMED);
     }
-    let mut src = Endpoint {
-        addr: [0; 16],
-        port: unsafe { *(udp as *const u16) },
-        family,
-        proto: IPPROTO_UDP,
-    };
-    let mut dst = Endpoint {
-        addr: [0; 16],
-        port: unsafe { *(udp.add(2) as *const u16) },
-        family,
-        proto: IPPROTO_UDP,
-    };
+    let mut src = zeroed_endpoint();
+    src.port = unsafe { *(udp as *const u16) };
+    src.family = family;
+    src.proto = IPPROTO_UDP;
+    let mut dst = zeroed_endpoint();
+    dst.port = unsafe { *(udp.add(2) as *const u16) };
+    dst.family = family;
+    dst.proto = IPPROTO_UDP;
     if family == AF_INET {
         let a = ptr_at::<[u8; 8]>(ctx, l3 + 12)?;
         unsafe {

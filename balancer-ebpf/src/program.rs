@@ -8,7 +8,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use balancer_common::{
-    callid::{Header, HeaderScan, SCAN_MAX},
+    callid::{Header, SCAN_MAX},
     hash::{hash_addr, hash_span},
     maglev,
     maps::{reason, Endpoint, MODE_DSR, NO_BACKEND},
@@ -149,7 +149,7 @@ fn key_hash(ctx: &XdpContext, u: &Udp) -> Result<u32, u32> {
             unsafe { bpf_xdp_load_bytes(ctx.ctx, off, (*s).buf.bytes.as_mut_ptr() as *mut _, n) };
         if rc == 0 {
             unsafe {
-                (*s).scan = HeaderScan::new(Header::CALL_ID, n, n == len);
+                (*s).scan.reset(Header::CALL_ID, n, n == len);
                 bpf_loop((n + 7) / 8, scan_step as *mut _, core::ptr::null_mut(), 0);
                 if let Some(span) = (*s).scan.result() {
                     count(reason::CALLID);
@@ -182,11 +182,11 @@ fn is_keepalive(b: &[u8], n: u32) -> bool {
     true
 }
 
-/// One `bpf_loop` step: 8 bytes of the scan. Returns 1 to stop the loop.
+/// One `bpf_loop` step of the scan (see `HeaderScan::advance`). Returns 1 to stop.
 #[inline(never)]
-extern "C" fn scan_step(index: u64, _ctx: *mut core::ffi::c_void) -> i64 {
+extern "C" fn scan_step(_index: u64, _ctx: *mut core::ffi::c_void) -> i64 {
     match SCRATCH.get_ptr_mut(0) {
-        Some(s) => unsafe { (*s).scan.step_word(&(*s).buf, index as u32) as i64 },
+        Some(s) => unsafe { (*s).scan.advance(&(*s).buf) as i64 },
         None => 1,
     }
 }
