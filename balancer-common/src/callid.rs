@@ -33,7 +33,7 @@ pub const SCAN_BUF: usize = SCAN_MAX + 16;
 pub const SCAN_WORDS: u32 = (SCAN_MAX / 8) as u32;
 /// Words of a line's inside that one [`HeaderScan::advance`] may skip. Longer
 /// bursts cost verifier work (each is unrolled), shorter ones more `bpf_loop` calls.
-pub const SKIP_BURST: usize = 16;
+pub const SKIP_BURST: usize = 32;
 
 /// The datagram's first bytes, zero-padded. In the kernel this lives in a per-CPU
 /// array; in user space on the heap or stack. 8-aligned so a word is one load.
@@ -62,6 +62,14 @@ impl ScanBuf {
     #[inline(always)]
     pub fn at(&self, i: usize) -> u8 {
         self.bytes[i & SCAN_MASK]
+    }
+
+    /// The word after the one at `i` (inside the slack, never wrapping).
+    #[inline(always)]
+    fn word_after(&self, i: usize) -> u64 {
+        let i = (i & SCAN_MASK & !7) + 8;
+        // SAFETY: i + 8 <= SCAN_MAX + 8 < SCAN_BUF, a multiple of 8 in an 8-aligned array.
+        u64::from_le(unsafe { core::ptr::read(self.bytes.as_ptr().add(i) as *const u64) })
     }
 
     /// The 8 bytes at `i & !7`, first byte in the low bits.
@@ -183,7 +191,8 @@ impl HeaderScan {
     }
 
     /// One step of the scan: first skips (up to [`SKIP_BURST`]) whole words that lie
-    /// inside an uninteresting line, then feeds one word byte by byte. Returns `true`
+    /// inside an uninteresting line or inside the value, then feeds one word byte
+    /// by byte. Returns `true`
     /// when the scan has its answer. Every call consumes at least one word, so
     /// [`SCAN_WORDS`] calls always suffice. In the kernel each call is one `bpf_loop`
     /// iteration; a call costs several ns there, so the skip burst matters.
@@ -194,15 +203,64 @@ impl HeaderScan {
             let mut n = 0;
             while n < SKIP_BURST {
                 let base = (w * 8) & SCAN_MASK;
-                if base + 8 > self.len as usize || newline_bits(buf.word(base)) != 0 {
+                if base + 8 > self.len as usize
+                    || !self.skippable(buf.word(base), buf.word_after(base))
+                {
                     break;
                 }
+                w += 1;
+                n += 1;
+            }
+        } else if self.state == S_VALUE {
+            // Inside the value only whitespace matters: a word without any just moves
+            // the value's end (what feeding its bytes one by one would do).
+            let mut n = 0;
+            while n < SKIP_BURST {
+                let base = (w * 8) & SCAN_MASK;
+                if base + 8 > self.len as usize {
+                    break;
+                }
+                let x = buf.word(base);
+                if eq_bytes(x, b' ') | eq_bytes(x, b'\t') | eq_bytes(x, b'\r') | eq_bytes(x, b'\n')
+                    != 0
+                {
+                    break;
+                }
+                self.end = (base + 8) as u32;
                 w += 1;
                 n += 1;
             }
         }
         self.next = w as u32 + 1;
         self.step_word(buf, w as u32)
+    }
+
+    /// In state `S_SKIP`, can word `w0` (followed by `w1`) be passed over without
+    /// feeding its bytes? Yes when no line starting in it can begin the header we
+    /// want or end the headers: after every `\n`, the next two bytes are neither
+    /// the name's first two letters, nor the compact letter and a separator, and the
+    /// next byte is not CR/LF. Byte by byte, such a line only ever leads back to
+    /// `S_SKIP` (the tests check the two drivers agree). Branch-free SWAR.
+    #[inline(always)]
+    fn skippable(&self, w0: u64, w1: u64) -> bool {
+        let nl = eq_bytes(w0, b'\n');
+        if nl == 0 {
+            return true;
+        }
+        let a = (w0 >> 8) | (w1 << 56); // the byte after each position
+        let b = (w0 >> 16) | (w1 << 48); // the one after that
+        let fold = ONES * 0x20; // ASCII letters folded to lower case
+        let (la, lb) = (a | fold, b | fold);
+        let h = &self.header;
+        let long = eq_bytes(la, h.name[0]) & eq_bytes(lb, h.name[1]);
+        let sep = eq_bytes(b, b':')
+            | eq_bytes(b, b' ')
+            | eq_bytes(b, b'\t')
+            | eq_bytes(b, b'\r')
+            | eq_bytes(b, b'\n');
+        let compact = eq_bytes(la, h.compact) & sep;
+        let end = eq_bytes(a, b'\r') | eq_bytes(a, b'\n');
+        nl & (long | compact | end) == 0
     }
 
     /// Feeds the 8 bytes of word `w` (bytes `8w..8w+8`). Returns `true` when the
@@ -389,6 +447,21 @@ impl HeaderScan {
     }
 }
 
+const ONES: u64 = 0x0101_0101_0101_0101;
+const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+
+/// Bit 7 set in exactly the zero bytes of `x` (no borrow between bytes).
+#[inline(always)]
+const fn zero_bytes(x: u64) -> u64 {
+    !(((x & LOW7).wrapping_add(LOW7)) | x | LOW7)
+}
+
+/// Bit 7 set in exactly the bytes of `x` equal to `c`.
+#[inline(always)]
+const fn eq_bytes(x: u64, c: u8) -> u64 {
+    zero_bytes(x ^ (ONES * c as u64))
+}
+
 /// SWAR: bit 7 of a byte is set where the word holds a `\n`. The lowest set bit
 /// is exact; bits above it may be false (borrows), so callers use only the lowest.
 #[inline(always)]
@@ -570,6 +643,13 @@ mod tests {
         scan(&buf, len, complete, Header::CALL_ID)
     }
 
+    #[test]
+    fn swar_masks_are_exact() {
+        let w = u64::from_le_bytes([0, 1, 0x80, 0xff, 0, b'\n', 0x0b, b'\n']);
+        assert_eq!(zero_bytes(w), 0x0000_0080_0000_0080);
+        assert_eq!(eq_bytes(w, b'\n'), 0x8000_8000_0000_0000);
+    }
+
     /// The word-at-a-time driver (with its newline jumps) equals feeding every byte
     /// through `step`.
     #[test]
@@ -600,7 +680,9 @@ mod tests {
                 proptest::strategy::Just(b'\n'), proptest::strategy::Just(b'\r'),
                 proptest::strategy::Just(b' '), proptest::strategy::Just(b':'),
                 proptest::strategy::Just(b'i'), proptest::strategy::Just(0x0bu8),
-                proptest::strategy::Just(b'c'), proptest::prelude::any::<u8>()],
+                proptest::strategy::Just(b'c'), proptest::strategy::Just(b'C'),
+                proptest::strategy::Just(b'a'), proptest::strategy::Just(b'I'),
+                proptest::strategy::Just(b'\t'), proptest::prelude::any::<u8>()],
             0..300)) {
             proptest::prop_assert_eq!(word_driver(&m), byte_driver(&m));
         }

@@ -37,8 +37,10 @@ pub enum Hop {
     Fail,
 }
 
-/// Asks the kernel FIB for the next hop towards `dst`.
-#[inline(always)]
+/// Asks the kernel FIB for the next hop towards `dst` (through the cache).
+/// A BPF subprogram of its own: keeps its locals off the main program's stack,
+/// which `bpf_loop`'s callback frame adds to.
+#[inline(never)]
 pub fn next_hop(ctx: &XdpContext, src: &Endpoint, dst: &Endpoint, tot_len: u16) -> Hop {
     let key = NhKey {
         addr: dst.addr,
