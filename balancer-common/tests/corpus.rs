@@ -6,7 +6,7 @@ use proptest::prelude::*;
 use std::path::PathBuf;
 
 fn corpus_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../testdata/rfc4475")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/rfc4475")
 }
 
 fn unhex(s: &str) -> Vec<u8> {

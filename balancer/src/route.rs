@@ -41,6 +41,58 @@ pub fn ifindex(name: &str) -> Result<u32> {
     Ok(i)
 }
 
+/// Whether `name` is a veth, by its driver name (ETHTOOL_GDRVINFO).
+pub fn is_veth(name: &str) -> bool {
+    driver(name).as_deref() == Some("veth")
+}
+
+/// The interface's driver name, as `ethtool -i` shows it.
+pub fn driver(name: &str) -> Option<String> {
+    const ETHTOOL_GDRVINFO: u32 = 0x3;
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    #[repr(C)]
+    struct DrvInfo {
+        cmd: u32,
+        driver: [u8; 32],
+        rest: [u8; 160],
+    }
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; 16],
+        data: *mut DrvInfo,
+        _pad: [u8; 16],
+    }
+    if name.len() >= 16 {
+        return None;
+    }
+    let mut info = DrvInfo {
+        cmd: ETHTOOL_GDRVINFO,
+        driver: [0; 32],
+        rest: [0; 160],
+    };
+    let mut req = IfReq {
+        name: [0; 16],
+        data: &mut info,
+        _pad: [0; 16],
+    };
+    req.name[..name.len()].copy_from_slice(name.as_bytes());
+    // SAFETY: a datagram socket for the ioctl, closed below; the request points at
+    // live, correctly sized structures.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+        if fd < 0 {
+            return None;
+        }
+        let rc = libc::ioctl(fd, SIOCETHTOOL, &mut req);
+        libc::close(fd);
+        if rc != 0 {
+            return None;
+        }
+    }
+    let end = info.driver.iter().position(|&b| b == 0).unwrap_or(32);
+    Some(String::from_utf8_lossy(&info.driver[..end]).into_owned())
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -51,5 +103,11 @@ mod tests {
             super::parse_dev("local 10.0.0.1 dev lo table local"),
             Some("lo".into())
         );
+    }
+
+    #[test]
+    fn loopback_is_not_a_veth() {
+        assert!(!super::is_veth("lo"));
+        assert_eq!(super::driver("no-such-if0"), None);
     }
 }

@@ -6,7 +6,7 @@ use std::process::Command;
 
 #[test]
 fn inspect_json_matches_expected_tsv() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../testdata/rfc4475");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../balancer-common/tests/rfc4475");
     let tsv = std::fs::read_to_string(dir.join("expected.tsv")).unwrap();
     let mut expected = HashMap::new();
     let mut files = Vec::new();

@@ -147,6 +147,10 @@ impl Bed {
         (r.return_value, out)
     }
 
+    fn ns(&self) -> &Netns {
+        &self._ns
+    }
+
     fn counters(&self) -> HashMap<&'static str, u64> {
         self.dp.stats().unwrap().into_iter().collect()
     }
@@ -488,4 +492,41 @@ fn empty_service_drops_and_counts() {
     let (v, _, moved) = bed.run_counted(&f.build(), bed.cli);
     assert_eq!(v, XDP_DROP);
     assert_eq!(moved, ["callid", "no_backend"]);
+}
+
+/// Next hops are cached for a second: a neighbour's new MAC is used within it.
+#[test]
+fn next_hop_cache_follows_a_changed_neighbour_within_a_second() {
+    let mut bed = bed();
+    let id = "cache-me";
+    let want = callid_target(&bed.v4, id);
+    let f = client_v4(&invite(&format!("Call-ID: {id}"), 0));
+    let (_, out) = bed.run(&f.build(), bed.cli);
+    assert_eq!(parse(&out).dmac, backend_mac(want.ip()));
+    let new_mac = [0x02, 0, 0, 0, 0x0e, 0x0e];
+    bed.ns().ip(&format!(
+        "neigh replace {} lladdr 02:00:00:00:0e:0e dev bk0 nud permanent",
+        want.ip()
+    ));
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let (v, out) = bed.run(&f.build(), bed.cli);
+    assert_eq!(v, XDP_REDIRECT);
+    assert_eq!(parse(&out).dmac, new_mac);
+}
+
+/// A cached next hop is only used for datagrams no larger than one the FIB has
+/// accepted: a larger one is asked about again, and one over the MTU goes to the
+/// kernel (which fragments or answers ICMP).
+#[test]
+fn next_hop_cache_respects_the_mtu() {
+    let mut bed = bed();
+    bed.ns().ip("link set bk0 mtu 1000");
+    let small = client_v4(&invite("Call-ID: mtu-small", 0));
+    let (v, _) = bed.run(&small.build(), bed.cli);
+    assert_eq!(v, XDP_REDIRECT);
+    let big = client_v4(&invite("Call-ID: mtu-big", 1400));
+    let bytes = big.build();
+    let (v, _, moved) = bed.run_counted(&bytes, bed.cli);
+    assert_eq!(v, XDP_PASS);
+    assert_eq!(moved, ["callid", "fib_fail"]);
 }

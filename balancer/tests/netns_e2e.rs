@@ -44,6 +44,16 @@ fn call_ids_stick_balance_and_replies_come_from_the_vip() {
     args.extend(backends.iter().cloned());
     let daemon = daemon::Daemon::start(&bed.ns("lb"), &args);
 
+    // A second daemon with the same instance name refuses to start, and says why.
+    let again = std::process::Command::new("ip")
+        .args(["netns", "exec", &bed.ns("lb"), &daemon::balancer_bin()])
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(err.contains("already running"), "{err}");
+
     let mut rng = rand::rngs::StdRng::seed_from_u64(2);
     let ids: Vec<String> = (0..CALLS)
         .map(|_| {

@@ -70,6 +70,12 @@ pub fn run(a: Args) -> Result<()> {
         let idx = route::ifindex(i)?;
         dp.add_tx_port(idx)?;
         dp.attach(i, xdp_mode)?;
+        if route::is_veth(i) && xdp_mode != XdpMode::Skb {
+            eprintln!(
+                "note: {i} is a veth: frames redirected into it are received only if its peer runs NAPI \
+                 (an XDP program, or `ethtool -K <peer> gro on`); otherwise they are silently lost"
+            );
+        }
     }
     if spec.mode == Mode::Dnat {
         warn_forwarding(spec.vip.is_ipv4());
