@@ -5,7 +5,7 @@
 //! does. The code is `no_std`, allocation-free on the hot path, and written so the
 //! BPF verifier can follow it: every buffer index is masked into a fixed-size
 //! array and every loop has a constant bound.
-#![cfg_attr(not(feature = "user"), no_std)]
+#![cfg_attr(not(any(feature = "user", test)), no_std)]
 
 pub mod callid;
 pub mod csum;

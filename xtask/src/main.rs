@@ -56,7 +56,7 @@ fn main() -> Result<()> {
             cargo(&["build", "-p", "balancer", "--bins"])?;
             let mut a = vec!["test".to_string()];
             a.extend(args);
-            cargo(&a.iter().map(String::as_str).collect::<Vec<_>>())
+            test(&a.iter().map(String::as_str).collect::<Vec<_>>())
         }
         Cmd::Lab { args } => {
             require_root("the lab creates network namespaces and attaches XDP")?;
@@ -94,8 +94,41 @@ fn require_root(why: &str) -> Result<()> {
     Ok(())
 }
 
-/// Runs cargo in the workspace root with the eBPF toolchain chosen by setup.
-fn cargo(args: &[&str]) -> Result<()> {
+/// `cargo test`, passing its output through, then one closing line with the
+/// totals over all test binaries (cargo's own last lines are per binary).
+fn test(args: &[&str]) -> Result<()> {
+    let mut cmd = cargo_cmd(args);
+    cmd.stdout(std::process::Stdio::piped());
+    let mut child = cmd.spawn().context("running cargo test")?;
+    let out = child.stdout.take().expect("piped");
+    let (mut passed, mut failed) = (0u64, 0u64);
+    for line in std::io::BufRead::lines(std::io::BufReader::new(out)) {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            for part in rest.split(';') {
+                let mut w = part.split_whitespace().rev();
+                let (Some(what), Some(n)) = (w.next(), w.next()) else {
+                    continue;
+                };
+                let n: u64 = n.parse().unwrap_or(0);
+                match what {
+                    "passed" => passed += n,
+                    "failed" => failed += n,
+                    _ => {}
+                }
+            }
+        }
+    }
+    let st = child.wait()?;
+    println!("tests: {passed} passed, {failed} failed");
+    if !st.success() {
+        bail!("cargo {} failed ({st})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn cargo_cmd(args: &[&str]) -> Command {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.args(args).current_dir(root());
@@ -103,6 +136,12 @@ fn cargo(args: &[&str]) -> Result<()> {
         cmd.env("BALANCER_EBPF_TOOLCHAIN", t);
     }
     eprintln!("+ cargo {}", args.join(" "));
+    cmd
+}
+
+/// Runs cargo in the workspace root with the eBPF toolchain chosen by setup.
+fn cargo(args: &[&str]) -> Result<()> {
+    let mut cmd = cargo_cmd(args);
     let st = cmd.status().context("running cargo")?;
     if !st.success() {
         bail!("cargo {} failed ({st})", args.join(" "));
