@@ -297,3 +297,26 @@ From: Alice <sip:alice@example.com>;tag=1928301774\r\n";
     )
     .into_bytes()
 }
+
+/// An INVITE of about `total` bytes whose Call-ID is the second header (as most
+/// user agents send it), grown by SDP attribute lines.
+pub fn invite_early(call_id: &str, total: usize) -> Vec<u8> {
+    let head = format!(
+        "INVITE sip:bob@example.com SIP/2.0\r\n\
+Via: SIP/2.0/UDP 10.0.1.2:5060;branch=z9hG4bK776asdhds;rport\r\n\
+Call-ID: {call_id}\r\n\
+Max-Forwards: 70\r\n\
+To: Bob <sip:bob@example.com>\r\n\
+From: Alice <sip:alice@example.com>;tag=1928301774\r\n\
+CSeq: 314159 INVITE\r\nContact: <sip:alice@10.0.1.2>\r\nContent-Type: application/sdp\r\n"
+    );
+    let mut sdp = String::from(
+        "v=0\r\no=alice 2890844526 2890844526 IN IP4 10.0.1.2\r\ns=-\r\nc=IN IP4 10.0.1.2\r\nt=0 0\r\nm=audio 49170 RTP/AVP 0 8 97\r\n",
+    );
+    let mut pt = 96;
+    while head.len() + sdp.len() + 26 < total {
+        sdp.push_str(&format!("a=rtpmap:{pt} opus/48000/2\r\n"));
+        pt += 1;
+    }
+    format!("{head}Content-Length: {:>5}\r\n\r\n{sdp}", sdp.len()).into_bytes()
+}
