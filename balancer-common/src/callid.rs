@@ -33,7 +33,7 @@ pub const SCAN_BUF: usize = SCAN_MAX + 16;
 pub const SCAN_WORDS: u32 = (SCAN_MAX / 8) as u32;
 /// Words of a line's inside that one [`HeaderScan::advance`] may skip. Longer
 /// bursts cost verifier work (each is unrolled), shorter ones more `bpf_loop` calls.
-pub const SKIP_BURST: usize = 32;
+pub const SKIP_BURST: usize = 16;
 
 /// The datagram's first bytes, zero-padded. In the kernel this lives in a per-CPU
 /// array; in user space on the heap or stack. 8-aligned so a word is one load.

@@ -179,6 +179,19 @@ fn main() {
             ours.median / base.median
         ));
     }
+    let verified = |dp: &mut Dataplane, p: &str| {
+        dp.program(p)
+            .unwrap()
+            .info()
+            .ok()
+            .and_then(|i| i.verified_instruction_count())
+            .unwrap_or(0)
+    };
+    table.push_str(&format!(
+        "\nInstructions the verifier processed: balancer {}, trivial {} (limit 1,000,000).\n",
+        verified(&mut dp, PROGRAM),
+        verified(&mut dp, TRIVIAL)
+    ));
     let kernel = sh_out("uname -r").trim().to_string();
     let commit = sh_out("git rev-parse --short HEAD 2>/dev/null || echo unknown")
         .trim()

@@ -530,3 +530,21 @@ fn next_hop_cache_respects_the_mtu() {
     assert_eq!(v, XDP_PASS);
     assert_eq!(moved, ["callid", "fib_fail"]);
 }
+
+/// The verifier walks every path of the program; keep well clear of its
+/// 1,000,000-instruction budget so a kernel with a less clever verifier, or the
+/// next feature, still loads.
+#[test]
+fn verifier_budget_has_headroom() {
+    let mut bed = bed();
+    let n = bed
+        .dp
+        .program(PROGRAM)
+        .unwrap()
+        .info()
+        .unwrap()
+        .verified_instruction_count()
+        .expect("kernel reports verified instructions");
+    eprintln!("verifier processed {n} instructions");
+    assert!(n < 700_000, "verifier processed {n} instructions");
+}
