@@ -31,7 +31,7 @@ struct Args {
     /// Weights, comma-separated, one per backend (default all 1).
     #[arg(long, value_delimiter = ',')]
     weights: Vec<u32>,
-    /// dnat or dsr. (The lab's backends do not hold the VIP, so only dnat answers.)
+    /// dnat, or dsr (the lab then puts the VIP on the backends' loopback).
     #[arg(long, default_value = "dnat")]
     mode: String,
 }
@@ -62,8 +62,15 @@ fn main() {
         bed::LB_BACKEND_SIDE,
         a.backends
     );
+    // In dsr mode the backends hold the VIP and answer from it themselves.
+    let bind = if a.mode == "dsr" {
+        bed.vip_on_backends(a.backends);
+        format!("{}:5060", bed::VIP)
+    } else {
+        "0.0.0.0:5060".to_string()
+    };
     let uas: Vec<peers::Uas> = (0..a.backends)
-        .map(|i| peers::Uas::start(&bed.backend_ns(i)))
+        .map(|i| peers::Uas::start(&bed.backend_ns(i), &bind))
         .collect();
     let backends: Vec<String> = (0..a.backends)
         .map(|i| match a.weights.get(i) {
@@ -105,6 +112,7 @@ fn main() {
         a.repeats
     );
     let t = std::time::Instant::now();
+    let sent: std::collections::HashSet<String> = ids.iter().cloned().collect();
     let answers = peers::run_client(&bed.ns("cli"), vip, &ids, a.repeats, 64);
     let secs = t.elapsed().as_secs_f64();
     let answered: u32 = answers.by_call_id.values().sum();
@@ -114,16 +122,24 @@ fn main() {
     assert!(d.stop(), "balancer did not detach cleanly");
 
     println!(
-        "\n{:<18} {:>8} {:>9} {:>7}  ",
+        "\n{:<26} {:>8} {:>9} {:>7}  ",
         "backend", "calls", "messages", "share"
     );
     let mut split = 0;
     for (i, u) in uas.iter().enumerate() {
-        let seen: HashMap<String, u32> = u.seen.lock().unwrap().clone();
+        // Only the client's calls (the balancer's own OPTIONS pings reach them too).
+        let seen: HashMap<String, u32> = u
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(id, _)| sent.contains(*id))
+            .map(|(id, n)| (id.clone(), *n))
+            .collect();
         let msgs: u32 = seen.values().sum();
         let share = seen.len() as f64 / a.calls as f64;
         println!(
-            "{:<18} {:>8} {:>9} {:>6.1}%  {}",
+            "{:<26} {:>8} {:>9} {:>6.1}%  {}",
             backends[i],
             seen.len(),
             msgs,

@@ -3,6 +3,7 @@
 
 pub mod dataplane;
 pub mod inspect;
+pub mod neigh;
 pub mod route;
 pub mod select;
 pub mod spec;

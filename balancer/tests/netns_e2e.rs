@@ -27,7 +27,7 @@ fn call_ids_stick_balance_and_replies_come_from_the_vip() {
     );
     let bed = bed::Bed::new(&format!("e2e{}", std::process::id()), 3);
     let uas: Vec<peers::Uas> = (0..3)
-        .map(|i| peers::Uas::start(&bed.backend_ns(i)))
+        .map(|i| peers::Uas::start(&bed.backend_ns(i), "0.0.0.0:5060"))
         .collect();
     let backends: Vec<String> = (0..3)
         .map(|i| format!("{}:5060", bed::backend_ip(i)))
@@ -113,4 +113,45 @@ fn call_ids_stick_balance_and_replies_come_from_the_vip() {
         "every request answered, through the VIP"
     );
     eprintln!("per-backend calls: {per_backend:?}; {answered} answers from {vip}");
+}
+
+/// Direct server return: the balancer changes only the MAC; backends hold the
+/// VIP and answer the client themselves (their answers pass the balancer host as
+/// plain routed traffic, untouched).
+#[test]
+fn dsr_backends_answer_from_the_vip_themselves() {
+    assert!(
+        unsafe { libc::geteuid() } == 0,
+        "run as root (cargo xtask test)"
+    );
+    let bed = bed::Bed::new(&format!("dsr{}", std::process::id()), 3);
+    bed.vip_on_backends(3);
+    let vip: SocketAddr = format!("{}:5060", bed::VIP).parse().unwrap();
+    let uas: Vec<peers::Uas> = (0..3)
+        .map(|i| peers::Uas::start(&bed.backend_ns(i), &vip.to_string()))
+        .collect();
+    let mut args: Vec<String> = ["attach", "l0", "--mode", "dsr", "--vip", &vip.to_string()]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.extend([
+        "--instance".into(),
+        format!("dsr{}", std::process::id()),
+        "--backend".into(),
+    ]);
+    args.extend((0..3).map(|i| format!("{}:5060", bed::backend_ip(i))));
+    let daemon = daemon::Daemon::start(&bed.ns("lb"), &args);
+    let ids: Vec<String> = (0..300).map(|i| format!("dsr-{i}@10.0.1.2")).collect();
+    let answers = peers::run_client(&bed.ns("cli"), vip, &ids, 2, 32);
+    assert!(daemon.stop());
+    let seen: Vec<HashMap<String, u32>> =
+        uas.iter().map(|u| u.seen.lock().unwrap().clone()).collect();
+    for id in &ids {
+        let holders: Vec<usize> = (0..3).filter(|&b| seen[b].contains_key(id)).collect();
+        assert_eq!(holders.len(), 1, "{id} reached backends {holders:?}");
+        assert_eq!(seen[holders[0]][id], 2);
+    }
+    assert!(seen.iter().all(|s| s.len() > 50), "all backends used");
+    assert!(answers.wrong_source.is_empty());
+    assert_eq!(answers.by_call_id.values().sum::<u32>(), 600);
 }

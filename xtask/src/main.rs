@@ -61,6 +61,8 @@ fn main() -> Result<()> {
         Cmd::Lab { args } => {
             require_root("the lab creates network namespaces and attaches XDP")?;
             setup::run()?;
+            // The example runs target/release/balancer: build it first, or a stale one runs.
+            cargo(&["build", "--release", "-p", "balancer", "--bins"])?;
             let mut a = vec![
                 "run",
                 "--release",

@@ -11,10 +11,13 @@ use anyhow::{bail, Context, Result};
 use aya::programs::XdpMode;
 use balancer::{
     dataplane::Dataplane,
-    route,
+    neigh, route,
     spec::{parse_addr, BackendSpec, Mode, ServiceSpec},
 };
 use balancer_common::maglev::DEFAULT_TABLE;
+
+/// How often the backends get an OPTIONS to keep their neighbour entries fresh.
+const NEIGH_REFRESH: std::time::Duration = std::time::Duration::from_secs(20);
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -80,6 +83,8 @@ pub fn run(a: Args) -> Result<()> {
     if spec.mode == Mode::Dnat {
         warn_forwarding(spec.vip.is_ipv4());
     }
+    let addrs: Vec<std::net::SocketAddr> = spec.backends.iter().map(|b| b.addr).collect();
+    neigh::prime(&addrs, 1);
     println!(
         "ready: instance {} serving {} ({:?}) with {} backends on {}",
         a.instance,
@@ -96,9 +101,18 @@ pub fn run(a: Args) -> Result<()> {
         .block_on(async {
             use tokio::signal::unix::{signal, SignalKind};
             let mut term = signal(SignalKind::terminate())?;
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+            let mut refresh = tokio::time::interval(NEIGH_REFRESH);
+            refresh.tick().await;
+            let mut seq = 1;
+            loop {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => break,
+                    _ = term.recv() => break,
+                    _ = refresh.tick() => {
+                        seq += 1;
+                        neigh::prime(&addrs, seq);
+                    }
+                }
             }
             anyhow::Ok(())
         })?;

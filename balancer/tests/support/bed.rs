@@ -109,6 +109,16 @@ impl Bed {
         bed
     }
 
+    /// Direct server return: every backend holds the VIP on its loopback.
+    pub fn vip_on_backends(&self, n: usize) {
+        for i in 0..n {
+            sh(&format!(
+                "ip -n {} addr add {VIP}/32 dev lo",
+                self.backend_ns(i)
+            ));
+        }
+    }
+
     /// What an operator would look at when datagrams go missing: neighbours, XDP
     /// attachment, and the non-zero veth counters on the path.
     pub fn diagnose(&self) -> String {

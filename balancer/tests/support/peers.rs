@@ -35,15 +35,21 @@ pub struct Uas {
 }
 
 impl Uas {
-    /// Listens on 0.0.0.0:5060 inside `netns`.
-    pub fn start(netns: &str) -> Uas {
+    /// Listens on `bind` (e.g. `0.0.0.0:5060`, or the VIP for direct server
+    /// return, so answers leave from the VIP) inside `netns`.
+    pub fn start(netns: &str, bind: &str) -> Uas {
         let seen = Arc::new(Mutex::new(HashMap::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let (s2, st2, ns) = (seen.clone(), stop.clone(), netns.to_string());
+        let (s2, st2, ns, bind) = (
+            seen.clone(),
+            stop.clone(),
+            netns.to_string(),
+            bind.to_string(),
+        );
         let thread = std::thread::spawn(move || {
             enter_netns(&ns);
-            let sock = UdpSocket::bind("0.0.0.0:5060").expect("bind 5060");
+            let sock = UdpSocket::bind(&bind).expect("bind");
             sock.set_read_timeout(Some(Duration::from_millis(100)))
                 .unwrap();
             ready_tx.send(()).unwrap();
