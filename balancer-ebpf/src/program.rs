@@ -89,20 +89,8 @@ fn dispatch(ctx: &XdpContext, u: &Udp, svc: balancer_common::maps::Service) -> R
         return Err(reason::TTL_EXCEEDED);
     }
     rewrite(ctx, u, Side::Dst, &target)?;
-    match next_hop(ctx, &u.src, &target, ip_len(ctx, u)) {
-        Hop::Ok {
-            ifindex,
-            smac,
-            dmac,
-        } => {
-            dec_ttl(ctx, u)?;
-            forward(ctx, ifindex, &smac, &dmac)
-        }
-        // The rewritten datagram goes up the stack, which resolves the neighbour
-        // and forwards it: nothing is lost while ARP/ND runs.
-        Hop::NoNeigh => Err(reason::FIB_NO_NEIGH),
-        _ => Err(reason::FIB_FAIL),
-    }
+    let hop = next_hop(ctx, &u.src, &target, ip_len(ctx, u));
+    routed(ctx, u, hop)
 }
 
 /// Backend -> client: make the reply come from the VIP. Replies addressed to this
@@ -120,6 +108,14 @@ fn reverse(ctx: &XdpContext, u: &Udp, vip: &Endpoint) -> Result<u32, u32> {
     }
     rewrite(ctx, u, Side::Src, vip)?;
     count(reason::REVERSE_NAT);
+    routed(ctx, u, hop)
+}
+
+/// Sends on a datagram this host routes (both DNAT directions): TTL down, MACs
+/// from the next hop, out. An unresolved neighbour sends the rewritten datagram up
+/// the stack, which resolves it and forwards: nothing is lost while ARP/ND runs.
+#[inline(always)]
+fn routed(ctx: &XdpContext, u: &Udp, hop: Hop) -> Result<u32, u32> {
     match hop {
         Hop::Ok {
             ifindex,
@@ -129,7 +125,8 @@ fn reverse(ctx: &XdpContext, u: &Udp, vip: &Endpoint) -> Result<u32, u32> {
             dec_ttl(ctx, u)?;
             forward(ctx, ifindex, &smac, &dmac)
         }
-        _ => Ok(xdp_action::XDP_PASS),
+        Hop::NoNeigh => Err(reason::FIB_NO_NEIGH),
+        _ => Err(reason::FIB_FAIL),
     }
 }
 

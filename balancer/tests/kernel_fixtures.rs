@@ -56,30 +56,7 @@ fn spec(vip: &str, mode: Mode, backends: &[&str]) -> ServiceSpec {
 
 fn bed() -> Bed {
     require_root();
-    let ns = Netns::new("fx");
-    ns.ip("link add cli0 address 02:00:00:00:ff:01 type veth peer name cli0p");
-    ns.ip("link add bk0 address 02:00:00:00:fe:01 type veth peer name bk0p");
-    for d in ["cli0", "cli0p", "bk0", "bk0p"] {
-        ns.ip(&format!("link set {d} up"));
-    }
-    ns.ip("addr add 10.0.1.1/24 dev cli0");
-    ns.ip("addr add 10.0.2.1/24 dev bk0");
-    ns.ip("addr add fd00:1::1/64 dev cli0 nodad");
-    ns.ip("addr add fd00:2::1/64 dev bk0 nodad");
-    ns.ip("neigh add 10.0.1.2 lladdr 02:00:00:00:01:02 dev cli0 nud permanent");
-    ns.ip("neigh add fd00:1::2 lladdr 02:00:00:00:01:02 dev cli0 nud permanent");
-    for h in [11, 12, 13, 21, 22] {
-        ns.ip(&format!(
-            "neigh add 10.0.2.{h} lladdr 02:00:00:00:02:{h:02x} dev bk0 nud permanent"
-        ));
-        ns.ip(&format!(
-            "neigh add fd00:2::{h} lladdr 02:00:00:00:06:{h} dev bk0 nud permanent"
-        ));
-    }
-    ns.exec("sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1");
-    let cli = ns.ifindex("cli0");
-    let bk = ns.ifindex("bk0");
-    ns.enter();
+    let (ns, cli, bk) = fixture_net("fx");
 
     let mut dp = Dataplane::load().expect("the verifier accepts the program");
     let v4 = dp

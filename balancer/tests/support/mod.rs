@@ -79,6 +79,41 @@ impl Drop for Netns {
     }
 }
 
+/// The balancer host of the fixture tests and the benchmark, in a namespace of
+/// its own that the calling thread enters: client side `cli0` (10.0.1.1,
+/// fd00:1::1, MAC 02:00:00:00:ff:01), backend side `bk0` (10.0.2.1, fd00:2::1,
+/// MAC 02:00:00:00:fe:01), forwarding on, and static neighbours so FIB answers
+/// are known: the client 10.0.1.2/fd00:1::2 at 02:00:00:00:01:02, backends
+/// 10.0.2.H at 02:00:00:00:02:HH (H in hex) and fd00:2::H at 02:00:00:00:06:H
+/// for H in 11, 12, 13, 21, 22. Returns the namespace and the two ifindexes.
+pub fn fixture_net(tag: &str) -> (Netns, u32, u32) {
+    let ns = Netns::new(tag);
+    ns.ip("link add cli0 address 02:00:00:00:ff:01 type veth peer name cli0p");
+    ns.ip("link add bk0 address 02:00:00:00:fe:01 type veth peer name bk0p");
+    for d in ["cli0", "cli0p", "bk0", "bk0p"] {
+        ns.ip(&format!("link set {d} up"));
+    }
+    ns.ip("addr add 10.0.1.1/24 dev cli0");
+    ns.ip("addr add 10.0.2.1/24 dev bk0");
+    ns.ip("addr add fd00:1::1/64 dev cli0 nodad");
+    ns.ip("addr add fd00:2::1/64 dev bk0 nodad");
+    ns.ip("neigh add 10.0.1.2 lladdr 02:00:00:00:01:02 dev cli0 nud permanent");
+    ns.ip("neigh add fd00:1::2 lladdr 02:00:00:00:01:02 dev cli0 nud permanent");
+    for h in [11, 12, 13, 21, 22] {
+        ns.ip(&format!(
+            "neigh add 10.0.2.{h} lladdr 02:00:00:00:02:{h:02x} dev bk0 nud permanent"
+        ));
+        ns.ip(&format!(
+            "neigh add fd00:2::{h} lladdr 02:00:00:00:06:{h} dev bk0 nud permanent"
+        ));
+    }
+    ns.exec("sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1");
+    let cli = ns.ifindex("cli0");
+    let bk = ns.ifindex("bk0");
+    ns.enter();
+    (ns, cli, bk)
+}
+
 // ---- frames ----
 
 pub const ETH_P_IP: u16 = 0x0800;
