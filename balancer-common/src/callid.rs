@@ -192,15 +192,15 @@ impl HeaderScan {
 
     /// One step of the scan: first skips (up to [`SKIP_BURST`]) whole words that lie
     /// inside an uninteresting line or inside the value, then feeds one word byte
-    /// by byte. Returns `true`
+    /// by byte (unless the burst ran its full length). Returns `true`
     /// when the scan has its answer. Every call consumes at least one word, so
     /// [`SCAN_WORDS`] calls always suffice. In the kernel each call is one `bpf_loop`
     /// iteration; a call costs several ns there, so the skip burst matters.
     #[inline(always)]
     pub fn advance(&mut self, buf: &ScanBuf) -> bool {
         let mut w = self.next as usize;
+        let mut n = 0;
         if self.state == S_SKIP {
-            let mut n = 0;
             while n < SKIP_BURST {
                 let base = (w * 8) & SCAN_MASK;
                 if base + 8 > self.len as usize
@@ -214,7 +214,6 @@ impl HeaderScan {
         } else if self.state == S_VALUE {
             // Inside the value only whitespace matters: a word without any just moves
             // the value's end (what feeding its bytes one by one would do).
-            let mut n = 0;
             while n < SKIP_BURST {
                 let base = (w * 8) & SCAN_MASK;
                 if base + 8 > self.len as usize {
@@ -230,6 +229,12 @@ impl HeaderScan {
                 w += 1;
                 n += 1;
             }
+        }
+        if n == SKIP_BURST {
+            // A whole burst passed: the next step goes on skipping; feeding a word
+            // through the byte machine is only worth it where something happens.
+            self.next = w as u32;
+            return false;
         }
         self.next = w as u32 + 1;
         self.step_word(buf, w as u32)

@@ -63,6 +63,19 @@ pub struct Traffic {
     pub bytes: u64,
 }
 
+/// Target of the benchmark baseline program `xdp_trivial` (slot 0 of `TRIVIAL`):
+/// IPv4 address and port (network order), MACs, egress interface.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TrivialTarget {
+    pub addr: [u8; 4],
+    pub port: u16,
+    pub dmac: [u8; 6],
+    pub smac: [u8; 6],
+    pub _pad: [u8; 2],
+    pub ifindex: u32,
+}
+
 /// Table entry meaning "no backend" (an empty service).
 pub const NO_BACKEND: u32 = u32::MAX;
 
@@ -129,4 +142,5 @@ mod pod {
     unsafe impl aya::Pod for Service {}
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for Traffic {}
+    unsafe impl aya::Pod for TrivialTarget {}
 }

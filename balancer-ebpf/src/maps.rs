@@ -8,7 +8,8 @@ use balancer_common::{
     callid::{HeaderScan, ScanBuf},
     maglev::MAX_TABLE,
     maps::{
-        reason, Backend, Endpoint, Service, Traffic, Vip, MAX_BACKENDS, MAX_PORTS, MAX_SERVICES,
+        reason, Backend, Endpoint, Service, Traffic, TrivialTarget, Vip, MAX_BACKENDS, MAX_PORTS,
+        MAX_SERVICES,
     },
 };
 
@@ -82,16 +83,6 @@ pub struct Scratch {
 pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 /// Target of the benchmark baseline program (`xdp_trivial`): slot 0 only.
-#[repr(C)]
-pub struct TrivialTarget {
-    pub addr: [u8; 4],
-    pub port: u16,
-    pub dmac: [u8; 6],
-    pub smac: [u8; 6],
-    pub _pad: [u8; 2],
-    pub ifindex: u32,
-}
-
 #[map]
 pub static TRIVIAL: Array<TrivialTarget> = Array::with_max_entries(1, 0);
 

@@ -14,6 +14,7 @@ use balancer::{
     dataplane::{Dataplane, PROGRAM, TRIVIAL},
     spec::{Mode, ServiceSpec},
 };
+use balancer_common::maps::TrivialTarget;
 use support::*;
 
 const RUNS: usize = 20_000;
@@ -92,12 +93,14 @@ fn main() {
     .unwrap();
     dp.add_tx_port(cli).unwrap();
     dp.add_tx_port(bk).unwrap();
-    let mut t = [0u8; 24];
-    t[..4].copy_from_slice(&[10, 0, 2, 11]);
-    t[4..6].copy_from_slice(&5060u16.to_be_bytes());
-    t[6..12].copy_from_slice(&[2, 0, 0, 0, 2, 0x11]);
-    t[12..18].copy_from_slice(&[2, 0, 0, 0, 0xfe, 1]);
-    t[20..24].copy_from_slice(&bk.to_ne_bytes());
+    let t = TrivialTarget {
+        addr: [10, 0, 2, 11],
+        port: 5060u16.to_be(),
+        dmac: [2, 0, 0, 0, 2, 0x11],
+        smac: [2, 0, 0, 0, 0xfe, 1],
+        _pad: [0; 2],
+        ifindex: bk,
+    };
     dp.set_trivial_target(t).unwrap();
 
     let early = invite_early("a84b4c76e66710@pc33.atlanta.com", 900);

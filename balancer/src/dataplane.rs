@@ -10,7 +10,10 @@ use aya::{
 };
 use balancer_common::{
     maglev,
-    maps::{reason, Backend, Endpoint, Service, Traffic, MAX_BACKENDS, MAX_SERVICES, NO_BACKEND},
+    maps::{
+        reason, Backend, Endpoint, Service, Traffic, TrivialTarget, MAX_BACKENDS, MAX_SERVICES,
+        NO_BACKEND,
+    },
 };
 
 use crate::{
@@ -202,9 +205,9 @@ impl Dataplane {
     }
 
     /// Sets the benchmark baseline's fixed target.
-    pub fn set_trivial_target(&mut self, raw: [u8; 24]) -> Result<()> {
-        let mut m: Array<&mut MapData, [u8; 24]> = self.map("TRIVIAL")?;
-        m.set(0, raw, 0)?;
+    pub fn set_trivial_target(&mut self, t: TrivialTarget) -> Result<()> {
+        let mut m: Array<&mut MapData, TrivialTarget> = self.map("TRIVIAL")?;
+        m.set(0, t, 0)?;
         Ok(())
     }
 
