@@ -190,9 +190,9 @@ fn main() {
         "# Benchmark results\n\nIn-kernel time of one program run, as BPF_PROG_TEST_RUN reports it, {RUNS} runs per message and program, each on a fresh copy of the frame, the two programs alternating run by run (median, 10th-90th percentile), \
 same run, same frames. `trivial` is `xdp_trivial`: parse, rewrite destination address and port with checksum updates, \
 set fixed MACs, redirect through the devmap to the backend-side interface: the least a DNAT balancer does. `balancer` also finds the service, copies the payload, scans \
-for the Call-ID, hashes it, looks up Maglev, asks the FIB for the next hop and redirects through a devmap.\n\n\
+for the Call-ID, hashes it, looks up Maglev, finds the next hop (FIB, through a one-second cache), counts, and redirects through a devmap. `cargo xtask bench` under `taskset -c 1` gives steadier figures on a shared VM.\n\n\
 - machine: {cpu}, {} CPUs\n- kernel: {kernel}\n- commit: {commit}\n- date: {date}\n\n{table}",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+        sh_out("nproc --all").trim()
     );
     println!("{report}");
     if let Ok(path) = std::env::var("BENCH_RESULTS") {
