@@ -207,6 +207,20 @@ fn ipv4_without_udp_checksum_stays_without() {
 }
 
 #[test]
+fn ipv4_with_options_is_dispatched() {
+    let mut bed = bed();
+    // Router Alert (4 bytes) and NOP padding up to 12 bytes of options: IHL 8.
+    let mut f = client_v4(&invite("Call-ID: with-options", 0));
+    f.ip_options = vec![0x94, 0x04, 0, 0, 1, 1, 1, 1, 1, 1, 1, 0];
+    let bytes = f.build();
+    assert_eq!(bytes[14], 0x48);
+    let (v, out, moved) = bed.run_counted(&bytes, bed.cli);
+    assert_dnat(&bed, &f, v, &out, callid_target(&bed.v4, "with-options"));
+    assert_eq!(&out[34..46], &f.ip_options[..], "options kept");
+    assert_eq!(moved, ["callid", "redirect"]);
+}
+
+#[test]
 fn ipv6_invite_is_dispatched_by_call_id() {
     let mut bed = bed();
     let f = client_v6(&invite("Call-ID: v6call@[fd00:1::2]", 0));

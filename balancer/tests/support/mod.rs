@@ -134,6 +134,8 @@ pub struct Frame {
     pub payload: Vec<u8>,
     /// Send a zero UDP checksum (IPv4 only: "no checksum").
     pub zero_csum: bool,
+    /// IPv4 options (a multiple of 4 bytes): a header longer than 20 bytes.
+    pub ip_options: Vec<u8>,
 }
 
 impl Frame {
@@ -150,6 +152,7 @@ impl Frame {
             dport,
             payload: payload.to_vec(),
             zero_csum: false,
+            ip_options: vec![],
         }
     }
 
@@ -165,12 +168,15 @@ impl Frame {
         match (self.src, self.dst) {
             (IpAddr::V4(s), IpAddr::V4(d)) => {
                 f.extend_from_slice(&ETH_P_IP.to_be_bytes());
-                let tot = (20 + l4.len()) as u16;
-                let mut h = vec![0x45, 0];
+                assert_eq!(self.ip_options.len() % 4, 0);
+                let hl = 20 + self.ip_options.len();
+                let tot = (hl + l4.len()) as u16;
+                let mut h = vec![0x40 | (hl / 4) as u8, 0];
                 h.extend_from_slice(&tot.to_be_bytes());
                 h.extend_from_slice(&[0x12, 0x34, 0x40, 0, self.ttl, self.proto, 0, 0]);
                 h.extend_from_slice(&s.octets());
                 h.extend_from_slice(&d.octets());
+                h.extend_from_slice(&self.ip_options);
                 let c = checksum(&h, 0);
                 h[10..12].copy_from_slice(&c.to_be_bytes());
                 f.extend_from_slice(&h);
@@ -273,11 +279,12 @@ pub fn parse(f: &[u8]) -> Parsed {
     }
     off += 2;
     let (src, dst, ttl, l4): (IpAddr, IpAddr, u8, usize) = if et == ETH_P_IP {
-        let h = &f[off..off + 20];
+        let hl = (f[off] & 0x0f) as usize * 4;
+        let h = &f[off..off + hl];
         assert_eq!(checksum(h, 0), 0, "IPv4 header checksum");
         let s: [u8; 4] = h[12..16].try_into().unwrap();
         let d: [u8; 4] = h[16..20].try_into().unwrap();
-        (s.into(), d.into(), h[8], off + 20)
+        (s.into(), d.into(), h[8], off + hl)
     } else {
         let h = &f[off..off + 40];
         let s: [u8; 16] = h[8..24].try_into().unwrap();
