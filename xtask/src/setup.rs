@@ -100,7 +100,7 @@ fn apt() -> Result<()> {
     run_cmd(Command::new("apt-get").args(["update", "-q"]))?;
     run_cmd(
         Command::new("apt-get")
-            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(["install", "-y", "-q"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
