@@ -18,7 +18,7 @@ use balancer_common::{
 
 use crate::{
     select::Selector,
-    spec::{endpoint, ServiceSpec},
+    spec::{endpoint, Mode, ServiceSpec},
 };
 
 /// The compiled XDP object, built by `build.rs` with aya-build.
@@ -79,8 +79,9 @@ impl Dataplane {
         self.services.values()
     }
 
-    /// Installs a service with its backends: slots, reverse-NAT entries, the Maglev
-    /// table (into the inactive half), then the service entry that makes it live.
+    /// Installs a service with its backends: slots, reverse-NAT entries (DNAT
+    /// only: DSR backends answer from the VIP themselves), the Maglev table, and
+    /// last the service entry that makes it live.
     pub fn install_service(&mut self, spec: &ServiceSpec) -> Result<&Installed> {
         spec.validate()?;
         if self.services.values().any(|s| s.spec.vip == spec.vip) {
@@ -113,7 +114,7 @@ impl Dataplane {
                 )?;
             }
         }
-        {
+        if spec.mode == Mode::Dnat {
             let mut reverse: HashMap<&mut MapData, Endpoint, Endpoint> = self.map("REVERSE")?;
             for b in &spec.backends {
                 reverse.insert(endpoint(b.addr), vip, 0)?;

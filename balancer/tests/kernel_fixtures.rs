@@ -409,6 +409,18 @@ fn dsr_changes_only_the_macs() {
     assert_eq!(&out[0..6], &backend_mac(want.ip()));
     assert_eq!(&out[6..12], &BK_MAC);
     assert_eq!(&out[12..], &bytes[12..], "IP and UDP untouched");
+
+    // A DSR backend's own traffic is not reverse-NATed: it answers from the VIP.
+    let own = Frame::udp(
+        ip("10.0.2.21"),
+        5060,
+        ip("10.0.1.2"),
+        5060,
+        b"SIP/2.0 200 OK\r\n\r\n",
+    );
+    let own = own.build();
+    let (v, out, moved) = bed.run_counted(&own, bed.bk);
+    assert_eq!((v, out, moved), (XDP_PASS, own, vec!["pass_no_service"]));
 }
 
 #[test]
