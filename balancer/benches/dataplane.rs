@@ -9,7 +9,6 @@ mod support;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use aya::programs::{TestRun, TestRunOptions};
 use balancer::{
     dataplane::{Dataplane, PROGRAM, TRIVIAL},
     spec::{Mode, ServiceSpec},
@@ -29,25 +28,13 @@ fn ip(s: &str) -> IpAddr {
 /// rewritten frame back in, and the balancer would then measure its pass-through
 /// path instead of a dispatch.
 fn ns_per_packet(dp: &mut Dataplane, frame: &[u8], ingress: u32) -> ([Stats; 2], u32) {
-    let mut ctx = [0u8; 24];
-    ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
-    ctx[12..16].copy_from_slice(&ingress.to_ne_bytes());
-    let mut out = vec![0u8; frame.len() + 256];
+    let mut out = Vec::new();
     let mut samples = [Vec::with_capacity(RUNS), Vec::with_capacity(RUNS)];
     let mut verdict = 0;
     // The two programs alternate run by run, so both see the same machine.
     for _ in 0..RUNS {
         for (i, prog) in [PROGRAM, TRIVIAL].into_iter().enumerate() {
-            let r = dp
-                .program(prog)
-                .unwrap()
-                .test_run(TestRunOptions {
-                    data_in: Some(frame),
-                    data_out: Some(&mut out),
-                    ctx_in: Some(&ctx),
-                    ..Default::default()
-                })
-                .unwrap();
+            let r = run_xdp(dp, prog, frame, ingress, &mut out);
             if i == 0 {
                 verdict = r.return_value;
             }

@@ -10,7 +10,6 @@ mod support;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
-use aya::programs::{TestRun, TestRunOptions};
 use balancer::{
     dataplane::{Dataplane, PROGRAM},
     select::Selector,
@@ -105,22 +104,8 @@ fn bed() -> Bed {
 
 impl Bed {
     fn run(&mut self, frame: &[u8], ingress: u32) -> (u32, Vec<u8>) {
-        let mut ctx = [0u8; 24];
-        ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
-        ctx[12..16].copy_from_slice(&ingress.to_ne_bytes());
-        let mut out = vec![0u8; frame.len() + 256];
-        let r = self
-            .dp
-            .program(PROGRAM)
-            .unwrap()
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ctx_in: Some(&ctx),
-                ..Default::default()
-            })
-            .expect("BPF_PROG_TEST_RUN");
-        out.truncate(r.data_size_out as usize);
+        let mut out = Vec::new();
+        let r = run_xdp(&mut self.dp, PROGRAM, frame, ingress, &mut out);
         (r.return_value, out)
     }
 

@@ -114,6 +114,35 @@ pub fn fixture_net(tag: &str) -> (Netns, u32, u32) {
     (ns, cli, bk)
 }
 
+/// Runs `prog` once on `frame` as received on `ingress` (BPF_PROG_TEST_RUN with
+/// an `xdp_md` context); the output frame lands in `out`.
+pub fn run_xdp(
+    dp: &mut balancer::dataplane::Dataplane,
+    prog: &str,
+    frame: &[u8],
+    ingress: u32,
+    out: &mut Vec<u8>,
+) -> aya::programs::TestRunResult {
+    use aya::programs::{TestRun, TestRunOptions};
+    // struct xdp_md { data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex }
+    let mut ctx = [0u8; 24];
+    ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+    ctx[12..16].copy_from_slice(&ingress.to_ne_bytes());
+    out.resize(frame.len() + 256, 0);
+    let r = dp
+        .program(prog)
+        .unwrap()
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(out),
+            ctx_in: Some(&ctx),
+            ..Default::default()
+        })
+        .expect("BPF_PROG_TEST_RUN");
+    out.truncate(r.data_size_out as usize);
+    r
+}
+
 // ---- frames ----
 
 pub const ETH_P_IP: u16 = 0x0800;
