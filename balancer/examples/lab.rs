@@ -78,18 +78,7 @@ fn main() {
             None => format!("{}:5060", bed::backend_ip(i)),
         })
         .collect();
-    let mut args = vec![
-        "attach".into(),
-        "l0".into(),
-        "--vip".into(),
-        format!("{}:5060", bed::VIP),
-        "--mode".into(),
-        a.mode.clone(),
-        "--instance".into(),
-        "lab".into(),
-        "--backend".into(),
-    ];
-    args.extend(backends.iter().cloned());
+    let args = bed::Bed::attach_args(&a.mode, "lab", &backends);
     println!("$ balancer {}", args.join(" "));
     let d = daemon::Daemon::start(&bed.ns("lb"), &args);
 

@@ -17,6 +17,18 @@ use balancer::{select::Selector, spec::BackendSpec};
 use rand::{distributions::Alphanumeric, Rng, SeedableRng};
 
 const CALLS: usize = 3000;
+
+/// The one backend that saw `id`, after checking it saw every copy and no other
+/// backend saw any.
+fn sole_holder(seen: &[HashMap<String, u32>], id: &str, copies: u32) -> usize {
+    let holders: Vec<usize> = (0..seen.len())
+        .filter(|&b| seen[b].contains_key(id))
+        .collect();
+    assert_eq!(holders.len(), 1, "{id} reached backends {holders:?}");
+    let b = holders[0];
+    assert_eq!(seen[b][id], copies, "{id}: every copy reached backend {b}");
+    b
+}
 const REPEATS: u32 = 3;
 
 #[test]
@@ -32,16 +44,7 @@ fn call_ids_stick_balance_and_replies_come_from_the_vip() {
     let backends: Vec<String> = (0..3)
         .map(|i| format!("{}:5060", bed::backend_ip(i)))
         .collect();
-    let mut args = vec![
-        "attach".to_string(),
-        "l0".into(),
-        "--vip".into(),
-        format!("{}:5060", bed::VIP),
-        "--instance".into(),
-        format!("e2e{}", std::process::id()),
-        "--backend".into(),
-    ];
-    args.extend(backends.iter().cloned());
+    let args = bed::Bed::attach_args("dnat", &format!("e2e{}", std::process::id()), &backends);
     let daemon = daemon::Daemon::start(&bed.ns("lb"), &args);
 
     // A second daemon with the same instance name refuses to start, and says why.
@@ -84,10 +87,7 @@ fn call_ids_stick_balance_and_replies_come_from_the_vip() {
     let sel = Selector::build(&specs, 65537).unwrap();
     let mut per_backend = [0usize; 3];
     for id in &ids {
-        let holders: Vec<usize> = (0..3).filter(|&b| seen[b].contains_key(id)).collect();
-        assert_eq!(holders.len(), 1, "{id} reached backends {holders:?}");
-        let b = holders[0];
-        assert_eq!(seen[b][id], REPEATS, "{id}: every copy reached backend {b}");
+        let b = sole_holder(&seen, id, REPEATS);
         assert_eq!(
             specs[b].addr,
             sel.whereis(id.as_bytes()).unwrap().addr,
@@ -130,16 +130,10 @@ fn dsr_backends_answer_from_the_vip_themselves() {
     let uas: Vec<peers::Uas> = (0..3)
         .map(|i| peers::Uas::start(&bed.backend_ns(i), &vip.to_string()))
         .collect();
-    let mut args: Vec<String> = ["attach", "l0", "--mode", "dsr", "--vip", &vip.to_string()]
-        .iter()
-        .map(|s| s.to_string())
+    let backends: Vec<String> = (0..3)
+        .map(|i| format!("{}:5060", bed::backend_ip(i)))
         .collect();
-    args.extend([
-        "--instance".into(),
-        format!("dsr{}", std::process::id()),
-        "--backend".into(),
-    ]);
-    args.extend((0..3).map(|i| format!("{}:5060", bed::backend_ip(i))));
+    let args = bed::Bed::attach_args("dsr", &format!("dsr{}", std::process::id()), &backends);
     let daemon = daemon::Daemon::start(&bed.ns("lb"), &args);
     let ids: Vec<String> = (0..300).map(|i| format!("dsr-{i}@10.0.1.2")).collect();
     let answers = peers::run_client(&bed.ns("cli"), vip, &ids, 2, 32);
@@ -147,9 +141,7 @@ fn dsr_backends_answer_from_the_vip_themselves() {
     let seen: Vec<HashMap<String, u32>> =
         uas.iter().map(|u| u.seen.lock().unwrap().clone()).collect();
     for id in &ids {
-        let holders: Vec<usize> = (0..3).filter(|&b| seen[b].contains_key(id)).collect();
-        assert_eq!(holders.len(), 1, "{id} reached backends {holders:?}");
-        assert_eq!(seen[holders[0]][id], 2);
+        sole_holder(&seen, id, 2);
     }
     assert!(seen.iter().all(|s| s.len() > 50), "all backends used");
     assert!(answers.wrong_source.is_empty());

@@ -109,6 +109,29 @@ impl Bed {
         bed
     }
 
+    /// The `balancer attach` arguments for this bed: client side `l0`, the VIP on
+    /// port 5060, `mode`, `instance`, and the backends (`IP:PORT[,weight=N]`).
+    pub fn attach_args(mode: &str, instance: &str, backends: &[String]) -> Vec<String> {
+        let mut args: Vec<String> = [
+            "attach",
+            "l0",
+            "--vip",
+            &format!("{VIP}:5060"),
+            "--mode",
+            mode,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend([
+            "--instance".to_string(),
+            instance.to_string(),
+            "--backend".to_string(),
+        ]);
+        args.extend(backends.iter().cloned());
+        args
+    }
+
     /// Direct server return: every backend holds the VIP on its loopback.
     pub fn vip_on_backends(&self, n: usize) {
         for i in 0..n {
