@@ -75,10 +75,6 @@ impl Dataplane {
             .try_into()?)
     }
 
-    pub fn services(&self) -> impl Iterator<Item = &Installed> {
-        self.services.values()
-    }
-
     /// Installs a service with its backends: slots, reverse-NAT entries (DNAT
     /// only: DSR backends answer from the VIP themselves), the Maglev table, and
     /// last the service entry that makes it live.

@@ -60,7 +60,7 @@ pub fn run(a: Args) -> Result<()> {
     let _lock = instance_lock(&a.instance)?;
 
     let mut dp = Dataplane::load()?;
-    dp.install_service(&spec)?;
+    let slots = dp.install_service(&spec)?.slots.clone();
 
     let mut ifaces = vec![a.iface.clone()];
     for b in &spec.backends {
@@ -121,6 +121,10 @@ pub fn run(a: Args) -> Result<()> {
         if n > 0 {
             eprintln!("{name:>20} {n}");
         }
+    }
+    for (b, slot) in spec.backends.iter().zip(slots) {
+        let t = dp.backend_traffic(slot)?;
+        eprintln!("{:>20} {} packets, {} bytes", b.addr, t.packets, t.bytes);
     }
     drop(dp); // detaches every link
     println!("detached");
