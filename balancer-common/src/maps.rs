@@ -28,6 +28,21 @@ pub struct Endpoint {
 pub const MODE_DNAT: u32 = 0;
 pub const MODE_DSR: u32 = 1;
 
+/// `Service::algorithm` values: what the kernel hashes to pick a backend. The
+/// user-space algorithms `priority` and `weighted` are tables built from a subset
+/// or with weights and hash the Call-ID (`ALG_CALL_ID`).
+pub const ALG_CALL_ID: u32 = 0;
+/// The URI of the From header (Kamailio dispatcher algorithm 1).
+pub const ALG_FROM_URI: u32 = 1;
+/// The URI of the To header (algorithm 2).
+pub const ALG_TO_URI: u32 = 2;
+/// The user part of the Request-URI (algorithm 3).
+pub const ALG_REQUEST_URI: u32 = 3;
+/// The source address (algorithm 4 hashes Contact; the source is what XDP sees).
+pub const ALG_SOURCE: u32 = 4;
+/// A per-CPU counter per datagram (algorithm 5).
+pub const ALG_ROUND_ROBIN: u32 = 5;
+
 /// A service, keyed by its VIP [`Endpoint`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -40,6 +55,8 @@ pub struct Service {
     /// and then flips this field with one map update.
     pub active: u32,
     pub mode: u32,
+    /// One of the `ALG_*` values.
+    pub algorithm: u32,
 }
 
 /// A backend slot. `family == 0` marks an empty slot.

@@ -127,6 +127,7 @@ impl Dataplane {
                     table_size: spec.table_size,
                     active,
                     mode: spec.mode.raw(),
+                    algorithm: 0,
                 },
                 0,
             )?;
