@@ -130,7 +130,15 @@ pub mod reason {
     pub const TX: u32 = 14;
     /// Redirected to another interface.
     pub const REDIRECT: u32 = 15;
-    pub const COUNT: u32 = 16;
+    /// Dispatched by the source address: the service's algorithm is `ALG_SOURCE`.
+    pub const SOURCE: u32 = 16;
+    /// Dispatched by the per-CPU counter: the service's algorithm is `ALG_ROUND_ROBIN`.
+    pub const ROUND_ROBIN: u32 = 17;
+    /// Dispatched by the From/To URI or the Request-URI user (`ALG_FROM_URI`,
+    /// `ALG_TO_URI`, `ALG_REQUEST_URI`). Messages of those services without the key
+    /// count under `callid` or the fallbacks, as `keys::message_dispatch` says.
+    pub const URI: u32 = 18;
+    pub const COUNT: u32 = 19;
 
     pub const NAMES: [&str; COUNT as usize] = [
         "pass_not_ip",
@@ -149,6 +157,9 @@ pub mod reason {
         "ttl_exceeded",
         "tx",
         "redirect",
+        "source",
+        "round_robin",
+        "uri",
     ];
 }
 

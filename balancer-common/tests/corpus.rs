@@ -1,7 +1,13 @@
 //! The scanner against the RFC 4475 torture messages and generated variations.
 
 use balancer_common::callid::{call_id, SCAN_MAX};
-use balancer_common::hash::hash_bytes;
+use balancer_common::hash::{hash_addr, hash_bytes};
+use balancer_common::keys::{
+    from_uri, message_dispatch, message_hash, request_user, to_uri, Dispatch,
+};
+use balancer_common::maps::{
+    reason, ALG_CALL_ID, ALG_FROM_URI, ALG_REQUEST_URI, ALG_SOURCE, ALG_TO_URI,
+};
 use proptest::prelude::*;
 use std::path::PathBuf;
 
@@ -36,6 +42,151 @@ fn rfc4475_corpus_matches_expected() {
         checked += 1;
     }
     assert_eq!(checked, 50);
+}
+
+/// File, From URI, To URI, Request-URI user.
+type KeyRow = (
+    &'static str,
+    Option<&'static str>,
+    Option<&'static str>,
+    Option<&'static str>,
+);
+
+/// From URI, To URI and Request-URI user of every corpus message (`None`: the
+/// extractor finds none). Pinned from the extractors and checked by hand against
+/// RFC 4475; notable: `intmeth` has `?`/`;` in its R-URI user (none), `badaspec`
+/// keeps the spaces inside `< ... >`, `longreq`'s To is not closed within the
+/// 256-byte window, `insuf` has no From/To, `inv2543` keeps `;user=phone`
+/// (inside the angle brackets).
+const KEYS: [KeyRow; 50] = [
+    ("wsinv.dat", Some("sip:jdrosen@example.com"), Some("sip:vivekg@chair-dnrc.example.com"), Some("vivekg")),
+    ("intmeth.dat", Some("sip:mundane@example.com"), Some("sip:1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*@example.com"), None),
+    ("esc01.dat", Some("sip:I%20have%20spaces@example.net"), Some("sip:%75se%72@example.com"), Some("sips%3Auser%40example.com")),
+    ("escnull.dat", Some("sip:null-%00-null@example.com"), Some("sip:null-%00-null@example.com"), None),
+    ("esc02.dat", Some("sip:resource@example.com"), Some("sip:resource@example.com"), None),
+    ("lwsdisp.dat", Some("sip:caller@example.com"), Some("sip:user@example.com"), Some("user")),
+    ("longreq.dat", Some("sip:amazinglylongcallernameamazinglylongcallernameamazinglylongcallernameamazinglylongcallernameamazinglylongcallername@example.net"), None, Some("user")),
+    ("dblreq.dat", Some("sip:j.user@example.com"), Some("sip:j.user@example.com"), None),
+    ("semiuri.dat", Some("sip:caller@example.org"), Some("sip:j_user@example.com"), None),
+    ("transports.dat", Some("sip:caller@example.com"), Some("sip:user@example.com"), Some("user")),
+    ("mpart01.dat", Some("sip:fluffy@example.com"), Some("sip:kumiko@example.org"), Some("kumiko")),
+    ("unreason.dat", Some("sip:user@example.com"), Some("sip:user@example.edu"), None),
+    ("noreason.dat", Some("sip:user@example.com"), Some("sip:user@example.edu"), None),
+    ("badinv01.dat", Some("sip:caller@example.net"), Some("sip:j.user@example.com"), Some("user")),
+    ("clerr.dat", Some("sip:caller@example.net"), Some("sip:j.user@example.com"), Some("user")),
+    ("ncl.dat", Some("sip:caller@example.net"), Some("sip:j.user@example.com"), Some("user")),
+    ("scalar02.dat", Some("sip:user@example.com"), Some("sip:user@example.com"), None),
+    ("scalarlg.dat", Some("sip:other@example.net"), Some("sip:user@example.com"), None),
+    ("quotbal.dat", Some("sip:caller@example.net"), Some("sip:j.user@example.com"), Some("user")),
+    ("ltgtruri.dat", Some("sip:caller@example.net"), Some("sip:user@example.com"), Some("user")),
+    ("lwsruri.dat", Some("sip:caller@example.net"), Some("sip:user@example.com"), Some("user")),
+    ("lwsstart.dat", Some("sip:caller@example.net"), Some("sip:user@example.com"), None),
+    ("trws.dat", Some("sip:local-resource@example.com"), Some("sip:remote-target@example.com"), Some("remote-target")),
+    ("escruri.dat", Some("sip:caller@example.net"), Some("sip:user@example.com"), Some("user")),
+    ("baddate.dat", Some("sip:caller@example.net"), Some("sip:user@example.com"), Some("user")),
+    ("regbadct.dat", Some("sip:user@example.com"), Some("sip:user@example.com"), None),
+    ("badaspec.dat", Some("sip:a.g.bell@example.com"), Some(" sip:t.watson@example.org "), Some("user")),
+    ("baddn.dat", Some("sip:a.g.bell@example.com"), Some("sip:t.watson@example.org"), Some("t.watson")),
+    ("badvers.dat", Some("sip:a.g.bell@example.com"), Some("sip:t.watson@example.org"), Some("t.watson")),
+    ("mismatch01.dat", Some("sip:caller@example.net"), Some("sip:j.user@example.com"), Some("user")),
+    ("mismatch02.dat", Some("sip:caller@example.net"), Some("sip:j.user@example.com"), Some("user")),
+    ("bigcode.dat", Some("sip:user@example.com"), Some("sip:user@example.edu"), None),
+    ("badbranch.dat", Some("sip:caller@example.org"), Some("sip:user@example.com"), Some("user")),
+    ("insuf.dat", None, None, Some("user")),
+    ("unkscm.dat", Some("sip:caller@example.net"), Some("sip:user@example.com"), None),
+    ("novelsc.dat", Some("sip:caller@example.net"), Some("sip:user@example.com"), None),
+    ("unksm2.dat", Some("http://www.example.com"), Some("isbn:2983792873"), None),
+    ("bext01.dat", Some("sip:caller@example.net"), Some("sip:j_user@example.com"), Some("user")),
+    ("invut.dat", Some("sip:caller@example.net"), Some("sip:j.user@example.com"), Some("user")),
+    ("regaut01.dat", Some("sip:j.user@example.com"), Some("sip:j.user@example.com"), None),
+    ("multi01.dat", Some("sip:caller@example.com"), Some("sip:user@example.com"), Some("user")),
+    ("mcl01.dat", Some("sip:other@example.net"), Some("sip:user@example.com"), Some("user")),
+    ("bcast.dat", Some("sip:user@example.com"), Some("sip:user@example.edu"), None),
+    ("zeromf.dat", Some("sip:caller@example.net"), Some("sip:user@example.com"), Some("user")),
+    ("cparam01.dat", Some("sip:watson@example.com"), Some("sip:watson@example.com"), None),
+    ("cparam02.dat", Some("sip:watson@example.com"), Some("sip:watson@example.com"), None),
+    ("regescrt.dat", Some("sip:user@example.com"), Some("sip:user@example.com"), None),
+    ("sdp01.dat", Some("sip:caller@example.net"), Some("sip:j_user@example.com"), Some("user")),
+    ("inv2543.dat", Some("sip:+13035551111@ift.client.example.net;user=phone"), Some("sip:+16505552222@ss1.example.net"), Some("UserB")),
+    ("test.dat", Some("ralph@example.com"), Some("alan@jasomi.com"), Some("alan")),
+
+];
+
+fn corpus_messages() -> Vec<(String, Vec<u8>)> {
+    let dir = corpus_dir();
+    let tsv = std::fs::read_to_string(dir.join("expected.tsv")).unwrap();
+    tsv.lines()
+        .skip(1)
+        .map(|line| {
+            let name = line.split('\t').next().unwrap().to_string();
+            let msg = std::fs::read(dir.join(&name)).unwrap();
+            (name, msg)
+        })
+        .collect()
+}
+
+#[test]
+fn rfc4475_from_to_and_request_uri_keys() {
+    let msgs = corpus_messages();
+    assert_eq!(msgs.len(), KEYS.len());
+    for ((name, msg), (file, from, to, user)) in msgs.iter().zip(KEYS) {
+        assert_eq!(name, file);
+        let s = |o: Option<&[u8]>| o.map(|b| String::from_utf8(b.to_vec()).unwrap());
+        assert_eq!(s(from_uri(msg)).as_deref(), from, "{name} From");
+        assert_eq!(s(to_uri(msg)).as_deref(), to, "{name} To");
+        assert_eq!(s(request_user(msg)).as_deref(), user, "{name} R-URI user");
+    }
+}
+
+/// `message_hash` per algorithm over the corpus: the key's hash when there is one,
+/// the documented fallbacks otherwise.
+#[test]
+fn rfc4475_message_hash_per_algorithm() {
+    let src = [192, 0, 2, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    let by_source = hash_addr(&src, 2);
+    let key = |k: Option<&str>, fallback: Dispatch| match k {
+        Some(k) => Dispatch {
+            hash: hash_bytes(k.as_bytes()),
+            reason: reason::URI,
+        },
+        None => fallback,
+    };
+    let mut by_alg = [0; 3];
+    for ((name, msg), (_, from, to, user)) in corpus_messages().iter().zip(KEYS) {
+        let no_key = Dispatch {
+            hash: by_source,
+            reason: reason::FALLBACK_NO_CALLID,
+        };
+        let by_cid = match call_id(msg) {
+            Some(c) => Dispatch {
+                hash: hash_bytes(c),
+                reason: reason::CALLID,
+            },
+            None => no_key,
+        };
+        let d = |alg| message_dispatch(msg, alg, &src, 2);
+        assert_eq!(d(ALG_CALL_ID), by_cid, "{name}");
+        assert_eq!(d(ALG_FROM_URI), key(from, no_key), "{name}");
+        assert_eq!(d(ALG_TO_URI), key(to, no_key), "{name}");
+        // No Request-URI user: the Call-ID, then the source.
+        assert_eq!(d(ALG_REQUEST_URI), key(user, by_cid), "{name}");
+        assert_eq!(
+            d(ALG_SOURCE),
+            Dispatch {
+                hash: by_source,
+                reason: reason::SOURCE
+            },
+            "{name}"
+        );
+        for alg in [ALG_CALL_ID, ALG_FROM_URI, ALG_TO_URI, ALG_REQUEST_URI] {
+            assert_eq!(message_hash(msg, alg, &src, 2), d(alg).hash);
+        }
+        for (i, k) in [from, to, user].iter().enumerate() {
+            by_alg[i] += k.is_some() as u32;
+        }
+    }
+    // The corpus exercises both the keys and the fallbacks (From, To, R-URI user).
+    assert_eq!(by_alg, [49, 48, 30]);
 }
 
 /// The repo keeps a copy of the shared corpus; when the shared one is beside the

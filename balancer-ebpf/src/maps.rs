@@ -5,7 +5,8 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
 use balancer_common::{
-    callid::{HeaderScan, ScanBuf},
+    callid::ScanBuf,
+    keys::KeyScan,
     maglev::MAX_TABLE,
     maps::{
         reason, Backend, Endpoint, Service, Traffic, TrivialTarget, Vip, MAX_BACKENDS, MAX_PORTS,
@@ -26,8 +27,13 @@ pub static REVERSE: HashMap<Endpoint, Vip> = HashMap::with_max_entries(MAX_BACKE
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 
 /// Two Maglev tables per service (double buffer), flat: see `maglev::table_base`.
+/// Mappable, so user space writes a whole table with a memory copy.
 #[map]
-pub static MAGLEV: Array<u32> = Array::with_max_entries(MAX_SERVICES * 2 * MAX_TABLE, 0);
+pub static MAGLEV: Array<u32> =
+    Array::with_max_entries(MAX_SERVICES * 2 * MAX_TABLE, BPF_F_MMAPABLE);
+
+/// `BPF_F_MMAPABLE` (include/uapi/linux/bpf.h).
+const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 /// Egress interfaces for redirects, keyed by ifindex.
 #[map]
@@ -70,10 +76,16 @@ pub static BACKEND_STATS: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(M
 #[map]
 pub static SERVICE_STATS: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
 
-/// Per-CPU working memory for the scanner: too big for the 512-byte BPF stack.
+/// Round-robin counters (`ALG_ROUND_ROBIN`), per CPU, indexed by service id: the
+/// counter is the key hash, post-incremented per datagram.
+#[map]
+pub static RR: PerCpuArray<u32> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
+
+/// Per-CPU working memory for the scanners: too big for the 512-byte BPF stack.
 #[repr(C)]
 pub struct Scratch {
-    pub scan: HeaderScan,
+    /// The key search (Request-URI user, header scan, From/To URI).
+    pub key: KeyScan,
     /// `bpf_fib_lookup` parameters (64 bytes: too much for the stack next to the rest).
     pub fib: [u64; 8],
     pub buf: ScanBuf,

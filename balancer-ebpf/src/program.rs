@@ -8,15 +8,16 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use balancer_common::{
-    callid::{Header, SCAN_MAX},
+    callid::SCAN_MAX,
     hash::{hash_addr, hash_span},
+    keys::{is_keepalive, KeyScan},
     maglev,
-    maps::{reason, Endpoint, MODE_DSR, NO_BACKEND},
+    maps::{reason, Endpoint, Service, ALG_ROUND_ROBIN, ALG_SOURCE, MODE_DSR, NO_BACKEND},
 };
 
 use crate::{
     maps::{
-        add_traffic, count, BACKENDS, BACKEND_STATS, MAGLEV, REVERSE, SCRATCH, SERVICES,
+        add_traffic, count, BACKENDS, BACKEND_STATS, MAGLEV, REVERSE, RR, SCRATCH, SERVICES,
         SERVICE_STATS, TRIVIAL, TX_PORTS,
     },
     nat::{dec_ttl, forward, ip_len, next_hop, rewrite, ttl, Hop, Side},
@@ -51,8 +52,8 @@ fn try_balancer(ctx: &XdpContext) -> Result<u32, u32> {
 
 /// Client -> VIP: pick a backend and send the datagram there.
 #[inline(always)]
-fn dispatch(ctx: &XdpContext, u: &Udp, svc: balancer_common::maps::Service) -> Result<u32, u32> {
-    let hash = key_hash(ctx, u)?;
+fn dispatch(ctx: &XdpContext, u: &Udp, svc: Service) -> Result<u32, u32> {
+    let hash = key_hash(ctx, u, &svc)?;
     let idx = maglev::table_base(svc.id, svc.active) + maglev::index(hash, svc.table_size);
     let slot = *MAGLEV.get(idx).ok_or(reason::NO_BACKEND)?;
     if slot == NO_BACKEND {
@@ -130,9 +131,24 @@ fn routed(ctx: &XdpContext, u: &Udp, hop: Hop) -> Result<u32, u32> {
     }
 }
 
-/// The Call-ID hash, or the source-address hash when there is none.
+/// The key hash of the service's algorithm. `keys::message_dispatch` is the same
+/// decision in user space (same building blocks, same order, same counters): keep
+/// the two in step.
 #[inline(always)]
-fn key_hash(ctx: &XdpContext, u: &Udp) -> Result<u32, u32> {
+fn key_hash(ctx: &XdpContext, u: &Udp, svc: &Service) -> Result<u32, u32> {
+    let alg = svc.algorithm;
+    if alg == ALG_SOURCE {
+        count(reason::SOURCE);
+        return Ok(hash_addr(&u.src.addr, u.family));
+    }
+    if alg == ALG_ROUND_ROBIN {
+        // Per CPU, so no atomics: each CPU walks the table on its own.
+        let c = RR.get_ptr_mut(svc.id).ok_or(reason::MALFORMED)?;
+        let h = unsafe { *c };
+        unsafe { *c = h.wrapping_add(1) };
+        count(reason::ROUND_ROBIN);
+        return Ok(h);
+    }
     let s = SCRATCH.get_ptr_mut(0).ok_or(reason::MALFORMED)?;
     let len = u.payload_len;
     let n = if len > SCAN_MAX as u32 {
@@ -145,17 +161,26 @@ fn key_hash(ctx: &XdpContext, u: &Udp) -> Result<u32, u32> {
         let rc =
             unsafe { bpf_xdp_load_bytes(ctx.ctx, off, (*s).buf.bytes.as_mut_ptr() as *mut _, n) };
         if rc == 0 {
+            // Request-URI user, header scan and From/To URI: one state machine run
+            // from one bpf_loop call site. `reset` only stores (the choice by
+            // algorithm is the first step's), so the verifier state does not split
+            // by algorithm here and the step function is not checked once per split.
             unsafe {
-                (*s).scan.reset(Header::CALL_ID, n, n == len);
-                bpf_loop((n + 7) / 8, scan_step as *mut _, core::ptr::null_mut(), 0);
-                if let Some(span) = (*s).scan.result() {
-                    count(reason::CALLID);
+                (*s).key.reset(alg, n, n == len);
+                bpf_loop(
+                    KeyScan::steps(n),
+                    key_step as *mut _,
+                    core::ptr::null_mut(),
+                    0,
+                );
+                if let Some((span, r)) = (*s).key.result() {
+                    count(r);
                     return Ok(hash_span(&(*s).buf, span));
                 }
             }
         }
     }
-    count(if is_keepalive(unsafe { &(*s).buf.bytes }, n) {
+    count(if is_keepalive(unsafe { &(*s).buf }, n) {
         reason::FALLBACK_KEEPALIVE
     } else {
         reason::FALLBACK_NO_CALLID
@@ -163,27 +188,11 @@ fn key_hash(ctx: &XdpContext, u: &Udp) -> Result<u32, u32> {
     Ok(hash_addr(&u.src.addr, u.family))
 }
 
-/// Empty or CR/LF-only datagrams (RFC 5626 keepalives).
-#[inline(always)]
-fn is_keepalive(b: &[u8], n: u32) -> bool {
-    if n > 4 {
-        return false;
-    }
-    let mut i = 0;
-    while i < 4 {
-        if (i as u32) < n && b[i] != b'\r' && b[i] != b'\n' {
-            return false;
-        }
-        i += 1;
-    }
-    true
-}
-
-/// One `bpf_loop` step of the scan (see `HeaderScan::advance`). Returns 1 to stop.
+/// One `bpf_loop` step of the key search (see `KeyScan::advance`). Returns 1 to stop.
 #[inline(never)]
-extern "C" fn scan_step(_index: u64, _ctx: *mut core::ffi::c_void) -> i64 {
+extern "C" fn key_step(_index: u64, _ctx: *mut core::ffi::c_void) -> i64 {
     match SCRATCH.get_ptr_mut(0) {
-        Some(s) => unsafe { (*s).scan.advance(&(*s).buf) as i64 },
+        Some(s) => unsafe { (*s).key.advance(&(*s).buf) as i64 },
         None => 1,
     }
 }

@@ -1,7 +1,11 @@
 //! User space of the SIP XDP balancer: loading and feeding the data plane,
 //! Maglev tables, interface discovery, message inspection.
 
+pub mod config;
+pub mod control;
+pub mod daemon;
 pub mod dataplane;
+pub mod dispatcher;
 pub mod inspect;
 pub mod neigh;
 pub mod route;

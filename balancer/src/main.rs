@@ -6,19 +6,45 @@ mod cli;
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
+    /// Instance name: selects the control socket and the bpffs pin directory.
+    #[arg(
+        long,
+        global = true,
+        env = "BALANCER_INSTANCE",
+        default_value = "default"
+    )]
+    instance: String,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    Attach(cli::attach::Args),
+    Attach(cli::attach::AttachArgs),
+    Run(cli::attach::RunArgs),
+    #[command(subcommand)]
+    Service(cli::service::Command),
+    #[command(subcommand)]
+    Backend(cli::backend::Command),
+    Whereis(cli::whereis::Args),
+    Stats(cli::stats::Args),
+    Detach(cli::detach::Args),
+    ImportDispatcher(cli::import::Args),
     Inspect(cli::inspect::Args),
 }
 
 fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
-        Command::Attach(a) => cli::attach::run(a),
+    let cli = Cli::parse();
+    let i = cli.instance;
+    match cli.command {
+        Command::Attach(a) => cli::attach::attach(&i, a),
+        Command::Run(a) => cli::attach::run(&i, a),
+        Command::Service(c) => cli::service::run(&i, c),
+        Command::Backend(c) => cli::backend::run(&i, c),
+        Command::Whereis(a) => cli::whereis::run(&i, a),
+        Command::Stats(a) => cli::stats::run(&i, a),
+        Command::Detach(a) => cli::detach::run(&i, a),
+        Command::ImportDispatcher(a) => cli::import::run(&i, a),
         Command::Inspect(a) => cli::inspect::run(a),
     }
 }

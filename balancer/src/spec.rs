@@ -24,11 +24,14 @@ pub enum SpecError {
     },
     #[error("`{0}` is not a mode (dnat or dsr)")]
     Mode(String),
+    #[error("`{0}` is not an algorithm (call-id, from-uri, to-uri, request-uri, source, round-robin, random, priority, weighted)")]
+    Algorithm(String),
     #[error("a service needs at least one backend")]
     NoBackends,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Destination address and port become the backend's; replies are reverse-NATed.
     #[default]
@@ -43,6 +46,97 @@ impl Mode {
             Mode::Dnat => MODE_DNAT,
             Mode::Dsr => MODE_DSR,
         }
+    }
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Dnat => "dnat",
+            Mode::Dsr => "dsr",
+        }
+    }
+}
+
+/// How a service picks a backend, named as in Kamailio's dispatcher where there is
+/// an equivalent. Every one goes through the service's weighted Maglev table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Algorithm {
+    /// Hash of the Call-ID (dispatcher algorithm 0): every message of a dialog
+    /// goes to the same backend.
+    #[default]
+    CallId,
+    /// Hash of the From URI (1): one caller, one backend.
+    FromUri,
+    /// Hash of the To URI (2).
+    ToUri,
+    /// Hash of the Request-URI user (3): one called number, one backend.
+    RequestUri,
+    /// Hash of the source address (close to 4, which hashes Contact).
+    Source,
+    /// Per datagram, in turn (4 is per request in Kamailio): splits dialogs
+    /// until dialog affinity exists.
+    RoundRobin,
+    /// A random backend per dialog: the Call-ID is random, so its hash is a
+    /// uniform, stateless draw that every message of the dialog repeats (6).
+    Random,
+    /// Only the highest-priority usable backends take traffic, by Call-ID (8).
+    Priority,
+    /// Weighted by Call-ID (9); weights apply to every algorithm anyway.
+    Weighted,
+}
+
+impl Algorithm {
+    pub const ALL: [Algorithm; 9] = [
+        Algorithm::CallId,
+        Algorithm::FromUri,
+        Algorithm::ToUri,
+        Algorithm::RequestUri,
+        Algorithm::Source,
+        Algorithm::RoundRobin,
+        Algorithm::Random,
+        Algorithm::Priority,
+        Algorithm::Weighted,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::CallId => "call-id",
+            Algorithm::FromUri => "from-uri",
+            Algorithm::ToUri => "to-uri",
+            Algorithm::RequestUri => "request-uri",
+            Algorithm::Source => "source",
+            Algorithm::RoundRobin => "round-robin",
+            Algorithm::Random => "random",
+            Algorithm::Priority => "priority",
+            Algorithm::Weighted => "weighted",
+        }
+    }
+
+    /// What the kernel hashes (`Service::algorithm`).
+    pub fn raw(self) -> u32 {
+        use balancer_common::maps::*;
+        match self {
+            Algorithm::CallId | Algorithm::Random | Algorithm::Priority | Algorithm::Weighted => {
+                ALG_CALL_ID
+            }
+            Algorithm::FromUri => ALG_FROM_URI,
+            Algorithm::ToUri => ALG_TO_URI,
+            Algorithm::RequestUri => ALG_REQUEST_URI,
+            Algorithm::Source => ALG_SOURCE,
+            Algorithm::RoundRobin => ALG_ROUND_ROBIN,
+        }
+    }
+}
+
+impl FromStr for Algorithm {
+    type Err = SpecError;
+    fn from_str(s: &str) -> Result<Self, SpecError> {
+        Algorithm::ALL
+            .into_iter()
+            .find(|a| a.name() == s)
+            .ok_or_else(|| SpecError::Algorithm(s.into()))
     }
 }
 

@@ -48,8 +48,7 @@ fn call_ids_stick_balance_and_replies_come_from_the_vip() {
     let daemon = daemon::Daemon::start(&bed.ns("lb"), &args);
 
     // A second daemon with the same instance name refuses to start, and says why.
-    let again = std::process::Command::new("ip")
-        .args(["netns", "exec", &bed.ns("lb"), &daemon::balancer_bin()])
+    let again = daemon::in_netns(&bed.ns("lb"))
         .args(&args)
         .output()
         .unwrap();

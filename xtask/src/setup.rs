@@ -23,6 +23,8 @@ const PACKAGES: &[&str] = &[
     "zlib1g-dev",
     "iproute2",
     "ethtool",
+    // nsenter and setpriv for the tests (essential on Debian; listed to be sure).
+    "util-linux",
 ];
 
 pub fn run() -> Result<()> {

@@ -1,168 +1,110 @@
-//! `balancer attach IFACE --vip IP:PORT --backend IP:PORT[,weight=N]...`
-//!
-//! Foreground: loads the data plane, attaches it to the client-facing interface and
-//! to every interface the routing table uses towards the backends, prints `ready`,
-//! and detaches cleanly on SIGINT/SIGTERM.
+//! `balancer attach IFACE...` and `balancer run --config FILE`: start the daemon.
 
-use std::io::Write;
-use std::os::fd::AsRawFd;
+use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
-use aya::programs::XdpMode;
+use anyhow::Result;
 use balancer::{
-    dataplane::Dataplane,
-    neigh, route,
-    spec::{parse_addr, BackendSpec, Mode, ServiceSpec},
+    config::{BackendConfig, Config, ServiceConfig},
+    daemon::{self, parse_xdp_mode, Options},
+    spec::{parse_addr, Algorithm, BackendSpec, Mode},
 };
 use balancer_common::maglev::DEFAULT_TABLE;
 
-/// How often the backends get an OPTIONS to keep their neighbour entries fresh.
-const NEIGH_REFRESH: std::time::Duration = std::time::Duration::from_secs(20);
-
+/// Start the daemon on client-facing interfaces; optionally with one service.
+///
+/// The configuration is FILE (default /var/lib/balancer/INSTANCE.toml): read if it
+/// exists, updated with these arguments, and written back after every change.
 #[derive(clap::Args)]
-pub struct Args {
-    /// Client-facing interface (where SIP traffic to the VIP arrives).
-    iface: String,
-    /// Service address clients send to.
+pub struct AttachArgs {
+    /// Client-facing interfaces (where SIP traffic to the VIPs arrives).
+    #[arg(required = true)]
+    ifaces: Vec<String>,
+    /// A service to serve (replaces one with the same VIP in the file).
     #[arg(long, value_parser = parse_addr)]
-    vip: std::net::SocketAddr,
-    /// A backend, IP:PORT[,weight=N]; repeat the flag or list several.
-    #[arg(long = "backend", required = true, num_args = 1..)]
+    vip: Option<std::net::SocketAddr>,
+    /// The service's backends, IP:PORT[,weight=N]; repeat the flag or list several.
+    #[arg(long = "backend", num_args = 1.., requires = "vip")]
     backends: Vec<BackendSpec>,
     /// dnat (rewrite destination, reverse-NAT replies) or dsr (rewrite MAC only).
     #[arg(long, default_value = "dnat")]
     mode: Mode,
+    /// call-id, from-uri, to-uri, request-uri, source, round-robin, random, priority, weighted.
+    #[arg(long, default_value = "call-id")]
+    algorithm: Algorithm,
     /// Maglev table size, a prime up to 65537.
     #[arg(long, default_value_t = DEFAULT_TABLE)]
     table_size: u32,
-    /// Instance name: several instances on one host must have different names.
-    #[arg(long, env = "BALANCER_INSTANCE", default_value = "default")]
-    instance: String,
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    common: Common,
+}
+
+/// Start the daemon from a configuration file (what the systemd unit runs).
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// The configuration; every change made through the CLI is written back to it.
+    #[arg(long)]
+    config: PathBuf,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(clap::Args)]
+struct Common {
+    /// Leave programs, links and maps pinned when the daemon exits or crashes, so
+    /// traffic keeps flowing and the next start adopts them (hitless restart).
+    #[arg(long)]
+    persist: bool,
     /// XDP attach mode: auto (native where the driver has it), native, generic.
     #[arg(long, default_value = "auto")]
     xdp_mode: String,
 }
 
-pub fn run(a: Args) -> Result<()> {
-    let spec = ServiceSpec {
-        vip: a.vip,
-        mode: a.mode,
-        table_size: a.table_size,
-        backends: a.backends,
-    };
-    spec.validate()?;
-    let xdp_mode = match a.xdp_mode.as_str() {
-        "auto" => XdpMode::Default,
-        "native" => XdpMode::Driver,
-        "generic" => XdpMode::Skb,
-        m => bail!("--xdp-mode {m}: expected auto, native or generic"),
-    };
-    let _lock = instance_lock(&a.instance)?;
-
-    let mut dp = Dataplane::load()?;
-    let slots = dp.install_service(&spec)?.slots.clone();
-
-    let mut ifaces = vec![a.iface.clone()];
-    for b in &spec.backends {
-        let dev = route::egress_interface(b.addr.ip())?;
-        if !ifaces.contains(&dev) {
-            ifaces.push(dev);
-        }
-    }
-    for i in &ifaces {
-        let idx = route::ifindex(i)?;
-        dp.add_tx_port(idx)?;
-        dp.attach(i, xdp_mode)?;
-        if route::is_veth(i) && xdp_mode != XdpMode::Skb {
-            eprintln!(
-                "note: {i} is a veth: frames redirected into it are received only if its peer runs NAPI \
-                 (an XDP program, or `ethtool -K <peer> gro on`); otherwise they are silently lost"
-            );
-        }
-    }
-    if spec.mode == Mode::Dnat {
-        warn_forwarding(spec.vip.is_ipv4());
-    }
-    let addrs: Vec<std::net::SocketAddr> = spec.backends.iter().map(|b| b.addr).collect();
-    neigh::prime(&addrs, 1);
-    println!(
-        "ready: instance {} serving {} ({:?}) with {} backends on {}",
-        a.instance,
-        spec.vip,
-        spec.mode,
-        spec.backends.len(),
-        ifaces.join(", ")
-    );
-    std::io::stdout().flush()?;
-
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?
-        .block_on(async {
-            use tokio::signal::unix::{signal, SignalKind};
-            let mut term = signal(SignalKind::terminate())?;
-            let mut refresh = tokio::time::interval(NEIGH_REFRESH);
-            refresh.tick().await;
-            let mut seq = 1;
-            loop {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => break,
-                    _ = term.recv() => break,
-                    _ = refresh.tick() => {
-                        seq += 1;
-                        neigh::prime(&addrs, seq);
-                    }
-                }
-            }
-            anyhow::Ok(())
-        })?;
-
-    for (name, n) in dp.stats()? {
-        if n > 0 {
-            eprintln!("{name:>20} {n}");
-        }
-    }
-    for (b, slot) in spec.backends.iter().zip(slots) {
-        let t = dp.backend_traffic(slot)?;
-        eprintln!("{:>20} {} packets, {} bytes", b.addr, t.packets, t.bytes);
-    }
-    drop(dp); // detaches every link
-    println!("detached");
-    Ok(())
-}
-
-/// An exclusive lock per instance name, so two daemons never share pins or a socket.
-fn instance_lock(name: &str) -> Result<std::fs::File> {
-    if name.is_empty()
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    {
-        bail!("instance name `{name}`: use letters, digits, '-' and '_'");
-    }
-    let dir = std::path::Path::new("/run/balancer");
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let path = dir.join(format!("{name}.lock"));
-    let f = std::fs::File::create(&path).with_context(|| format!("opening {}", path.display()))?;
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        bail!(
-            "instance `{name}` is already running (lock {} held); pick another --instance",
-            path.display()
-        );
-    }
-    Ok(f)
-}
-
-fn warn_forwarding(v4: bool) {
-    let path = if v4 {
-        "/proc/sys/net/ipv4/ip_forward"
+pub fn attach(instance: &str, a: AttachArgs) -> Result<()> {
+    balancer::control::check_instance(instance)?;
+    let path = a
+        .config
+        .unwrap_or_else(|| PathBuf::from(format!("/var/lib/balancer/{instance}.toml")));
+    let mut config = if path.exists() {
+        Config::load(&path)?
     } else {
-        "/proc/sys/net/ipv6/conf/all/forwarding"
+        Config::default()
     };
-    if std::fs::read_to_string(path)
-        .map(|s| s.trim() == "0")
-        .unwrap_or(false)
-    {
-        eprintln!("warning: {path} is 0: in dnat mode this host is a router; the kernel refuses to forward and rewritten datagrams are dropped");
+    config.interfaces = a.ifaces;
+    if let Some(vip) = a.vip {
+        let mut s = ServiceConfig::new(vip);
+        s.mode = a.mode;
+        s.algorithm = a.algorithm;
+        s.table_size = a.table_size;
+        s.backends = a
+            .backends
+            .iter()
+            .map(|b| BackendConfig {
+                weight: b.weight,
+                ..BackendConfig::new(b.addr)
+            })
+            .collect();
+        config.services.retain(|x| x.vip != vip);
+        config.services.push(s);
     }
+    config.validate()?;
+    daemon::run(Options {
+        instance: instance.into(),
+        config_path: path,
+        config,
+        persist: a.common.persist,
+        xdp_mode: parse_xdp_mode(&a.common.xdp_mode)?,
+    })
+}
+
+pub fn run(instance: &str, a: RunArgs) -> Result<()> {
+    let config = Config::load(&a.config)?;
+    daemon::run(Options {
+        instance: instance.into(),
+        config_path: a.config,
+        config,
+        persist: a.common.persist,
+        xdp_mode: parse_xdp_mode(&a.common.xdp_mode)?,
+    })
 }

@@ -4,6 +4,8 @@
 //! client and backend ends send like wire hosts (`tx off`) and receive redirected
 //! frames like NICs (`gro on`). Everything is deleted on drop.
 
+#![allow(dead_code)]
+
 use std::net::Ipv4Addr;
 use std::process::Command;
 
@@ -24,6 +26,11 @@ pub const LB_BACKEND_SIDE: &str = "10.0.2.1";
 
 pub fn backend_ip(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 0, 2, 11 + i as u8)
+}
+
+/// Where a test instance keeps its configuration file.
+pub fn config_path(instance: &str) -> String {
+    format!("/tmp/balancer-test-{instance}.toml")
 }
 
 impl Bed {
@@ -126,6 +133,8 @@ impl Bed {
         args.extend([
             "--instance".to_string(),
             instance.to_string(),
+            "--config".to_string(),
+            config_path(instance),
             "--backend".to_string(),
         ]);
         args.extend(backends.iter().cloned());
@@ -168,6 +177,9 @@ impl Bed {
     }
 
     pub fn cleanup(&self) {
+        // Instances in tests are named like their bed.
+        let _ = std::fs::remove_file(config_path(&self.prefix));
+        let _ = std::fs::remove_dir_all(format!("/sys/fs/bpf/balancer/{}", self.prefix));
         let mut names = vec![self.ns("cli"), self.ns("lb"), self.ns("sw")];
         for i in 0..MAX_BACKENDS {
             names.push(self.backend_ns(i));

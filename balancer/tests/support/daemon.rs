@@ -1,4 +1,10 @@
-//! Runs `balancer attach` in the bed's balancer namespace and stops it on drop.
+//! Runs the balancer daemon in the bed's balancer namespace and stops it on drop.
+//!
+//! `nsenter --net` rather than `ip netns exec`: the latter also gives the process
+//! a private mount namespace with a fresh /sys, where bpffs pins would vanish with
+//! the process and hitless restarts could not be tested.
+
+#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -29,8 +35,7 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `balancer <args>` inside `netns` and waits for its `ready` line.
     pub fn start(netns: &str, args: &[String]) -> Daemon {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", netns, &balancer_bin()])
+        let mut child = in_netns(netns)
             .args(args)
             .stdout(Stdio::piped())
             .spawn()
@@ -59,6 +64,11 @@ impl Daemon {
         d
     }
 
+    /// SIGKILL: a crash, as far as the daemon can tell.
+    pub fn crash(mut self) {
+        self.kill();
+    }
+
     /// SIGTERM, then waits; returns whether it said `detached` and exited 0.
     pub fn stop(mut self) -> bool {
         let mut child = self.child.take().unwrap();
@@ -80,4 +90,35 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// `balancer` inside `netns` (network namespace only).
+pub fn in_netns(netns: &str) -> Command {
+    let mut c = Command::new("nsenter");
+    c.arg(format!("--net=/run/netns/{netns}"))
+        .arg("--")
+        .arg(balancer_bin());
+    c
+}
+
+/// Runs a CLI command against an instance; returns (success, stdout, stderr).
+pub fn cli(instance: &str, args: &[&str]) -> (bool, String, String) {
+    let o = Command::new(balancer_bin())
+        .arg("--instance")
+        .arg(instance)
+        .args(args)
+        .output()
+        .expect("run balancer");
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// Like [`cli`], but the command must succeed; returns stdout.
+pub fn cli_ok(instance: &str, args: &[&str]) -> String {
+    let (ok, out, err) = cli(instance, args);
+    assert!(ok, "balancer {args:?} failed: {err}");
+    out
 }

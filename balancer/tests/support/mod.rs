@@ -391,3 +391,64 @@ CSeq: 314159 INVITE\r\nContact: <sip:alice@10.0.1.2>\r\nContent-Type: applicatio
     }
     format!("{head}Content-Length: {:>5}\r\n\r\n{sdp}", sdp.len()).into_bytes()
 }
+
+// ---- maps of the loaded program, beside the Dataplane API ----
+
+/// A map of the loaded main program, found by name among the maps it uses.
+pub fn program_map(dp: &mut balancer::dataplane::Dataplane, name: &str) -> aya::maps::Map {
+    let ids = dp
+        .program(balancer::dataplane::PROGRAM)
+        .unwrap()
+        .info()
+        .unwrap()
+        .map_ids()
+        .unwrap()
+        .expect("the kernel reports the program's maps");
+    for id in ids {
+        let md = aya::maps::MapData::from_id(id).unwrap();
+        if md.info().unwrap().name_as_str() == Some(name) {
+            return aya::maps::Map::from_map_data(md).unwrap();
+        }
+    }
+    panic!("the program uses no map {name}");
+}
+
+/// Sets the hashing algorithm (`maps::ALG_*`) of the installed service at `vip`
+/// by rewriting its SERVICES entry (`install_service` writes `ALG_CALL_ID` as
+/// long as `ServiceSpec` carries no algorithm).
+pub fn set_algorithm(
+    dp: &mut balancer::dataplane::Dataplane,
+    vip: std::net::SocketAddr,
+    algorithm: u32,
+) {
+    use balancer_common::maps::{Endpoint, Service};
+    let mut m: aya::maps::HashMap<aya::maps::MapData, Endpoint, Service> =
+        program_map(dp, "SERVICES").try_into().unwrap();
+    let key = balancer::spec::endpoint(vip);
+    let mut s = m.get(&key, 0).expect("service installed");
+    s.algorithm = algorithm;
+    m.insert(key, s, 0).unwrap();
+}
+
+/// The round-robin counter of service `id` on `cpu`.
+pub fn rr_counter(dp: &mut balancer::dataplane::Dataplane, id: u32, cpu: usize) -> u32 {
+    let m: aya::maps::PerCpuArray<aya::maps::MapData, u32> =
+        program_map(dp, "RR").try_into().unwrap();
+    m.get(&id, 0).unwrap()[cpu]
+}
+
+/// Pins the calling thread to the CPU it runs on (BPF_PROG_TEST_RUN runs the
+/// program there, so per-CPU state stays put); returns that CPU.
+pub fn pin_to_current_cpu() -> usize {
+    unsafe {
+        let cpu = libc::sched_getcpu();
+        assert!(cpu >= 0);
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu as usize, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0
+        );
+        cpu as usize
+    }
+}

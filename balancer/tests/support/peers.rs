@@ -2,6 +2,8 @@
 //! a 200 carrying the same Call-ID and records what it saw, and a client that
 //! sends INVITEs and collects the answers.
 
+#![allow(dead_code)]
+
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -152,4 +154,60 @@ pub fn run_client(
     })
     .join()
     .unwrap()
+}
+
+/// A steady stream of fresh INVITEs, one every `gap`, from a client in `netns`,
+/// until [`Stream::finish`].
+pub struct Stream {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<(u32, u32, u32)>>,
+}
+
+impl Stream {
+    pub fn start(netns: &str, vip: SocketAddr, gap: Duration, tag: &str) -> Stream {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (st, ns, tag) = (stop.clone(), netns.to_string(), tag.to_string());
+        let thread = std::thread::spawn(move || {
+            enter_netns(&ns);
+            let sock = UdpSocket::bind("0.0.0.0:0").unwrap();
+            sock.set_nonblocking(true).unwrap();
+            let mut buf = [0u8; 65536];
+            let (mut sent, mut answered, mut wrong) = (0u32, 0u32, 0u32);
+            let mut next = Instant::now();
+            let mut drain_until = None;
+            loop {
+                if drain_until.is_none() && st.load(Ordering::Relaxed) {
+                    drain_until = Some(Instant::now() + Duration::from_secs(1));
+                }
+                match drain_until {
+                    Some(t) if Instant::now() > t || answered == sent => break,
+                    Some(_) => {}
+                    None if Instant::now() >= next => {
+                        sock.send_to(&invite(&format!("{tag}-{sent}@10.0.1.2")), vip)
+                            .unwrap();
+                        sent += 1;
+                        next += gap;
+                    }
+                    None => {}
+                }
+                match sock.recv_from(&mut buf) {
+                    Ok((_, from)) if from == vip => answered += 1,
+                    Ok(_) => wrong += 1,
+                    Err(_) => std::thread::sleep(Duration::from_micros(100)),
+                }
+            }
+            (sent, answered, wrong)
+        });
+        Stream {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops sending, waits up to a second for the last answers; returns
+    /// (sent, answered from the VIP, answered from elsewhere).
+    pub fn finish(mut self) -> (u32, u32, u32) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap()
+    }
 }

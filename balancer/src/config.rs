@@ -1,0 +1,462 @@
+//! The balancer's whole configuration: what the daemon serves, as the TOML file an
+//! operator edits and the daemon writes back after every CLI change.
+//!
+//! ```toml
+//! interfaces = ["eth0"]          # client-facing; backend-side ones come from routes
+//!
+//! [[service]]
+//! vip = "203.0.113.10:5060"
+//! algorithm = "call-id"
+//! mode = "dnat"
+//!
+//! [[service.backend]]
+//! address = "10.0.2.11:5060"
+//! weight = 2
+//! ```
+//!
+//! Every change is made on a copy, checked whole by [`Config::validate`], and only
+//! then applied and saved, so nothing ever half-applies.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+
+use balancer_common::maglev::{is_prime, DEFAULT_TABLE, MAX_TABLE};
+use balancer_common::maps::{MAX_BACKENDS, MAX_SERVICES};
+use serde::{Deserialize, Serialize};
+
+use crate::spec::{Algorithm, Mode};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Syntax(String),
+    #[error("service {0} exists already")]
+    ServiceExists(SocketAddr),
+    #[error("no service {0}")]
+    NoService(SocketAddr),
+    #[error("there is no service yet: add one with `balancer service add VIP:PORT`")]
+    NoServices,
+    #[error("there are {0} services: say which one with --service VIP:PORT")]
+    WhichService(usize),
+    #[error("backend {0} is already in service {1}")]
+    BackendExists(SocketAddr, SocketAddr),
+    #[error("service {1} has no backend {0}")]
+    NoBackend(SocketAddr, SocketAddr),
+    #[error("backend {backend} is {bfam}, service {vip} is {vfam}")]
+    Family {
+        backend: SocketAddr,
+        bfam: &'static str,
+        vip: SocketAddr,
+        vfam: &'static str,
+    },
+    #[error("backend {0} is in DNAT services {1} and {2}: its replies could not be told apart")]
+    SharedDnatBackend(SocketAddr, SocketAddr, SocketAddr),
+    #[error("{0} is both a service VIP and a backend")]
+    VipIsBackend(SocketAddr),
+    #[error("service {vip}: table size {size} must be a prime from 3 to {MAX_TABLE}")]
+    TableSize { vip: SocketAddr, size: u32 },
+    #[error("backend {0}: weight {1} is over 65535")]
+    Weight(SocketAddr, u32),
+    #[error("at most {MAX_SERVICES} services")]
+    TooManyServices,
+    #[error("at most {MAX_BACKENDS} distinct backends")]
+    TooManyBackends,
+    #[error("no interfaces: say which interface clients reach the VIPs on")]
+    NoInterfaces,
+    #[error("interface name `{0}` is not valid")]
+    Interface(String),
+}
+
+impl ConfigError {
+    /// The address the error is about, to point at its line in a file.
+    fn subject(&self) -> Option<String> {
+        use ConfigError::*;
+        match self {
+            ServiceExists(a) | VipIsBackend(a) | Weight(a, _) => Some(a.to_string()),
+            BackendExists(a, _) | SharedDnatBackend(a, _, _) => Some(a.to_string()),
+            Family { backend, .. } => Some(backend.to_string()),
+            TableSize { vip, .. } => Some(vip.to_string()),
+            Interface(i) => Some(i.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// Administrative state of a backend, set by the operator and never by probes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdminState {
+    /// Takes new dialogs.
+    #[default]
+    Active,
+    /// Takes no new dialogs; its existing traffic still reaches it.
+    Draining,
+    /// Admin down: out of the table.
+    Disabled,
+}
+
+impl AdminState {
+    pub fn name(self) -> &'static str {
+        match self {
+            AdminState::Active => "active",
+            AdminState::Draining => "draining",
+            AdminState::Disabled => "disabled",
+        }
+    }
+}
+
+fn one() -> u32 {
+    1
+}
+fn default_table() -> u32 {
+    DEFAULT_TABLE
+}
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+fn is_one(w: &u32) -> bool {
+    *w == 1
+}
+fn is_default_table(t: &u32) -> bool {
+    *t == DEFAULT_TABLE
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    pub address: SocketAddr,
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub weight: u32,
+    /// For `algorithm = "priority"`: only the usable backends with the highest
+    /// priority take traffic (Kamailio: higher value, higher priority).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub priority: i32,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub state: AdminState,
+}
+
+impl BackendConfig {
+    pub fn new(address: SocketAddr) -> Self {
+        BackendConfig {
+            address,
+            weight: 1,
+            priority: 0,
+            state: AdminState::Active,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    pub vip: SocketAddr,
+    #[serde(default)]
+    pub algorithm: Algorithm,
+    #[serde(default)]
+    pub mode: Mode,
+    #[serde(default = "default_table", skip_serializing_if = "is_default_table")]
+    pub table_size: u32,
+    #[serde(default, rename = "backend", skip_serializing_if = "Vec::is_empty")]
+    pub backends: Vec<BackendConfig>,
+}
+
+impl ServiceConfig {
+    pub fn new(vip: SocketAddr) -> Self {
+        ServiceConfig {
+            vip,
+            algorithm: Algorithm::default(),
+            mode: Mode::default(),
+            table_size: DEFAULT_TABLE,
+            backends: Vec::new(),
+        }
+    }
+
+    pub fn backend_mut(&mut self, addr: SocketAddr) -> Result<&mut BackendConfig, ConfigError> {
+        let vip = self.vip;
+        self.backends
+            .iter_mut()
+            .find(|b| b.address == addr)
+            .ok_or(ConfigError::NoBackend(addr, vip))
+    }
+
+    /// The backends that take new dialogs, in configuration order: active and
+    /// weighted, and for `priority` only the highest priority among those.
+    pub fn members(&self) -> Vec<&BackendConfig> {
+        let usable: Vec<&BackendConfig> = self
+            .backends
+            .iter()
+            .filter(|b| b.state == AdminState::Active && b.weight > 0)
+            .collect();
+        if self.algorithm != Algorithm::Priority {
+            return usable;
+        }
+        let top = usable.iter().map(|b| b.priority).max();
+        usable
+            .into_iter()
+            .filter(|b| Some(b.priority) == top)
+            .collect()
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Client-facing interfaces. The program also attaches to every interface the
+    /// routing table names towards a backend.
+    #[serde(default)]
+    pub interfaces: Vec<String>,
+    #[serde(default, rename = "service")]
+    pub services: Vec<ServiceConfig>,
+}
+
+impl Config {
+    /// Parses and validates a configuration; errors name the line.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let c: Config = toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        c.validate()
+            .map_err(|e| match e.subject().and_then(|s| line_of(text, &s)) {
+                Some(l) => ConfigError::Syntax(format!("line {l}: {e}")),
+                None => e,
+            })?;
+        Ok(c)
+    }
+
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        use anyhow::Context;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading configuration {}", path.display()))?;
+        Config::parse(&text).with_context(|| format!("configuration {}", path.display()))
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("the configuration always serialises")
+    }
+
+    /// Writes the file atomically: a temporary file in the same directory, synced,
+    /// then renamed over the old one.
+    pub fn save(&self, path: &Path) -> std::io::Result<()> {
+        use std::io::Write;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(b"# Written by balancer after each change; edits here are read at start.\n")?;
+        f.write_all(self.to_toml().as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    }
+
+    pub fn service(&self, vip: SocketAddr) -> Result<&ServiceConfig, ConfigError> {
+        self.services
+            .iter()
+            .find(|s| s.vip == vip)
+            .ok_or(ConfigError::NoService(vip))
+    }
+
+    pub fn service_mut(&mut self, vip: SocketAddr) -> Result<&mut ServiceConfig, ConfigError> {
+        self.services
+            .iter_mut()
+            .find(|s| s.vip == vip)
+            .ok_or(ConfigError::NoService(vip))
+    }
+
+    /// The service a command means: the one named, or the only one there is.
+    pub fn resolve(&self, vip: Option<SocketAddr>) -> Result<SocketAddr, ConfigError> {
+        match (vip, self.services.len()) {
+            (Some(v), _) => self.service(v).map(|s| s.vip),
+            (None, 0) => Err(ConfigError::NoServices),
+            (None, 1) => Ok(self.services[0].vip),
+            (None, n) => Err(ConfigError::WhichService(n)),
+        }
+    }
+
+    /// Everything the kernel cannot check, over the whole configuration.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.services.len() > MAX_SERVICES as usize {
+            return Err(ConfigError::TooManyServices);
+        }
+        for i in &self.interfaces {
+            if i.is_empty() || i.len() > 15 || i.contains(['/', ' ']) {
+                return Err(ConfigError::Interface(i.clone()));
+            }
+        }
+        let mut vips = HashSet::new();
+        let mut dnat_owner: HashMap<SocketAddr, SocketAddr> = HashMap::new();
+        let mut all = HashSet::new();
+        for s in &self.services {
+            if !vips.insert(s.vip) {
+                return Err(ConfigError::ServiceExists(s.vip));
+            }
+            if !(3..=MAX_TABLE).contains(&s.table_size) || !is_prime(s.table_size) {
+                return Err(ConfigError::TableSize {
+                    vip: s.vip,
+                    size: s.table_size,
+                });
+            }
+            let mut seen = HashSet::new();
+            for b in &s.backends {
+                if !seen.insert(b.address) {
+                    return Err(ConfigError::BackendExists(b.address, s.vip));
+                }
+                if b.address.is_ipv4() != s.vip.is_ipv4() {
+                    return Err(ConfigError::Family {
+                        backend: b.address,
+                        bfam: family(&b.address),
+                        vip: s.vip,
+                        vfam: family(&s.vip),
+                    });
+                }
+                if b.weight > u16::MAX as u32 {
+                    return Err(ConfigError::Weight(b.address, b.weight));
+                }
+                if s.mode == Mode::Dnat {
+                    if let Some(other) = dnat_owner.insert(b.address, s.vip) {
+                        return Err(ConfigError::SharedDnatBackend(b.address, other, s.vip));
+                    }
+                }
+                all.insert(b.address);
+            }
+        }
+        if all.len() > MAX_BACKENDS as usize {
+            return Err(ConfigError::TooManyBackends);
+        }
+        if let Some(v) = vips.iter().find(|v| all.contains(v)) {
+            return Err(ConfigError::VipIsBackend(*v));
+        }
+        Ok(())
+    }
+}
+
+fn family(a: &SocketAddr) -> &'static str {
+    if a.is_ipv4() {
+        "IPv4"
+    } else {
+        "IPv6"
+    }
+}
+
+/// The first line mentioning `needle` (1-based).
+fn line_of(text: &str, needle: &str) -> Option<usize> {
+    text.lines().position(|l| l.contains(needle)).map(|i| i + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+interfaces = ["eth0"]
+
+[[service]]
+vip = "10.0.0.10:5060"
+algorithm = "from-uri"
+
+[[service.backend]]
+address = "10.0.2.11:5060"
+weight = 2
+
+[[service.backend]]
+address = "10.0.2.12:5060"
+state = "draining"
+
+[[service]]
+vip = "[2001:db8::10]:5060"
+mode = "dsr"
+table_size = 251
+
+[[service.backend]]
+address = "[2001:db8:2::11]:5060"
+priority = 5
+"#;
+
+    #[test]
+    fn parses_and_round_trips() {
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!(c.services.len(), 2);
+        assert_eq!(c.services[0].algorithm, Algorithm::FromUri);
+        assert_eq!(c.services[0].backends[0].weight, 2);
+        assert_eq!(c.services[0].backends[1].state, AdminState::Draining);
+        assert_eq!(c.services[1].mode, Mode::Dsr);
+        assert_eq!(c.services[1].backends[0].priority, 5);
+        assert_eq!(Config::parse(&c.to_toml()).unwrap(), c);
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        let e = Config::parse("interfaces = [\"eth0\"]\n[[service]]\nvip = \"10.0.0.1\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 3"), "{e}");
+        let e = Config::parse(&GOOD.replace("algorithm = \"from-uri\"", "algorithm = \"fastest\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 6") && e.contains("fastest"), "{e}");
+        let e = Config::parse(&GOOD.replace("weight = 2", "wieght = 2"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("wieght"), "{e}");
+        let dup = GOOD.replace("10.0.2.12:5060", "10.0.2.11:5060");
+        let e = Config::parse(&dup).unwrap_err().to_string();
+        assert!(e.contains("line 9") && e.contains("already"), "{e}");
+        let fam = GOOD.replace("[2001:db8:2::11]:5060", "10.0.2.99:5060");
+        let e = Config::parse(&fam).unwrap_err().to_string();
+        assert!(e.contains("line 23") && e.contains("IPv4"), "{e}");
+        let e = Config::parse(&GOOD.replace("251", "250"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("prime"), "{e}");
+    }
+
+    #[test]
+    fn shared_dnat_backend_is_refused() {
+        let mut c = Config::parse(GOOD).unwrap();
+        let mut s = ServiceConfig::new("10.0.0.11:5060".parse().unwrap());
+        s.backends
+            .push(BackendConfig::new("10.0.2.11:5060".parse().unwrap()));
+        c.services.push(s);
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::SharedDnatBackend(..))
+        ));
+    }
+
+    #[test]
+    fn members_follow_state_weight_and_priority() {
+        let mut s = ServiceConfig::new("10.0.0.10:5060".parse().unwrap());
+        for (i, (prio, state, w)) in [
+            (1, AdminState::Active, 1),
+            (2, AdminState::Active, 1),
+            (2, AdminState::Draining, 1),
+            (3, AdminState::Disabled, 1),
+            (2, AdminState::Active, 0),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut b = BackendConfig::new(format!("10.0.2.{}:5060", i + 1).parse().unwrap());
+            b.priority = prio;
+            b.state = state;
+            b.weight = w;
+            s.backends.push(b);
+        }
+        assert_eq!(s.members().len(), 2);
+        s.algorithm = Algorithm::Priority;
+        let m = s.members();
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].address.to_string(), "10.0.2.2:5060");
+    }
+
+    #[test]
+    fn resolve_needs_a_name_only_when_ambiguous() {
+        let mut c = Config::default();
+        assert_eq!(c.resolve(None), Err(ConfigError::NoServices));
+        c.services
+            .push(ServiceConfig::new("10.0.0.10:5060".parse().unwrap()));
+        assert!(c.resolve(None).is_ok());
+        c.services
+            .push(ServiceConfig::new("10.0.0.11:5060".parse().unwrap()));
+        assert_eq!(c.resolve(None), Err(ConfigError::WhichService(2)));
+    }
+}

@@ -1,0 +1,431 @@
+//! The long-running daemon: owns the data plane and the configuration, answers
+//! the control socket, writes every change back to the configuration file.
+
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use aya::programs::XdpMode;
+use balancer_common::hash::{hash_addr, hash_bytes};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::config::{AdminState, Config};
+use crate::control::{self, Request, Response};
+use crate::dataplane::Dataplane;
+use crate::spec::{endpoint, Algorithm, Mode};
+use crate::{neigh, route};
+
+/// How often the backends get an OPTIONS to keep their neighbour entries fresh.
+const NEIGH_REFRESH: Duration = Duration::from_secs(20);
+
+pub struct Options {
+    pub instance: String,
+    /// Read at start, written after every change.
+    pub config_path: PathBuf,
+    pub config: Config,
+    /// Leave programs, links and maps pinned when exiting.
+    pub persist: bool,
+    pub xdp_mode: XdpMode,
+}
+
+pub struct Daemon {
+    opts: Options,
+    dp: Dataplane,
+    /// Interfaces the program is attached to, in order.
+    ifaces: Vec<String>,
+}
+
+enum Exit {
+    Signal,
+    Detach,
+}
+
+pub fn parse_xdp_mode(s: &str) -> Result<XdpMode> {
+    Ok(match s {
+        "auto" => XdpMode::Default,
+        "native" => XdpMode::Driver,
+        "generic" => XdpMode::Skb,
+        m => bail!("--xdp-mode {m}: expected auto, native or generic"),
+    })
+}
+
+/// Runs until SIGINT/SIGTERM or `balancer detach`.
+pub fn run(opts: Options) -> Result<()> {
+    control::check_instance(&opts.instance)?;
+    if opts.config.interfaces.is_empty() {
+        bail!(crate::config::ConfigError::NoInterfaces);
+    }
+    let _lock = instance_lock(&opts.instance)?;
+    ensure_bpffs()?;
+    let pins = control::pin_dir(&opts.instance);
+    let dp = Dataplane::open(Some(&pins))?;
+    if dp.adopted_services() > 0 {
+        eprintln!(
+            "adopting the pinned data plane of an earlier run ({} services): traffic keeps flowing",
+            dp.adopted_services()
+        );
+    }
+    let mut d = Daemon {
+        opts,
+        dp,
+        ifaces: Vec::new(),
+    };
+    let config = d.opts.config.clone();
+    if let Err(e) = d
+        .ensure_interfaces(&config)
+        .and_then(|_| d.dp.sync(&config))
+    {
+        if !d.opts.persist {
+            let _ = d.dp.unpin();
+        }
+        return Err(e);
+    }
+    config
+        .save(&d.opts.config_path)
+        .with_context(|| format!("writing {}", d.opts.config_path.display()))?;
+    if config.services.iter().any(|s| s.mode == Mode::Dnat) {
+        warn_forwarding(config.services.iter().any(|s| s.vip.is_ipv4()));
+    }
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let exit = rt.block_on(d.serve())?;
+    for (name, n) in d.dp.stats()? {
+        if n > 0 {
+            eprintln!("{name:>20} {n}");
+        }
+    }
+    if d.opts.persist && matches!(exit, Exit::Signal) {
+        println!(
+            "exiting; the data plane stays attached ({}): the next start adopts it",
+            control::pin_dir(&d.opts.instance).display()
+        );
+    } else {
+        d.dp.unpin()?;
+        drop(d.dp); // detaches every link this process holds
+        println!("detached");
+    }
+    Ok(())
+}
+
+impl Daemon {
+    /// Attaches to the client-facing interfaces and to every interface the
+    /// routing table names towards a backend.
+    fn ensure_interfaces(&mut self, c: &Config) -> Result<()> {
+        let mut want = c.interfaces.clone();
+        for s in &c.services {
+            for b in &s.backends {
+                let dev = route::egress_interface(b.address.ip())?;
+                if !want.contains(&dev) {
+                    want.push(dev);
+                }
+            }
+        }
+        for i in want {
+            if self.ifaces.contains(&i) {
+                continue;
+            }
+            let idx = route::ifindex(&i)?;
+            self.dp.add_tx_port(idx)?;
+            self.dp.attach(&i, self.opts.xdp_mode)?;
+            if route::is_veth(&i) && self.opts.xdp_mode != XdpMode::Skb {
+                eprintln!(
+                    "note: {i} is a veth: frames redirected into it are received only if its peer runs NAPI \
+                     (an XDP program, or `ethtool -K <peer> gro on`); otherwise they are silently lost"
+                );
+            }
+            self.ifaces.push(i);
+        }
+        Ok(())
+    }
+
+    fn backend_addrs(&self) -> Vec<SocketAddr> {
+        self.dp
+            .config()
+            .services
+            .iter()
+            .flat_map(|s| s.backends.iter().map(|b| b.address))
+            .collect()
+    }
+
+    async fn serve(&mut self) -> Result<Exit> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let path = control::socket_path(&self.opts.instance);
+        let _ = std::fs::remove_file(&path); // stale: we hold the instance lock
+        let listener =
+            UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        let _socket = RemoveOnDrop(path.clone());
+
+        neigh::prime(&self.backend_addrs(), 1);
+        let c = self.dp.config();
+        println!(
+            "ready: instance {} serving {} services, {} backends on {} (control: {})",
+            self.opts.instance,
+            c.services.len(),
+            c.services.iter().map(|s| s.backends.len()).sum::<usize>(),
+            self.ifaces.join(", "),
+            path.display()
+        );
+        use std::io::Write;
+        std::io::stdout().flush()?;
+
+        let mut term = signal(SignalKind::terminate())?;
+        let mut refresh = tokio::time::interval(NEIGH_REFRESH);
+        refresh.tick().await;
+        let mut seq = 1;
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => return Ok(Exit::Signal),
+                _ = term.recv() => return Ok(Exit::Signal),
+                _ = refresh.tick() => {
+                    seq += 1;
+                    neigh::prime(&self.backend_addrs(), seq);
+                }
+                conn = listener.accept() => {
+                    let Ok((stream, _)) = conn else { continue };
+                    if self.converse(stream).await {
+                        return Ok(Exit::Detach);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Answers one request; returns whether it asked the daemon to detach.
+    async fn converse(&mut self, stream: UnixStream) -> bool {
+        let (r, mut w) = stream.into_split();
+        let mut line = String::new();
+        let read = tokio::time::timeout(
+            Duration::from_secs(5),
+            BufReader::new(r).read_line(&mut line),
+        )
+        .await;
+        if !matches!(read, Ok(Ok(n)) if n > 0) {
+            return false;
+        }
+        let (resp, detach) = match serde_json::from_str::<Request>(&line) {
+            Ok(Request::Detach) => (ok(json!({"detached": true})), true),
+            Ok(req) => (
+                match self.handle(req) {
+                    Ok(v) => ok(v),
+                    Err(e) => Response {
+                        ok: false,
+                        error: Some(format!("{e:#}")),
+                        data: Value::Null,
+                    },
+                },
+                false,
+            ),
+            Err(e) => (
+                Response {
+                    ok: false,
+                    error: Some(format!("bad request: {e}")),
+                    data: Value::Null,
+                },
+                false,
+            ),
+        };
+        let mut out = serde_json::to_string(&resp).unwrap_or_default();
+        out.push('\n');
+        let _ = w.write_all(out.as_bytes()).await;
+        detach
+    }
+
+    fn handle(&mut self, req: Request) -> Result<Value> {
+        match req {
+            Request::Apply { ops } => self.apply(&ops),
+            Request::Status => self.status(),
+            Request::Whereis { service, key } => self.whereis(service, &key),
+            Request::Stats => self.stats(),
+            Request::Detach => unreachable!("handled by converse"),
+        }
+    }
+
+    /// All or nothing: plan on a copy, attach and sync, save; on a failure after
+    /// the kernel changed, sync back to the previous configuration.
+    fn apply(&mut self, ops: &[control::Op]) -> Result<Value> {
+        let prev = self.dp.config().clone();
+        let (next, said) = control::plan(&prev, ops)?;
+        let result = self
+            .ensure_interfaces(&next)
+            .and_then(|_| self.dp.sync(&next))
+            .and_then(|r| {
+                next.save(&self.opts.config_path)
+                    .with_context(|| format!("writing {}", self.opts.config_path.display()))?;
+                Ok(r)
+            });
+        let report = match result {
+            Ok(r) => r,
+            Err(e) => {
+                if let Err(e2) = self.dp.sync(&prev) {
+                    eprintln!("error: restoring the previous state failed too: {e2:#}");
+                }
+                return Err(e);
+            }
+        };
+        for s in &said {
+            eprintln!(
+                "{s} (in the kernel after {:.2} ms)",
+                report.to_kernel.as_secs_f64() * 1e3
+            );
+        }
+        neigh::prime(&self.backend_addrs(), 1);
+        Ok(json!({
+            "changes": said,
+            "tables": report.tables,
+            "to_kernel_us": report.to_kernel.as_micros() as u64,
+            "total_us": report.total.as_micros() as u64,
+        }))
+    }
+
+    fn status(&self) -> Result<Value> {
+        let mut services = Vec::new();
+        for (vip, live) in self.dp.live() {
+            let members: Vec<SocketAddr> = live.selector.backends.iter().map(|b| b.addr).collect();
+            let t = self.dp.service_traffic(live.id)?;
+            let mut backends = Vec::new();
+            for b in &live.config.backends {
+                let traffic = match self.dp.slot_of(b.address) {
+                    Some(s) => self.dp.backend_traffic(s)?,
+                    None => Default::default(),
+                };
+                let state = match b.state {
+                    AdminState::Active if !members.contains(&b.address) => "standby",
+                    s => s.name(),
+                };
+                backends.push(json!({
+                    "address": b.address,
+                    "service": vip,
+                    "state": state,
+                    "weight": b.weight,
+                    "priority": b.priority,
+                    "packets": traffic.packets,
+                    "bytes": traffic.bytes,
+                }));
+            }
+            services.push(json!({
+                "vip": vip,
+                "algorithm": live.config.algorithm.name(),
+                "mode": live.config.mode.name(),
+                "table_size": live.config.table_size,
+                "packets": t.packets,
+                "bytes": t.bytes,
+                "backends": backends,
+            }));
+        }
+        Ok(json!({
+            "instance": self.opts.instance,
+            "interfaces": self.ifaces,
+            "config": self.opts.config_path,
+            "services": services,
+        }))
+    }
+
+    fn stats(&self) -> Result<Value> {
+        let mut reasons = serde_json::Map::new();
+        for (name, n) in self.dp.stats()? {
+            reasons.insert(name.into(), n.into());
+        }
+        let mut v = self.status()?;
+        v["reasons"] = Value::Object(reasons);
+        Ok(v)
+    }
+
+    /// The live kernel table's answer, with the kernel's own hash functions.
+    fn whereis(&self, service: Option<SocketAddr>, key: &str) -> Result<Value> {
+        let c = self.dp.config();
+        let vip = c.resolve(service)?;
+        let alg = c.service(vip)?.algorithm;
+        let hash = match alg {
+            Algorithm::RoundRobin => {
+                bail!("service {vip} is round-robin: the backend depends on the turn, not on a key")
+            }
+            Algorithm::Source => {
+                let ip: IpAddr = key.parse().map_err(|_| {
+                    anyhow!("service {vip} hashes the source address: `{key}` is not an IP address")
+                })?;
+                let e = endpoint(SocketAddr::new(ip, 0));
+                hash_addr(&e.addr, e.family)
+            }
+            _ => hash_bytes(key.trim().as_bytes()),
+        };
+        let backend = self.dp.lookup(vip, hash)?;
+        Ok(json!({
+            "service": vip,
+            "algorithm": alg.name(),
+            "key": key,
+            "hash": format!("{hash:08x}"),
+            "backend": backend,
+        }))
+    }
+}
+
+fn ok(data: Value) -> Response {
+    Response {
+        ok: true,
+        error: None,
+        data,
+    }
+}
+
+struct RemoveOnDrop(PathBuf);
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// An exclusive lock per instance name, so two daemons never share pins or a socket.
+fn instance_lock(name: &str) -> Result<std::fs::File> {
+    let dir = Path::new(control::RUN_DIR);
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    let path = dir.join(format!("{name}.lock"));
+    let f = std::fs::File::create(&path).with_context(|| format!("opening {}", path.display()))?;
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        bail!(
+            "instance `{name}` is already running (lock {} held); pick another --instance",
+            path.display()
+        );
+    }
+    Ok(f)
+}
+
+/// Pins need bpffs at /sys/fs/bpf; mount it when the host has not.
+fn ensure_bpffs() -> Result<()> {
+    const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+    let root = std::ffi::CString::new("/sys/fs/bpf")?;
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(root.as_ptr(), &mut st) } == 0 && st.f_type as i64 == BPF_FS_MAGIC {
+        return Ok(());
+    }
+    let fs = std::ffi::CString::new("bpf")?;
+    if unsafe { libc::mount(fs.as_ptr(), root.as_ptr(), fs.as_ptr(), 0, std::ptr::null()) } != 0 {
+        bail!(
+            "/sys/fs/bpf is not a bpffs and mounting one failed: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
+fn warn_forwarding(v4: bool) {
+    let path = if v4 {
+        "/proc/sys/net/ipv4/ip_forward"
+    } else {
+        "/proc/sys/net/ipv6/conf/all/forwarding"
+    };
+    if std::fs::read_to_string(path)
+        .map(|s| s.trim() == "0")
+        .unwrap_or(false)
+    {
+        eprintln!("warning: {path} is 0: in dnat mode this host is a router; the kernel refuses to forward and rewritten datagrams are dropped");
+    }
+}
