@@ -214,11 +214,17 @@ impl Config {
     /// Parses and validates a configuration; errors name the line.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
         let c: Config = toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
-        c.validate()
-            .map_err(|e| match e.subject().and_then(|s| line_of(text, &s)) {
+        c.validate().map_err(|e| {
+            // A duplicate is wrong where it appears the second time.
+            let last = matches!(
+                e,
+                ConfigError::BackendExists(..) | ConfigError::ServiceExists(_)
+            );
+            match e.subject().and_then(|s| line_of(text, &s, last)) {
                 Some(l) => ConfigError::Syntax(format!("line {l}: {e}")),
                 None => e,
-            })?;
+            }
+        })?;
         Ok(c)
     }
 
@@ -337,9 +343,18 @@ fn family(a: &SocketAddr) -> &'static str {
     }
 }
 
-/// The first line mentioning `needle` (1-based).
-fn line_of(text: &str, needle: &str) -> Option<usize> {
-    text.lines().position(|l| l.contains(needle)).map(|i| i + 1)
+/// The first (or last) line mentioning `needle`, 1-based.
+fn line_of(text: &str, needle: &str, last: bool) -> Option<usize> {
+    let mut hits = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.contains(needle))
+        .map(|(i, _)| i + 1);
+    if last {
+        hits.last()
+    } else {
+        hits.next()
+    }
 }
 
 #[cfg(test)]
@@ -399,10 +414,10 @@ priority = 5
         assert!(e.contains("wieght"), "{e}");
         let dup = GOOD.replace("10.0.2.12:5060", "10.0.2.11:5060");
         let e = Config::parse(&dup).unwrap_err().to_string();
-        assert!(e.contains("line 9") && e.contains("already"), "{e}");
+        assert!(e.contains("line 13") && e.contains("already"), "{e}");
         let fam = GOOD.replace("[2001:db8:2::11]:5060", "10.0.2.99:5060");
         let e = Config::parse(&fam).unwrap_err().to_string();
-        assert!(e.contains("line 23") && e.contains("IPv4"), "{e}");
+        assert!(e.contains("line 22") && e.contains("IPv4"), "{e}");
         let e = Config::parse(&GOOD.replace("251", "250"))
             .unwrap_err()
             .to_string();
