@@ -57,7 +57,13 @@ pub struct Service {
     pub mode: u32,
     /// One of the `ALG_*` values.
     pub algorithm: u32,
+    /// `SERVICE_*` flags.
+    pub flags: u32,
 }
+
+/// `Service::flags`: with no usable backend, pass datagrams to the local stack
+/// (counted `no_backend_pass`) instead of dropping them (counted `no_backend`).
+pub const SERVICE_PASS_NO_BACKEND: u32 = 1;
 
 /// A backend slot. `family == 0` marks an empty slot.
 #[repr(C, align(4))]
@@ -138,7 +144,9 @@ pub mod reason {
     /// `ALG_TO_URI`, `ALG_REQUEST_URI`). Messages of those services without the key
     /// count under `callid` or the fallbacks, as `keys::message_dispatch` says.
     pub const URI: u32 = 18;
-    pub const COUNT: u32 = 19;
+    /// The service has no usable backend and is set to pass: to the local stack.
+    pub const NO_BACKEND_PASS: u32 = 19;
+    pub const COUNT: u32 = 20;
 
     pub const NAMES: [&str; COUNT as usize] = [
         "pass_not_ip",
@@ -160,6 +168,7 @@ pub mod reason {
         "source",
         "round_robin",
         "uri",
+        "no_backend_pass",
     ];
 }
 

@@ -12,7 +12,10 @@ use balancer_common::{
     hash::{hash_addr, hash_span},
     keys::{is_keepalive, KeyScan},
     maglev,
-    maps::{reason, Endpoint, Service, ALG_ROUND_ROBIN, ALG_SOURCE, MODE_DSR, NO_BACKEND},
+    maps::{
+        reason, Endpoint, Service, ALG_ROUND_ROBIN, ALG_SOURCE, MODE_DSR, NO_BACKEND,
+        SERVICE_PASS_NO_BACKEND,
+    },
 };
 
 use crate::{
@@ -57,6 +60,9 @@ fn dispatch(ctx: &XdpContext, u: &Udp, svc: Service) -> Result<u32, u32> {
     let idx = maglev::table_base(svc.id, svc.active) + maglev::index(hash, svc.table_size);
     let slot = *MAGLEV.get(idx).ok_or(reason::NO_BACKEND)?;
     if slot == NO_BACKEND {
+        if svc.flags & SERVICE_PASS_NO_BACKEND != 0 {
+            return Err(reason::NO_BACKEND_PASS);
+        }
         count(reason::NO_BACKEND);
         return Ok(xdp_action::XDP_DROP);
     }

@@ -25,6 +25,7 @@ use balancer_common::maglev::{is_prime, DEFAULT_TABLE, MAX_TABLE};
 use balancer_common::maps::{MAX_BACKENDS, MAX_SERVICES};
 use serde::{Deserialize, Serialize};
 
+use crate::health::{HealthConfig, Params};
 use crate::spec::{Algorithm, Mode};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -66,6 +67,10 @@ pub enum ConfigError {
     NoInterfaces,
     #[error("interface name `{0}` is not valid")]
     Interface(String),
+    #[error("backend {0}: {1}")]
+    Health(SocketAddr, String),
+    #[error("[health]: {0}")]
+    GlobalHealth(String),
 }
 
 impl ConfigError {
@@ -78,6 +83,7 @@ impl ConfigError {
             Family { backend, .. } => Some(backend.to_string()),
             TableSize { vip, .. } => Some(vip.to_string()),
             Interface(i) => Some(i.clone()),
+            Health(_, e) | GlobalHealth(e) => e.split('`').nth(1).map(str::to_string),
             _ => None,
         }
     }
@@ -134,6 +140,9 @@ pub struct BackendConfig {
     pub priority: i32,
     #[serde(default, skip_serializing_if = "is_default")]
     pub state: AdminState,
+    /// Overrides of the service's and the global health-check settings.
+    #[serde(default, skip_serializing_if = "HealthConfig::is_empty")]
+    pub health: HealthConfig,
 }
 
 impl BackendConfig {
@@ -143,8 +152,22 @@ impl BackendConfig {
             weight: 1,
             priority: 0,
             state: AdminState::Active,
+            health: HealthConfig::default(),
         }
     }
+}
+
+/// What a service does with datagrams when no backend can take them (all down,
+/// drained, disabled or weight 0).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NoBackend {
+    /// Drop them, counted `no_backend`: clients retransmit and fail over.
+    #[default]
+    Drop,
+    /// Hand them to the balancer host's own stack, counted `no_backend_pass`
+    /// (for a local fallback SIP server on the VIP).
+    Pass,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -157,6 +180,10 @@ pub struct ServiceConfig {
     pub mode: Mode,
     #[serde(default = "default_table", skip_serializing_if = "is_default_table")]
     pub table_size: u32,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub no_backend: NoBackend,
+    #[serde(default, skip_serializing_if = "HealthConfig::is_empty")]
+    pub health: HealthConfig,
     #[serde(default, rename = "backend", skip_serializing_if = "Vec::is_empty")]
     pub backends: Vec<BackendConfig>,
 }
@@ -168,6 +195,8 @@ impl ServiceConfig {
             algorithm: Algorithm::default(),
             mode: Mode::default(),
             table_size: DEFAULT_TABLE,
+            no_backend: NoBackend::Drop,
+            health: HealthConfig::default(),
             backends: Vec::new(),
         }
     }
@@ -180,13 +209,14 @@ impl ServiceConfig {
             .ok_or(ConfigError::NoBackend(addr, vip))
     }
 
-    /// The backends that take new dialogs, in configuration order: active and
-    /// weighted, and for `priority` only the highest priority among those.
-    pub fn members(&self) -> Vec<&BackendConfig> {
+    /// The backends that take new dialogs, in configuration order: active, not
+    /// down by health checks, weighted, and for `priority` only the highest
+    /// priority among those (so a lower one takes over when they all fail).
+    pub fn members(&self, down: &HashSet<SocketAddr>) -> Vec<&BackendConfig> {
         let usable: Vec<&BackendConfig> = self
             .backends
             .iter()
-            .filter(|b| b.state == AdminState::Active && b.weight > 0)
+            .filter(|b| b.state == AdminState::Active && b.weight > 0 && !down.contains(&b.address))
             .collect();
         if self.algorithm != Algorithm::Priority {
             return usable;
@@ -206,6 +236,9 @@ pub struct Config {
     /// routing table names towards a backend.
     #[serde(default)]
     pub interfaces: Vec<String>,
+    /// Health-check settings for every backend (services and backends override).
+    #[serde(default, skip_serializing_if = "HealthConfig::is_empty")]
+    pub health: HealthConfig,
     #[serde(default, rename = "service")]
     pub services: Vec<ServiceConfig>,
 }
@@ -278,8 +311,30 @@ impl Config {
         }
     }
 
+    /// Every backend address with its effective health-check parameters (a
+    /// backend in several services is probed once, with its first service's).
+    pub fn health_params(&self) -> Result<Vec<(SocketAddr, Params)>, ConfigError> {
+        let mut out: Vec<(SocketAddr, Params)> = Vec::new();
+        for s in &self.services {
+            let base = s.health.over(&self.health);
+            for b in &s.backends {
+                if out.iter().any(|(a, _)| *a == b.address) {
+                    continue;
+                }
+                let p = b
+                    .health
+                    .over(&base)
+                    .params()
+                    .map_err(|e| ConfigError::Health(b.address, e))?;
+                out.push((b.address, p));
+            }
+        }
+        Ok(out)
+    }
+
     /// Everything the kernel cannot check, over the whole configuration.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.health.params().map_err(ConfigError::GlobalHealth)?;
         if self.services.len() > MAX_SERVICES as usize {
             return Err(ConfigError::TooManyServices);
         }
@@ -331,6 +386,7 @@ impl Config {
         if let Some(v) = vips.iter().find(|v| all.contains(v)) {
             return Err(ConfigError::VipIsBackend(*v));
         }
+        self.health_params()?;
         Ok(())
     }
 }
@@ -456,11 +512,17 @@ priority = 5
             b.weight = w;
             s.backends.push(b);
         }
-        assert_eq!(s.members().len(), 2);
+        let none = HashSet::new();
+        assert_eq!(s.members(&none).len(), 2);
         s.algorithm = Algorithm::Priority;
-        let m = s.members();
+        let m = s.members(&none);
         assert_eq!(m.len(), 1);
         assert_eq!(m[0].address.to_string(), "10.0.2.2:5060");
+        // When the top priority is down, the next one takes over.
+        let down: HashSet<SocketAddr> = ["10.0.2.2:5060".parse().unwrap()].into();
+        let m = s.members(&down);
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].address.to_string(), "10.0.2.1:5060");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The long-running daemon: owns the data plane and the configuration, answers
 //! the control socket, writes every change back to the configuration file.
 
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
@@ -17,11 +18,10 @@ use tokio::net::{UnixListener, UnixStream};
 use crate::config::{AdminState, Config};
 use crate::control::{self, Request, Response};
 use crate::dataplane::Dataplane;
+use crate::health::{Health, Tracker};
+use crate::prober::{Event, Prober};
+use crate::route;
 use crate::spec::{endpoint, Algorithm, Mode};
-use crate::{neigh, route};
-
-/// How often the backends get an OPTIONS to keep their neighbour entries fresh.
-const NEIGH_REFRESH: Duration = Duration::from_secs(20);
 
 pub struct Options {
     pub instance: String,
@@ -38,6 +38,11 @@ pub struct Daemon {
     dp: Dataplane,
     /// Interfaces the program is attached to, in order.
     ifaces: Vec<String>,
+    /// Probe state per backend address.
+    health: HashMap<SocketAddr, Tracker>,
+    prober: Option<Prober>,
+    /// Table rebuilds caused by health changes (churn shows here).
+    health_rebuilds: u64,
 }
 
 enum Exit {
@@ -74,6 +79,9 @@ pub fn run(opts: Options) -> Result<()> {
         opts,
         dp,
         ifaces: Vec::new(),
+        health: HashMap::new(),
+        prober: None,
+        health_rebuilds: 0,
     };
     let config = d.opts.config.clone();
     if let Err(e) = d
@@ -145,13 +153,60 @@ impl Daemon {
         Ok(())
     }
 
-    fn backend_addrs(&self) -> Vec<SocketAddr> {
-        self.dp
-            .config()
-            .services
+    /// Points the prober at the configured backends and forgets removed ones.
+    fn update_probes(&mut self) -> Result<()> {
+        let want = self.dp.config().health_params()?;
+        self.health.retain(|a, _| want.iter().any(|(w, _)| w == a));
+        if let Some(p) = self.prober.as_mut() {
+            p.update(&want);
+        }
+        Ok(())
+    }
+
+    fn down_set(&self) -> HashSet<SocketAddr> {
+        self.health
             .iter()
-            .flat_map(|s| s.backends.iter().map(|b| b.address))
+            .filter(|(_, t)| t.health == Health::Down)
+            .map(|(a, _)| *a)
             .collect()
+    }
+
+    /// One probe result: a change of health is logged with its reason, and one
+    /// into or out of `down` rebuilds the tables at once.
+    fn on_probe(&mut self, ev: Event) {
+        let Some(params) = self
+            .prober
+            .as_ref()
+            .and_then(|p| p.params(ev.backend))
+            .cloned()
+        else {
+            return;
+        };
+        let t = self.health.entry(ev.backend).or_default();
+        let Some(tr) = t.record(&params, &ev.outcome) else {
+            return;
+        };
+        eprintln!(
+            "health: backend {} {} -> {} ({})",
+            ev.backend,
+            tr.from.name(),
+            tr.to.name(),
+            tr.reason
+        );
+        if tr.from != Health::Down && tr.to != Health::Down {
+            return;
+        }
+        let down = self.down_set();
+        self.dp.set_down(down);
+        self.health_rebuilds += 1;
+        let config = self.dp.config().clone();
+        match self.dp.sync(&config) {
+            Ok(r) => eprintln!(
+                "health: tables rebuilt, in the kernel after {:.2} ms",
+                r.to_kernel.as_secs_f64() * 1e3
+            ),
+            Err(e) => eprintln!("error: rebuilding the tables after a health change: {e:#}"),
+        }
     }
 
     async fn serve(&mut self) -> Result<Exit> {
@@ -163,7 +218,12 @@ impl Daemon {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
         let _socket = RemoveOnDrop(path.clone());
 
-        neigh::prime(&self.backend_addrs(), 1);
+        let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+        self.prober = Some(Prober::new(tx).await?);
+        self.update_probes()?;
+        // Let the first probe round go out before saying ready: it resolves the
+        // backends' neighbour entries.
+        tokio::time::sleep(Duration::from_millis(20)).await;
         let c = self.dp.config();
         println!(
             "ready: instance {} serving {} services, {} backends on {} (control: {})",
@@ -177,17 +237,11 @@ impl Daemon {
         std::io::stdout().flush()?;
 
         let mut term = signal(SignalKind::terminate())?;
-        let mut refresh = tokio::time::interval(NEIGH_REFRESH);
-        refresh.tick().await;
-        let mut seq = 1;
         loop {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => return Ok(Exit::Signal),
                 _ = term.recv() => return Ok(Exit::Signal),
-                _ = refresh.tick() => {
-                    seq += 1;
-                    neigh::prime(&self.backend_addrs(), seq);
-                }
+                Some(ev) = events.recv() => self.on_probe(ev),
                 conn = listener.accept() => {
                     let Ok((stream, _)) = conn else { continue };
                     if self.converse(stream).await {
@@ -253,6 +307,14 @@ impl Daemon {
     fn apply(&mut self, ops: &[control::Op]) -> Result<Value> {
         let prev = self.dp.config().clone();
         let (next, said) = control::plan(&prev, ops)?;
+        // A removed backend's health is forgotten: added again, it starts up.
+        let keep: HashSet<SocketAddr> = next
+            .services
+            .iter()
+            .flat_map(|s| s.backends.iter().map(|b| b.address))
+            .collect();
+        self.health.retain(|a, _| keep.contains(a));
+        self.dp.set_down(self.down_set());
         let result = self
             .ensure_interfaces(&next)
             .and_then(|_| self.dp.sync(&next))
@@ -276,7 +338,7 @@ impl Daemon {
                 report.to_kernel.as_secs_f64() * 1e3
             );
         }
-        neigh::prime(&self.backend_addrs(), 1);
+        self.update_probes()?;
         Ok(json!({
             "changes": said,
             "tables": report.tables,
@@ -296,24 +358,40 @@ impl Daemon {
                     Some(s) => self.dp.backend_traffic(s)?,
                     None => Default::default(),
                 };
-                let state = match b.state {
-                    AdminState::Active if !members.contains(&b.address) => "standby",
-                    s => s.name(),
+                let t = self.health.get(&b.address);
+                let health = t.map_or(Health::Up, |t| t.health);
+                let state = match (b.state, health) {
+                    (AdminState::Active, Health::Down) => "down",
+                    (AdminState::Active, Health::Trying) => "trying",
+                    (AdminState::Active, _) if !members.contains(&b.address) => "standby",
+                    (s, _) => s.name(),
                 };
+                let ms = |d: Option<Duration>| d.map(|d| (d.as_secs_f64() * 1e6).round() / 1e3);
                 backends.push(json!({
                     "address": b.address,
                     "service": vip,
                     "state": state,
+                    "health": health.name(),
                     "weight": b.weight,
                     "priority": b.priority,
                     "packets": traffic.packets,
                     "bytes": traffic.bytes,
+                    "rtt_last_ms": ms(t.and_then(|t| t.rtt.last)),
+                    "rtt_avg_ms": ms(t.and_then(|t| t.rtt.avg())),
+                    "rtt_max_ms": ms(t.map(|t| t.rtt.max).filter(|m| !m.is_zero())),
+                    "probes": t.map_or(0, |t| t.probes),
+                    "probe_failures": t.map_or(0, |t| t.failures),
+                    "last_probe": t.and_then(|t| t.last.as_ref()).map(|o| o.to_string()),
                 }));
             }
             services.push(json!({
                 "vip": vip,
                 "algorithm": live.config.algorithm.name(),
                 "mode": live.config.mode.name(),
+                "no_backend": match live.config.no_backend {
+                    crate::config::NoBackend::Drop => "drop",
+                    crate::config::NoBackend::Pass => "pass",
+                },
                 "table_size": live.config.table_size,
                 "packets": t.packets,
                 "bytes": t.bytes,
@@ -324,6 +402,7 @@ impl Daemon {
             "instance": self.opts.instance,
             "interfaces": self.ifaces,
             "config": self.opts.config_path,
+            "health_rebuilds": self.health_rebuilds,
             "services": services,
         }))
     }

@@ -30,12 +30,12 @@ use balancer_common::{
     maglev,
     maps::{
         reason, Backend, Endpoint, Service, Traffic, TrivialTarget, AF_INET, AF_INET6,
-        MAX_BACKENDS, MAX_SERVICES, NO_BACKEND,
+        MAX_BACKENDS, MAX_SERVICES, NO_BACKEND, SERVICE_PASS_NO_BACKEND,
     },
 };
 
 use crate::{
-    config::{BackendConfig, Config, ServiceConfig},
+    config::{BackendConfig, Config, NoBackend, ServiceConfig},
     select::Selector,
     spec::{endpoint, Mode, ServiceSpec},
 };
@@ -106,6 +106,8 @@ pub struct Dataplane {
     /// Links this process holds (not pinned): dropping them detaches.
     attached: Vec<String>,
     config: Config,
+    /// Backends the health checks hold down: out of every table.
+    down: HashSet<SocketAddr>,
     table_map: Option<TableMap>,
 }
 
@@ -150,6 +152,7 @@ impl Dataplane {
             tx_ports: HashSet::new(),
             attached: Vec::new(),
             config: Config::default(),
+            down: HashSet::new(),
             table_map: None,
         };
         dp.adopt()?;
@@ -202,6 +205,12 @@ impl Dataplane {
 
     pub fn live(&self) -> &BTreeMap<SocketAddr, Live> {
         &self.live
+    }
+
+    /// Sets which backends health checks hold down; takes effect at the next
+    /// [`sync`](Self::sync).
+    pub fn set_down(&mut self, down: HashSet<SocketAddr>) {
+        self.down = down;
     }
 
     pub fn slot_of(&self, addr: SocketAddr) -> Option<u32> {
@@ -288,7 +297,7 @@ impl Dataplane {
         ids.extend(self.adopted.values().map(|s| s.id));
         for s in &next.services {
             let members: Vec<crate::spec::BackendSpec> = s
-                .members()
+                .members(&self.down)
                 .iter()
                 .map(|b| crate::spec::BackendSpec {
                     addr: b.address,
@@ -318,12 +327,17 @@ impl Dataplane {
                 active: half,
                 mode: s.mode.raw(),
                 algorithm: s.algorithm.raw(),
+                flags: match s.no_backend {
+                    NoBackend::Drop => 0,
+                    NoBackend::Pass => SERVICE_PASS_NO_BACKEND,
+                },
             };
             let unchanged = self.live.get(&s.vip).is_some_and(|l| {
                 l.table == table
                     && l.kernel.mode == kernel.mode
                     && l.kernel.algorithm == kernel.algorithm
                     && l.kernel.table_size == kernel.table_size
+                    && l.kernel.flags == kernel.flags
             });
             if unchanged {
                 let l = self.live.get_mut(&s.vip).unwrap();

@@ -485,6 +485,21 @@ fn empty_service_drops_and_counts() {
     let (v, _, moved) = bed.run_counted(&f.build(), bed.cli);
     assert_eq!(v, XDP_DROP);
     assert_eq!(moved, ["callid", "no_backend"]);
+
+    // Configured to pass: the datagram goes to the local stack untouched.
+    let mut c = bed.dp.config().clone();
+    let svc = c
+        .services
+        .iter_mut()
+        .find(|s| s.vip.to_string() == "10.0.0.30:5060")
+        .unwrap();
+    svc.no_backend = balancer::config::NoBackend::Pass;
+    bed.dp.sync(&c).unwrap();
+    let frame = f.build();
+    let (v, out, moved) = bed.run_counted(&frame, bed.cli);
+    assert_eq!(v, XDP_PASS);
+    assert_eq!(out, frame, "passed untouched");
+    assert_eq!(moved, ["callid", "no_backend_pass"]);
 }
 
 /// Next hops are cached for a second: a neighbour's new MAC is used within it.

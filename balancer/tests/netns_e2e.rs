@@ -129,6 +129,10 @@ fn dsr_backends_answer_from_the_vip_themselves() {
     let uas: Vec<peers::Uas> = (0..3)
         .map(|i| peers::Uas::start(&bed.backend_ns(i), &vip.to_string()))
         .collect();
+    // Health probes go to the backends' own addresses.
+    let _probes: Vec<peers::Uas> = (0..3)
+        .map(|i| peers::Uas::start(&bed.backend_ns(i), &format!("{}:5060", bed::backend_ip(i))))
+        .collect();
     let backends: Vec<String> = (0..3)
         .map(|i| format!("{}:5060", bed::backend_ip(i)))
         .collect();

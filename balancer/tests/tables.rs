@@ -27,6 +27,7 @@ fn config(backends: &[usize]) -> Config {
     Config {
         interfaces: vec!["lo".into()],
         services: vec![s],
+        ..Default::default()
     }
 }
 

@@ -80,7 +80,9 @@ fn main() -> Result<()> {
             setup::run()?;
             let out = root().join("bench/RESULTS.md");
             std::env::set_var("BENCH_RESULTS", &out);
-            cargo(&["bench", "-p", "balancer", "--bench", "dataplane"])
+            cargo(&["bench", "-p", "balancer", "--bench", "dataplane"])?;
+            std::env::set_var("BENCH_HEALTH", root().join("bench/HEALTH.md"));
+            cargo(&["bench", "-p", "balancer", "--bench", "health"])
         }
     }
 }

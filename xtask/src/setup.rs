@@ -25,6 +25,10 @@ const PACKAGES: &[&str] = &[
     "ethtool",
     // nsenter and setpriv for the tests (essential on Debian; listed to be sure).
     "util-linux",
+    // Real SIP peers for the health-check tests and the lab.
+    "kamailio",
+    "sip-tester",
+    "sipsak",
 ];
 
 pub fn run() -> Result<()> {

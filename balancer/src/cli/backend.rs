@@ -128,20 +128,39 @@ fn list(instance: &str, service: Option<SocketAddr>, json: bool) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:<28} {:<28} {:<9} {:>6} {:>8} {:>12} {:>14}",
-        "backend", "service", "state", "weight", "priority", "packets", "bytes"
+        "{:<24} {:<24} {:<9} {:>6} {:>8} {:>12} {:>14}  {:>20}",
+        "backend",
+        "service",
+        "state",
+        "weight",
+        "priority",
+        "packets",
+        "bytes",
+        "rtt ms last/avg/max"
     );
+    let ms = |v: &serde_json::Value| v.as_f64().map_or("-".to_string(), |m| format!("{m:.1}"));
     for b in rows {
         println!(
-            "{:<28} {:<28} {:<9} {:>6} {:>8} {:>12} {:>14}",
+            "{:<24} {:<24} {:<9} {:>6} {:>8} {:>12} {:>14}  {:>20}",
             b["address"].as_str().unwrap_or_default(),
             b["service"].as_str().unwrap_or_default(),
             b["state"].as_str().unwrap_or_default(),
             b["weight"],
             b["priority"],
             b["packets"],
-            b["bytes"]
+            b["bytes"],
+            format!(
+                "{}/{}/{}",
+                ms(&b["rtt_last_ms"]),
+                ms(&b["rtt_avg_ms"]),
+                ms(&b["rtt_max_ms"])
+            )
         );
+        if let Some(l) = b["last_probe"].as_str() {
+            if b["health"] != "up" {
+                println!("    last probe: {l}");
+            }
+        }
     }
     Ok(())
 }

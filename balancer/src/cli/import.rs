@@ -114,7 +114,6 @@ pub fn run(instance: &str, a: Args) -> Result<()> {
             ops.push(Op::BackendAdd {
                 service: Some(*vip),
                 backend: BackendConfig {
-                    address: d.addr,
                     weight: d.weight,
                     priority: d.priority,
                     state: if d.flags & FLAG_DISABLED != 0 {
@@ -122,6 +121,7 @@ pub fn run(instance: &str, a: Args) -> Result<()> {
                     } else {
                         AdminState::Active
                     },
+                    ..BackendConfig::new(d.addr)
                 },
             });
         }

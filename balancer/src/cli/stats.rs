@@ -32,11 +32,15 @@ pub fn run(instance: &str, a: Args) -> Result<()> {
         );
         for b in s["backends"].as_array().into_iter().flatten() {
             println!(
-                "  {:<28} {:<9} {:>12} packets {:>14} bytes",
+                "  {:<28} {:<9} {:>12} packets {:>14} bytes  probe rtt avg {} ms, max {} ms, {} of {} probes failed",
                 b["address"].as_str().unwrap_or_default(),
                 b["state"].as_str().unwrap_or_default(),
                 b["packets"],
-                b["bytes"]
+                b["bytes"],
+                b["rtt_avg_ms"],
+                b["rtt_max_ms"],
+                b["probe_failures"],
+                b["probes"]
             );
         }
     }

@@ -64,8 +64,15 @@ impl Uas {
                     continue;
                 };
                 *s2.lock().unwrap().entry(id.clone()).or_insert(0) += 1;
+                let msg = String::from_utf8_lossy(&buf[..n]);
+                let cseq = msg
+                    .lines()
+                    .find_map(|l| l.strip_prefix("CSeq: "))
+                    .unwrap_or("1 INVITE")
+                    .trim()
+                    .to_string();
                 let reply = format!(
-                    "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP {from}\r\nCall-ID: {id}\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+                    "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP {from}\r\nCall-ID: {id}\r\nCSeq: {cseq}\r\nContent-Length: 0\r\n\r\n"
                 );
                 let _ = sock.send_to(reply.as_bytes(), from);
             }
