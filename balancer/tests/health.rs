@@ -106,6 +106,8 @@ fn probes_move_traffic_within_one_interval() {
             (0..3)
                 .map(|i| format!("\n[[service.backend]]\naddress = \"{}\"\n", backend(i)))
                 .collect::<String>()
+                // Backend 2 gets the deep check: a call, ended as soon as it is answered.
+                + "\n[service.backend.health]\nmethod = \"INVITE\"\nuri = \"sip:healthcheck@10.0.2.13:5060\"\n"
         ),
     )
     .unwrap();
@@ -128,6 +130,11 @@ fn probes_move_traffic_within_one_interval() {
         "latency shown: {row2}"
     );
     assert!(row2["rtt_max_ms"].as_f64().unwrap() >= row2["rtt_avg_ms"].as_f64().unwrap());
+    // The deep check's calls reach Kamailio and are ended (ACK and BYE).
+    let (_, deep) = state(&inst, backend(2));
+    assert!(deep["probes"].as_u64().unwrap() >= 2 && deep["probe_failures"] == 0, "{deep}");
+    assert!(k[2].acks_seen() >= 1, "the answered test call was ACKed");
+    assert!(k[2].seen().keys().any(|id| id.starts_with("bal-")), "probe INVITEs reached it");
 
     let stream = peers::Stream::start(&bed.ns("cli"), vip(), Duration::from_millis(1), "bg");
 

@@ -1,0 +1,150 @@
+//! The prober against scripted SIP servers on loopback: what it sends, how it
+//! reads answers, and how the deep check ends its test calls.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use balancer::{
+    health::{HealthConfig, Outcome, Params},
+    prober::Prober,
+};
+
+/// A server on loopback that answers each request with `script(method, msg)`
+/// (a list of status lines to send back) and records every request it got.
+fn server(script: fn(&str) -> Vec<u16>) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = sock.local_addr().unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let l2 = log.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 8192];
+        loop {
+            let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                return;
+            };
+            let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+            let method = msg.split(' ').next().unwrap_or("").to_string();
+            l2.lock().unwrap().push(msg.clone());
+            let h = |name: &str| {
+                msg.lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .unwrap_or("")
+                    .trim()
+                    .to_string()
+            };
+            for code in script(&method) {
+                // A final answer to the INVITE after a CANCEL is 487, with CSeq INVITE.
+                let cseq = if code == 487 {
+                    h("CSeq:").replace("CANCEL", "INVITE")
+                } else {
+                    h("CSeq:")
+                };
+                let reply = format!(
+                    "SIP/2.0 {code} X\r\nVia: {}\r\nFrom: {}\r\nTo: {};tag=srv\r\nCall-ID: {}\r\nCSeq: {cseq}\r\nContent-Length: 0\r\n\r\n",
+                    h("Via:"),
+                    h("From:"),
+                    h("To:"),
+                    h("Call-ID:")
+                );
+                sock.send_to(reply.as_bytes(), from).unwrap();
+            }
+        }
+    });
+    (addr, log)
+}
+
+/// One probe of `backend` with `params`; returns its outcome.
+fn probe_once(backend: SocketAddr, params: Params) -> Outcome {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut p = Prober::new(tx).await.unwrap();
+        p.update(&[(backend, params)]);
+        let ev = rx.recv().await.unwrap();
+        assert_eq!(ev.backend, backend);
+        // Give the deep check time to end its call.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        ev.outcome
+    })
+}
+
+fn params(method: &str) -> Params {
+    HealthConfig {
+        method: Some(method.into()),
+        timeout: Some(Duration::from_millis(300)),
+        ..Default::default()
+    }
+    .params()
+    .unwrap()
+}
+
+fn methods(log: &Arc<Mutex<Vec<String>>>) -> Vec<String> {
+    log.lock()
+        .unwrap()
+        .iter()
+        .map(|m| m.split(' ').next().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn options_answered_and_refused() {
+    let (ok, log) = server(|_| vec![200]);
+    let o = probe_once(ok, params("OPTIONS"));
+    assert!(matches!(o, Outcome::Reply { code: 200, .. }), "{o:?}");
+    let req = log.lock().unwrap()[0].clone();
+    assert!(
+        req.starts_with(&format!("OPTIONS sip:{ok} SIP/2.0\r\n")),
+        "{req}"
+    );
+    assert!(req.contains(";rport\r\n") && req.contains("\r\nCSeq: "));
+
+    let (busy, _) = server(|_| vec![503]);
+    let o = probe_once(busy, params("OPTIONS"));
+    assert!(matches!(o, Outcome::Reply { code: 503, .. }), "{o:?}");
+
+    let (silent, _) = server(|_| vec![]);
+    assert_eq!(probe_once(silent, params("OPTIONS")), Outcome::Timeout);
+}
+
+#[test]
+fn the_deep_check_cancels_a_ringing_call() {
+    let (addr, log) = server(|m| match m {
+        "INVITE" => vec![100, 180],
+        "CANCEL" => vec![200, 487],
+        _ => vec![],
+    });
+    let o = probe_once(addr, params("INVITE"));
+    assert!(matches!(o, Outcome::Reply { code: 180, .. }), "{o:?}");
+    assert_eq!(methods(&log), ["INVITE", "CANCEL", "ACK"]);
+    let m = log.lock().unwrap().clone();
+    assert!(m[0].contains("Content-Type: application/sdp\r\n"));
+    assert!(
+        m[2].contains("To: <") && m[2].contains(";tag=srv"),
+        "ACK carries the To tag: {}",
+        m[2]
+    );
+}
+
+#[test]
+fn the_deep_check_hangs_up_an_answered_call_and_fails_a_dead_dialplan() {
+    let (addr, log) = server(|m| match m {
+        "INVITE" | "BYE" => vec![200],
+        _ => vec![],
+    });
+    let o = probe_once(addr, params("INVITE"));
+    assert!(matches!(o, Outcome::Reply { code: 200, .. }), "{o:?}");
+    assert_eq!(methods(&log), ["INVITE", "ACK", "BYE"]);
+
+    let (dead, log) = server(|m| match m {
+        "INVITE" => vec![100, 503],
+        _ => vec![],
+    });
+    let o = probe_once(dead, params("INVITE"));
+    assert!(matches!(o, Outcome::Reply { code: 503, .. }), "{o:?}");
+    assert!(!params("INVITE").accepts(503));
+    assert_eq!(methods(&log), ["INVITE", "ACK"]);
+}
