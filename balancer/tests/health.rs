@@ -132,9 +132,15 @@ fn probes_move_traffic_within_one_interval() {
     assert!(row2["rtt_max_ms"].as_f64().unwrap() >= row2["rtt_avg_ms"].as_f64().unwrap());
     // The deep check's calls reach Kamailio and are ended (ACK and BYE).
     let (_, deep) = state(&inst, backend(2));
-    assert!(deep["probes"].as_u64().unwrap() >= 2 && deep["probe_failures"] == 0, "{deep}");
+    assert!(
+        deep["probes"].as_u64().unwrap() >= 2 && deep["probe_failures"] == 0,
+        "{deep}"
+    );
     assert!(k[2].acks_seen() >= 1, "the answered test call was ACKed");
-    assert!(k[2].seen().keys().any(|id| id.starts_with("bal-")), "probe INVITEs reached it");
+    assert!(
+        k[2].seen().keys().any(|id| id.starts_with("bal-")),
+        "probe INVITEs reached it"
+    );
 
     let stream = peers::Stream::start(&bed.ns("cli"), vip(), Duration::from_millis(1), "bg");
 
