@@ -286,11 +286,23 @@ fn bad_input_is_refused_whole() {
     std::fs::remove_file(&conf).unwrap();
     let args = bed::Bed::attach_args("dnat", &inst, &[backend(0)]);
     let d = Daemon::start(&bed.ns("lb"), &args);
+    // What a refused command must not change: the configuration as the daemon
+    // holds it and as the file says (health comes and goes on its own).
     let state = || {
-        (
-            cli_ok(&inst, &["backend", "list", "--json"]),
-            std::fs::read(&conf).unwrap(),
-        )
+        let v = json(&inst, &["backend", "list", "--json"]);
+        let rows: Vec<(String, String, u64)> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["address"].as_str().unwrap().to_string(),
+                    r["service"].as_str().unwrap().to_string(),
+                    r["weight"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        (rows, std::fs::read(&conf).unwrap())
     };
     let before = state();
 
