@@ -201,6 +201,20 @@ impl ServiceConfig {
         }
     }
 
+    /// A service with these backends (`IP:PORT[,weight=N]` from a command line).
+    pub fn with_backends(vip: SocketAddr, backends: &[crate::spec::BackendSpec]) -> Self {
+        ServiceConfig {
+            backends: backends
+                .iter()
+                .map(|b| BackendConfig {
+                    weight: b.weight,
+                    ..BackendConfig::new(b.addr)
+                })
+                .collect(),
+            ..ServiceConfig::new(vip)
+        }
+    }
+
     pub fn backend_mut(&mut self, addr: SocketAddr) -> Result<&mut BackendConfig, ConfigError> {
         let vip = self.vip;
         self.backends

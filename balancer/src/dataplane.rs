@@ -35,7 +35,7 @@ use balancer_common::{
 };
 
 use crate::{
-    config::{BackendConfig, Config, NoBackend, ServiceConfig},
+    config::{Config, NoBackend, ServiceConfig},
     select::Selector,
     spec::{endpoint, Mode, ServiceSpec},
 };
@@ -221,17 +221,9 @@ impl Dataplane {
     pub fn install_service(&mut self, spec: &ServiceSpec) -> Result<Installed> {
         spec.validate()?;
         let mut next = self.config.clone();
-        let mut s = ServiceConfig::new(spec.vip);
+        let mut s = ServiceConfig::with_backends(spec.vip, &spec.backends);
         s.mode = spec.mode;
         s.table_size = spec.table_size;
-        s.backends = spec
-            .backends
-            .iter()
-            .map(|b| BackendConfig {
-                weight: b.weight,
-                ..BackendConfig::new(b.addr)
-            })
-            .collect();
         next.services.push(s);
         next.validate()?;
         self.sync(&next)?;

@@ -477,7 +477,6 @@ impl Probe<'_> {
 
     /// The request: OPTIONS (or the configured method), or the deep check's INVITE.
     pub fn request(&self) -> String {
-        let method = &self.params.method;
         let body = if self.params.deep() {
             let (net, ip) = match self.local {
                 SocketAddr::V4(v) => ("IP4", v.ip().to_string()),
@@ -491,53 +490,14 @@ impl Probe<'_> {
         } else {
             String::new()
         };
-        let ctype = if body.is_empty() {
-            ""
-        } else {
-            "Content-Type: application/sdp\r\n"
-        };
-        format!(
-            "{method} {ruri} SIP/2.0\r\n\
-Via: SIP/2.0/UDP {via};branch={branch};rport\r\n\
-Max-Forwards: 70\r\n\
-From: <{from}>;tag={tag}\r\n\
-To: <{ruri}>\r\n\
-Call-ID: {call_id}\r\n\
-CSeq: {cseq} {method}\r\n\
-Contact: <sip:balancer@{via}>\r\n\
-User-Agent: sip-xdp-balancer health check\r\n\
-{ctype}Content-Length: {len}\r\n\r\n{body}",
-            ruri = self.ruri(),
-            via = host(self.local),
-            branch = self.branch(),
-            from = self.from(),
-            tag = self.tag,
-            call_id = self.call_id(),
-            cseq = self.cseq,
-            len = body.len(),
-        )
+        let to = format!("<{}>", self.ruri());
+        self.message(&self.params.method, &to, &self.branch(), self.cseq, &body)
     }
 
     /// CANCEL for the deep check's INVITE (same branch, Call-ID, From, CSeq number).
     pub fn cancel(&self) -> String {
-        format!(
-            "CANCEL {ruri} SIP/2.0\r\n\
-Via: SIP/2.0/UDP {via};branch={branch};rport\r\n\
-Max-Forwards: 70\r\n\
-From: <{from}>;tag={tag}\r\n\
-To: <{ruri}>\r\n\
-Call-ID: {call_id}\r\n\
-CSeq: {cseq} CANCEL\r\n\
-User-Agent: sip-xdp-balancer health check\r\n\
-Content-Length: 0\r\n\r\n",
-            ruri = self.ruri(),
-            via = host(self.local),
-            branch = self.branch(),
-            from = self.from(),
-            tag = self.tag,
-            call_id = self.call_id(),
-            cseq = self.cseq,
-        )
+        let to = format!("<{}>", self.ruri());
+        self.message("CANCEL", &to, &self.branch(), self.cseq, "")
     }
 
     /// ACK for a final response to the INVITE (`to` is the response's To value,
@@ -549,15 +509,29 @@ Content-Length: 0\r\n\r\n",
         } else {
             self.branch()
         };
-        self.in_dialog("ACK", to, &branch, self.cseq)
+        self.message("ACK", to, &branch, self.cseq, "")
     }
 
     /// BYE after a 2xx to the deep check's INVITE.
     pub fn bye(&self, to: &str) -> String {
-        self.in_dialog("BYE", to, &format!("{}-bye", self.branch()), self.cseq + 1)
+        let branch = format!("{}-bye", self.branch());
+        self.message("BYE", to, &branch, self.cseq + 1, "")
     }
 
-    fn in_dialog(&self, method: &str, to: &str, branch: &str, cseq: u32) -> String {
+    /// Every message of a probe: the same Via host, From, Call-ID; a Contact
+    /// on requests that may set up a dialog; Content-Type with a body.
+    fn message(&self, method: &str, to: &str, branch: &str, cseq: u32, body: &str) -> String {
+        let via = host(self.local);
+        let contact = if ["CANCEL", "ACK", "BYE"].contains(&method) {
+            String::new()
+        } else {
+            format!("Contact: <sip:balancer@{via}>\r\n")
+        };
+        let ctype = if body.is_empty() {
+            ""
+        } else {
+            "Content-Type: application/sdp\r\n"
+        };
         format!(
             "{method} {ruri} SIP/2.0\r\n\
 Via: SIP/2.0/UDP {via};branch={branch};rport\r\n\
@@ -566,13 +540,13 @@ From: <{from}>;tag={tag}\r\n\
 To: {to}\r\n\
 Call-ID: {call_id}\r\n\
 CSeq: {cseq} {method}\r\n\
-User-Agent: sip-xdp-balancer health check\r\n\
-Content-Length: 0\r\n\r\n",
+{contact}User-Agent: sip-xdp-balancer health check\r\n\
+{ctype}Content-Length: {len}\r\n\r\n{body}",
             ruri = self.ruri(),
-            via = host(self.local),
             from = self.from(),
             tag = self.tag,
             call_id = self.call_id(),
+            len = body.len(),
         )
     }
 }

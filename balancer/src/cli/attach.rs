@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use balancer::{
-    config::{BackendConfig, Config, ServiceConfig},
+    config::{Config, ServiceConfig},
     daemon::{self, parse_xdp_mode, Options},
     spec::{parse_addr, Algorithm, BackendSpec, Mode},
 };
@@ -73,18 +73,10 @@ pub fn attach(instance: &str, a: AttachArgs) -> Result<()> {
     };
     config.interfaces = a.ifaces;
     if let Some(vip) = a.vip {
-        let mut s = ServiceConfig::new(vip);
+        let mut s = ServiceConfig::with_backends(vip, &a.backends);
         s.mode = a.mode;
         s.algorithm = a.algorithm;
         s.table_size = a.table_size;
-        s.backends = a
-            .backends
-            .iter()
-            .map(|b| BackendConfig {
-                weight: b.weight,
-                ..BackendConfig::new(b.addr)
-            })
-            .collect();
         config.services.retain(|x| x.vip != vip);
         config.services.push(s);
     }
