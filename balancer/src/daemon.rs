@@ -103,7 +103,15 @@ pub fn run(opts: Options) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let exit = rt.block_on(d.serve())?;
+    let exit = match rt.block_on(d.serve()) {
+        Ok(e) => e,
+        Err(e) => {
+            if !d.opts.persist {
+                let _ = d.dp.unpin();
+            }
+            return Err(e);
+        }
+    };
     for (name, n) in d.dp.stats()? {
         if n > 0 {
             eprintln!("{name:>20} {n}");
