@@ -190,10 +190,15 @@ impl Stream {
                     Some(t) if Instant::now() > t || answered == sent => break,
                     Some(_) => {}
                     None if Instant::now() >= next => {
-                        sock.send_to(&invite(&format!("{tag}-{sent}@10.0.1.2")), vip)
-                            .unwrap();
-                        sent += 1;
-                        next += gap;
+                        match sock.send_to(&invite(&format!("{tag}-{sent}@10.0.1.2")), vip) {
+                            Ok(_) => {
+                                sent += 1;
+                                next += gap;
+                            }
+                            // The socket buffer is full for a moment: try again.
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                            Err(e) => panic!("sending to {vip}: {e}"),
+                        }
                     }
                     None => {}
                 }
