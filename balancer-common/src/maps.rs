@@ -59,11 +59,15 @@ pub struct Service {
     pub algorithm: u32,
     /// `SERVICE_*` flags.
     pub flags: u32,
+    /// Dialog affinity: entries idle longer than this many seconds are ignored.
+    pub affinity_idle: u32,
 }
 
 /// `Service::flags`: with no usable backend, pass datagrams to the local stack
 /// (counted `no_backend_pass`) instead of dropping them (counted `no_backend`).
 pub const SERVICE_PASS_NO_BACKEND: u32 = 1;
+/// `Service::flags`: dialog affinity on.
+pub const SERVICE_AFFINITY: u32 = 2;
 
 /// A backend slot. `family == 0` marks an empty slot.
 #[repr(C, align(4))]
@@ -72,11 +76,50 @@ pub struct Backend {
     pub addr: [u8; 16],
     pub port: u16,
     pub family: u8,
-    pub _pad: u8,
+    /// `BACKEND_*` flags.
+    pub flags: u8,
 }
 
-/// What a backend reply's source is rewritten to: the service VIP.
-pub type Vip = Endpoint;
+/// `Backend::flags`: dialogs pinned to this backend stay on it (it is active or
+/// draining, and not down). Without it, an affinity entry naming it is replaced.
+pub const BACKEND_STICKY: u8 = 1;
+
+/// What a backend's messages on their way to a client become, keyed by the
+/// backend's address: the service VIP they must appear to come from, and what
+/// dialog-affinity learning needs.
+#[repr(C, align(4))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reverse {
+    pub vip: Endpoint,
+    /// The service's id (`Service::id`).
+    pub service: u32,
+    /// The backend's slot.
+    pub slot: u32,
+    /// The service's algorithm (`ALG_*`), for the key of what is learned.
+    pub algorithm: u32,
+    /// Non-zero: learn the dialogs this backend's messages belong to.
+    pub learn: u32,
+}
+
+/// Dialog affinity: (service, key hash) -> backend slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AffinityKey {
+    pub service: u32,
+    pub hash: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Affinity {
+    pub slot: u32,
+    pub _pad: u32,
+    /// `bpf_ktime_get_ns` of the last message of the dialog.
+    pub seen: u64,
+}
+
+/// Default capacity of the affinity map (live dialogs over all services).
+pub const AFFINITY_ENTRIES: u32 = 262_144;
 
 /// Per-CPU packet and byte counters.
 #[repr(C)]
@@ -146,7 +189,16 @@ pub mod reason {
     pub const URI: u32 = 18;
     /// The service has no usable backend and is set to pass: to the local stack.
     pub const NO_BACKEND_PASS: u32 = 19;
-    pub const COUNT: u32 = 20;
+    /// Dialog affinity: the dialog's backend, from the affinity map.
+    pub const AFFINITY_HIT: u32 = 20;
+    /// Dialog affinity: a new dialog, entered into the map.
+    pub const AFFINITY_NEW: u32 = 21;
+    /// Dialog affinity: the entry named a backend that is down, disabled or
+    /// gone, or was idle too long; replaced by the table's choice.
+    pub const AFFINITY_REPLACED: u32 = 22;
+    /// Dialog affinity: learned from a backend's message (it started the dialog).
+    pub const AFFINITY_LEARNED: u32 = 23;
+    pub const COUNT: u32 = 24;
 
     pub const NAMES: [&str; COUNT as usize] = [
         "pass_not_ip",
@@ -169,6 +221,10 @@ pub mod reason {
         "round_robin",
         "uri",
         "no_backend_pass",
+        "affinity_hit",
+        "affinity_new",
+        "affinity_replaced",
+        "affinity_learned",
     ];
 }
 
@@ -178,6 +234,9 @@ mod pod {
     unsafe impl aya::Pod for Endpoint {}
     unsafe impl aya::Pod for Service {}
     unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for Reverse {}
+    unsafe impl aya::Pod for AffinityKey {}
+    unsafe impl aya::Pod for Affinity {}
     unsafe impl aya::Pod for Traffic {}
     unsafe impl aya::Pod for TrivialTarget {}
 }

@@ -9,8 +9,8 @@ use balancer_common::{
     keys::KeyScan,
     maglev::MAX_TABLE,
     maps::{
-        reason, Backend, Endpoint, Service, Traffic, TrivialTarget, Vip, MAX_BACKENDS, MAX_PORTS,
-        MAX_SERVICES,
+        reason, Affinity, AffinityKey, Backend, Endpoint, Reverse, Service, Traffic, TrivialTarget,
+        AFFINITY_ENTRIES, MAX_BACKENDS, MAX_PORTS, MAX_SERVICES,
     },
 };
 
@@ -20,7 +20,14 @@ pub static SERVICES: HashMap<Endpoint, Service> = HashMap::with_max_entries(MAX_
 
 /// Backend address:port -> the VIP its replies must appear to come from.
 #[map]
-pub static REVERSE: HashMap<Endpoint, Vip> = HashMap::with_max_entries(MAX_BACKENDS, 0);
+pub static REVERSE: HashMap<Endpoint, Reverse> = HashMap::with_max_entries(MAX_BACKENDS, 0);
+
+/// Dialog affinity, (service, key hash) -> backend: consulted before the table,
+/// least recently used entries evicted when full. User space may resize it at
+/// load time.
+#[map]
+pub static AFFINITY: LruHashMap<AffinityKey, Affinity> =
+    LruHashMap::with_max_entries(AFFINITY_ENTRIES, 0);
 
 /// Backend slots.
 #[map]

@@ -3,7 +3,7 @@
 
 use aya_ebpf::{
     bindings::xdp_action,
-    helpers::generated::{bpf_loop, bpf_xdp_load_bytes},
+    helpers::generated::{bpf_ktime_get_ns, bpf_loop, bpf_xdp_load_bytes},
     macros::xdp,
     programs::XdpContext,
 };
@@ -13,15 +13,15 @@ use balancer_common::{
     keys::{is_keepalive, KeyScan},
     maglev,
     maps::{
-        reason, Endpoint, Service, ALG_ROUND_ROBIN, ALG_SOURCE, MODE_DSR, NO_BACKEND,
-        SERVICE_PASS_NO_BACKEND,
+        reason, Affinity, AffinityKey, Endpoint, Reverse, Service, ALG_ROUND_ROBIN, ALG_SOURCE,
+        BACKEND_STICKY, MODE_DSR, NO_BACKEND, SERVICE_AFFINITY, SERVICE_PASS_NO_BACKEND,
     },
 };
 
 use crate::{
     maps::{
-        add_traffic, count, BACKENDS, BACKEND_STATS, MAGLEV, REVERSE, RR, SCRATCH, SERVICES,
-        SERVICE_STATS, TRIVIAL, TX_PORTS,
+        add_traffic, count, AFFINITY, BACKENDS, BACKEND_STATS, MAGLEV, REVERSE, RR, SCRATCH,
+        SERVICES, SERVICE_STATS, TRIVIAL, TX_PORTS,
     },
     nat::{dec_ttl, forward, ip_len, next_hop, rewrite, ttl, Hop, Side},
     parse::{parse, ptr_at, Udp},
@@ -42,23 +42,47 @@ pub fn balancer(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn try_balancer(ctx: &XdpContext) -> Result<u32, u32> {
     let u = parse(ctx)?;
-    if let Some(svc) = unsafe { SERVICES.get(&u.dst) } {
-        let svc = *svc;
-        return dispatch(ctx, &u, svc);
+    // The key search is the bulk of what the verifier checks: one call site for
+    // both directions, so it is checked once, not once per direction.
+    let svc = if let Some(s) = unsafe { SERVICES.get(&u.dst) } {
+        *s
+    } else if let Some(r) = unsafe { REVERSE.get(&u.src) } {
+        if r.learn == 0 {
+            let r = *r;
+            return reverse(ctx, &u, &r, None);
+        }
+        Service {
+            id: r.service,
+            algorithm: r.algorithm,
+            ..Service::default()
+        }
+    } else {
+        return Err(reason::PASS_NO_SERVICE);
+    };
+    let key = key_of(ctx, &u, &svc)?;
+    // Which way, asked again rather than remembered: a remembered flag would
+    // keep the two directions' verifier states apart through the search.
+    if let Some(s) = unsafe { SERVICES.get(&u.dst) } {
+        let s = *s;
+        let hash = match key {
+            Some(h) => h,
+            None => hash_addr(&u.src.addr, u.family),
+        };
+        return dispatch(ctx, &u, s, hash);
     }
-    if let Some(vip) = unsafe { REVERSE.get(&u.src) } {
-        let vip = *vip;
-        return reverse(ctx, &u, &vip);
+    match unsafe { REVERSE.get(&u.src) } {
+        Some(r) => {
+            let r = *r;
+            reverse(ctx, &u, &r, key)
+        }
+        None => Err(reason::PASS_NO_SERVICE),
     }
-    Err(reason::PASS_NO_SERVICE)
 }
 
 /// Client -> VIP: pick a backend and send the datagram there.
 #[inline(always)]
-fn dispatch(ctx: &XdpContext, u: &Udp, svc: Service) -> Result<u32, u32> {
-    let hash = key_hash(ctx, u, &svc)?;
-    let idx = maglev::table_base(svc.id, svc.active) + maglev::index(hash, svc.table_size);
-    let slot = *MAGLEV.get(idx).ok_or(reason::NO_BACKEND)?;
+fn dispatch(ctx: &XdpContext, u: &Udp, svc: Service, hash: u32) -> Result<u32, u32> {
+    let slot = pick(&svc, hash)?;
     if slot == NO_BACKEND {
         if svc.flags & SERVICE_PASS_NO_BACKEND != 0 {
             return Err(reason::NO_BACKEND_PASS);
@@ -100,10 +124,67 @@ fn dispatch(ctx: &XdpContext, u: &Udp, svc: Service) -> Result<u32, u32> {
     routed(ctx, u, hop)
 }
 
-/// Backend -> client: make the reply come from the VIP. Replies addressed to this
-/// host (answers to our own probes) are left alone.
+/// The backend for a key: the dialog's own (affinity) while that backend still
+/// takes its traffic, else the Maglev table's, remembered for the dialog.
 #[inline(always)]
-fn reverse(ctx: &XdpContext, u: &Udp, vip: &Endpoint) -> Result<u32, u32> {
+fn pick(svc: &Service, hash: u32) -> Result<u32, u32> {
+    let idx = maglev::table_base(svc.id, svc.active) + maglev::index(hash, svc.table_size);
+    let table = *MAGLEV.get(idx).ok_or(reason::NO_BACKEND)?;
+    // Round-robin's key is a counter: nothing to remember.
+    if svc.flags & SERVICE_AFFINITY == 0 || svc.algorithm == ALG_ROUND_ROBIN {
+        return Ok(table);
+    }
+    let key = AffinityKey {
+        service: svc.id,
+        hash,
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(e) = AFFINITY.get_ptr_mut(&key) {
+        let e = unsafe { &mut *e };
+        let fresh = now.wrapping_sub(e.seen) < svc.affinity_idle as u64 * 1_000_000_000;
+        if fresh && sticky(e.slot) {
+            e.seen = now;
+            count(reason::AFFINITY_HIT);
+            return Ok(e.slot);
+        }
+        if table != NO_BACKEND {
+            e.slot = table;
+            e.seen = now;
+            count(reason::AFFINITY_REPLACED);
+        }
+        return Ok(table);
+    }
+    if table != NO_BACKEND {
+        let _ = AFFINITY.insert(
+            &key,
+            &Affinity {
+                slot: table,
+                _pad: 0,
+                seen: now,
+            },
+            0,
+        );
+        count(reason::AFFINITY_NEW);
+    }
+    Ok(table)
+}
+
+/// Whether dialogs pinned to `slot` stay there (active or draining, not down).
+#[inline(always)]
+fn sticky(slot: u32) -> bool {
+    match BACKENDS.get(slot) {
+        Some(b) => b.flags & BACKEND_STICKY != 0,
+        None => false,
+    }
+}
+
+/// A backend's message on its way to a client: learn its dialog (the backend may
+/// have started it: the other party's answers must come back to it), and make it
+/// come from the VIP. Messages addressed to this host (answers to our own probes)
+/// are left alone.
+#[inline(always)]
+fn reverse(ctx: &XdpContext, u: &Udp, r: &Reverse, key: Option<u32>) -> Result<u32, u32> {
+    let vip = &r.vip;
     let hop = next_hop(ctx, vip, &u.dst, ip_len(ctx, u));
     match hop {
         Hop::Local => return Err(reason::PASS_LOCAL),
@@ -113,9 +194,40 @@ fn reverse(ctx: &XdpContext, u: &Udp, vip: &Endpoint) -> Result<u32, u32> {
     if ttl(ctx, u)? <= 1 {
         return Err(reason::TTL_EXCEEDED);
     }
+    if let Some(hash) = key {
+        learn(r, hash);
+    }
     rewrite(ctx, u, Side::Src, vip)?;
     count(reason::REVERSE_NAT);
     routed(ctx, u, hop)
+}
+
+/// Enters the dialog of a backend's message (its key's hash) into the affinity
+/// map, pointing at that backend.
+#[inline(always)]
+fn learn(r: &Reverse, hash: u32) {
+    let key = AffinityKey {
+        service: r.service,
+        hash,
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(e) = AFFINITY.get_ptr_mut(&key) {
+        let e = unsafe { &mut *e };
+        if e.slot == r.slot {
+            e.seen = now;
+            return;
+        }
+    }
+    let _ = AFFINITY.insert(
+        &key,
+        &Affinity {
+            slot: r.slot,
+            _pad: 0,
+            seen: now,
+        },
+        0,
+    );
+    count(reason::AFFINITY_LEARNED);
 }
 
 /// Sends on a datagram this host routes (both DNAT directions): TTL down, MACs
@@ -137,15 +249,16 @@ fn routed(ctx: &XdpContext, u: &Udp, hop: Hop) -> Result<u32, u32> {
     }
 }
 
-/// The key hash of the service's algorithm. `keys::message_dispatch` is the same
-/// decision in user space (same building blocks, same order, same counters): keep
-/// the two in step.
+/// The hash of the service's key in the message; `None` (counted) when the
+/// message has none, and the caller falls back to the source address.
+/// `keys::message_dispatch` is the same decision in user space (same building
+/// blocks, same order, same counters): keep the two in step.
 #[inline(always)]
-fn key_hash(ctx: &XdpContext, u: &Udp, svc: &Service) -> Result<u32, u32> {
+fn key_of(ctx: &XdpContext, u: &Udp, svc: &Service) -> Result<Option<u32>, u32> {
     let alg = svc.algorithm;
     if alg == ALG_SOURCE {
         count(reason::SOURCE);
-        return Ok(hash_addr(&u.src.addr, u.family));
+        return Ok(Some(hash_addr(&u.src.addr, u.family)));
     }
     if alg == ALG_ROUND_ROBIN {
         // Per CPU, so no atomics: each CPU walks the table on its own.
@@ -153,7 +266,7 @@ fn key_hash(ctx: &XdpContext, u: &Udp, svc: &Service) -> Result<u32, u32> {
         let h = unsafe { *c };
         unsafe { *c = h.wrapping_add(1) };
         count(reason::ROUND_ROBIN);
-        return Ok(h);
+        return Ok(Some(h));
     }
     let s = SCRATCH.get_ptr_mut(0).ok_or(reason::MALFORMED)?;
     let len = u.payload_len;
@@ -181,7 +294,7 @@ fn key_hash(ctx: &XdpContext, u: &Udp, svc: &Service) -> Result<u32, u32> {
                 );
                 if let Some((span, r)) = (*s).key.result() {
                     count(r);
-                    return Ok(hash_span(&(*s).buf, span));
+                    return Ok(Some(hash_span(&(*s).buf, span)));
                 }
             }
         }
@@ -191,7 +304,7 @@ fn key_hash(ctx: &XdpContext, u: &Udp, svc: &Service) -> Result<u32, u32> {
     } else {
         reason::FALLBACK_NO_CALLID
     });
-    Ok(hash_addr(&u.src.addr, u.family))
+    Ok(None)
 }
 
 /// One `bpf_loop` step of the key search (see `KeyScan::advance`). Returns 1 to stop.

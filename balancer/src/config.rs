@@ -22,8 +22,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use balancer_common::maglev::{is_prime, DEFAULT_TABLE, MAX_TABLE};
-use balancer_common::maps::{MAX_BACKENDS, MAX_SERVICES};
+use balancer_common::maps::{AFFINITY_ENTRIES, MAX_BACKENDS, MAX_SERVICES};
 use serde::{Deserialize, Serialize};
+use std::time::Duration;
 
 use crate::health::{HealthConfig, Params};
 use crate::spec::{Algorithm, Mode};
@@ -71,6 +72,8 @@ pub enum ConfigError {
     Health(SocketAddr, String),
     #[error("[health]: {0}")]
     GlobalHealth(String),
+    #[error("affinity_entries {0} must be from 1024 to 16777216")]
+    AffinityEntries(u32),
 }
 
 impl ConfigError {
@@ -115,6 +118,21 @@ impl AdminState {
 fn one() -> u32 {
     1
 }
+fn yes() -> bool {
+    true
+}
+fn is_true(b: &bool) -> bool {
+    *b
+}
+fn default_affinity_entries() -> u32 {
+    AFFINITY_ENTRIES
+}
+fn is_default_affinity_entries(n: &u32) -> bool {
+    *n == AFFINITY_ENTRIES
+}
+
+/// Default idle timeout of a dialog's affinity entry.
+pub const AFFINITY_IDLE: Duration = Duration::from_secs(12 * 3600);
 fn default_table() -> u32 {
     DEFAULT_TABLE
 }
@@ -182,6 +200,18 @@ pub struct ServiceConfig {
     pub table_size: u32,
     #[serde(default, skip_serializing_if = "is_default")]
     pub no_backend: NoBackend,
+    /// Dialog affinity: every message of a dialog to the backend its first one
+    /// reached, whatever changes in the table meanwhile.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub affinity: bool,
+    /// Affinity entries idle longer than this are ignored (default 12h, like
+    /// Kamailio's dialog timeout).
+    #[serde(
+        default,
+        with = "crate::health::opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub affinity_idle: Option<Duration>,
     #[serde(default, skip_serializing_if = "HealthConfig::is_empty")]
     pub health: HealthConfig,
     #[serde(default, rename = "backend", skip_serializing_if = "Vec::is_empty")]
@@ -196,6 +226,8 @@ impl ServiceConfig {
             mode: Mode::default(),
             table_size: DEFAULT_TABLE,
             no_backend: NoBackend::Drop,
+            affinity: true,
+            affinity_idle: None,
             health: HealthConfig::default(),
             backends: Vec::new(),
         }
@@ -243,18 +275,36 @@ impl ServiceConfig {
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Client-facing interfaces. The program also attaches to every interface the
     /// routing table names towards a backend.
     #[serde(default)]
     pub interfaces: Vec<String>,
+    /// Capacity of the dialog-affinity map, over all services (read when the
+    /// data plane is first loaded; a pinned map keeps its size until `detach`).
+    #[serde(
+        default = "default_affinity_entries",
+        skip_serializing_if = "is_default_affinity_entries"
+    )]
+    pub affinity_entries: u32,
     /// Health-check settings for every backend (services and backends override).
     #[serde(default, skip_serializing_if = "HealthConfig::is_empty")]
     pub health: HealthConfig,
     #[serde(default, rename = "service")]
     pub services: Vec<ServiceConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            interfaces: Vec::new(),
+            affinity_entries: AFFINITY_ENTRIES,
+            health: HealthConfig::default(),
+            services: Vec::new(),
+        }
+    }
 }
 
 impl Config {
@@ -351,6 +401,9 @@ impl Config {
         self.health.params().map_err(ConfigError::GlobalHealth)?;
         if self.services.len() > MAX_SERVICES as usize {
             return Err(ConfigError::TooManyServices);
+        }
+        if !(1024..=1 << 24).contains(&self.affinity_entries) {
+            return Err(ConfigError::AffinityEntries(self.affinity_entries));
         }
         for i in &self.interfaces {
             if i.is_empty() || i.len() > 15 || i.contains(['/', ' ']) {

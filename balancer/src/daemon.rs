@@ -68,7 +68,7 @@ pub fn run(opts: Options) -> Result<()> {
     let _lock = instance_lock(&opts.instance)?;
     ensure_bpffs()?;
     let pins = control::pin_dir(&opts.instance);
-    let dp = Dataplane::open(Some(&pins))?;
+    let dp = Dataplane::open_with(Some(&pins), opts.config.affinity_entries)?;
     if dp.adopted_services() > 0 {
         eprintln!(
             "adopting the pinned data plane of an earlier run ({} services): traffic keeps flowing",
@@ -400,6 +400,7 @@ impl Daemon {
                     crate::config::NoBackend::Drop => "drop",
                     crate::config::NoBackend::Pass => "pass",
                 },
+                "affinity": live.config.affinity,
                 "table_size": live.config.table_size,
                 "packets": t.packets,
                 "bytes": t.bytes,
@@ -443,13 +444,14 @@ impl Daemon {
             }
             _ => hash_bytes(key.trim().as_bytes()),
         };
-        let backend = self.dp.lookup(vip, hash)?;
+        let (backend, via) = self.dp.lookup(vip, hash)?;
         Ok(json!({
             "service": vip,
             "algorithm": alg.name(),
             "key": key,
             "hash": format!("{hash:08x}"),
             "backend": backend,
+            "via": via,
         }))
     }
 }

@@ -29,13 +29,14 @@ use aya::{
 use balancer_common::{
     maglev,
     maps::{
-        reason, Backend, Endpoint, Service, Traffic, TrivialTarget, AF_INET, AF_INET6,
-        MAX_BACKENDS, MAX_SERVICES, NO_BACKEND, SERVICE_PASS_NO_BACKEND,
+        reason, Affinity, AffinityKey, Backend, Endpoint, Reverse, Service, Traffic, TrivialTarget,
+        AFFINITY_ENTRIES, AF_INET, AF_INET6, BACKEND_STICKY, MAX_BACKENDS, MAX_SERVICES,
+        NO_BACKEND, SERVICE_AFFINITY, SERVICE_PASS_NO_BACKEND,
     },
 };
 
 use crate::{
-    config::{Config, NoBackend, ServiceConfig},
+    config::{AdminState, Config, NoBackend, ServiceConfig, AFFINITY_IDLE},
     select::Selector,
     spec::{endpoint, Mode, ServiceSpec},
 };
@@ -62,6 +63,7 @@ const MAPS: &[&str] = &[
     "SCRATCH",
     "TRIVIAL",
     "RR",
+    "AFFINITY",
 ];
 
 /// A service as the kernel serves it now.
@@ -100,6 +102,8 @@ pub struct Dataplane {
     live: BTreeMap<SocketAddr, Live>,
     /// Kernel backend slot of every configured backend address.
     slots: HashMap<SocketAddr, u32>,
+    /// What each used slot holds in `BACKENDS`.
+    backend_vals: HashMap<u32, Backend>,
     /// Services found pinned at start and not yet matched with the configuration.
     adopted: HashMap<SocketAddr, Service>,
     tx_ports: HashSet<u32>,
@@ -121,8 +125,15 @@ impl Dataplane {
     /// Like [`load`](Self::load), with every map pinned under `pins`; maps already
     /// pinned there are adopted with their contents.
     pub fn open(pins: Option<&Path>) -> Result<Self> {
+        Self::open_with(pins, AFFINITY_ENTRIES)
+    }
+
+    /// Like [`open`](Self::open), with the affinity map sized for `entries`
+    /// dialogs (a pinned map that exists keeps its size).
+    pub fn open_with(pins: Option<&Path>, entries: u32) -> Result<Self> {
         raise_memlock();
         let mut loader = EbpfLoader::new();
+        loader.map_max_entries("AFFINITY", entries);
         let paths: Vec<(&str, PathBuf)> = match pins {
             Some(dir) => {
                 std::fs::create_dir_all(dir)
@@ -148,6 +159,7 @@ impl Dataplane {
             pins: pins.map(Path::to_path_buf),
             live: BTreeMap::new(),
             slots: HashMap::new(),
+            backend_vals: HashMap::new(),
             adopted: HashMap::new(),
             tx_ports: HashSet::new(),
             attached: Vec::new(),
@@ -167,7 +179,7 @@ impl Dataplane {
             let (vip, svc) = kv?;
             adopted.insert(socket_addr(&vip), svc);
         }
-        let mut slots = HashMap::new();
+        let (mut slots, mut vals) = (HashMap::new(), HashMap::new());
         let backends: Array<&MapData, Backend> = self.map_ref("BACKENDS")?;
         for slot in 0..MAX_BACKENDS {
             let b = backends.get(&slot, 0)?;
@@ -179,10 +191,12 @@ impl Dataplane {
                     proto: 0,
                 };
                 slots.insert(socket_addr(&e), slot);
+                vals.insert(slot, b);
             }
         }
         self.adopted = adopted;
         self.slots = slots;
+        self.backend_vals = vals;
         Ok(())
     }
 
@@ -241,7 +255,9 @@ impl Dataplane {
         let start = Instant::now();
         let mut report = SyncReport::default();
 
-        // 1. Slots for new backend addresses (old ones keep theirs).
+        // 1. Slots for new backend addresses (old ones keep theirs), and each
+        // backend's flags: dialogs stay on a backend that is active or draining
+        // and not down.
         let wanted: HashSet<SocketAddr> = next
             .services
             .iter()
@@ -259,24 +275,77 @@ impl Dataplane {
             let slot = free
                 .next()
                 .ok_or_else(|| anyhow!("at most {MAX_BACKENDS} backends"))?;
-            self.write_backend(slot, Some(a))?;
             self.slots.insert(a, slot);
+            self.zero_backend_stats(slot)?;
+        }
+        for a in &wanted {
+            let sticky = !self.down.contains(a)
+                && next.services.iter().any(|s| {
+                    s.backends.iter().any(|b| {
+                        b.address == *a
+                            && matches!(b.state, AdminState::Active | AdminState::Draining)
+                    })
+                });
+            let e = endpoint(*a);
+            let val = Backend {
+                addr: e.addr,
+                port: e.port,
+                family: e.family,
+                flags: if sticky { BACKEND_STICKY } else { 0 },
+            };
+            let slot = self.slots[a];
+            if self.backend_vals.get(&slot) != Some(&val) {
+                let mut m: Array<&mut MapData, Backend> = self.map("BACKENDS")?;
+                m.set(slot, val, 0)?;
+                self.backend_vals.insert(slot, val);
+            }
         }
 
-        // 2. Reverse NAT for every DNAT backend, whatever its state: replies of
-        // draining and disabled backends still come from the VIP.
-        let reverse: HashMap<Endpoint, Endpoint> = next
+        // 2. Service ids: kept by VIP, new ones take a free id.
+        let mut ids: HashSet<u32> = self.live.values().map(|l| l.id).collect();
+        ids.extend(self.adopted.values().map(|s| s.id));
+        let mut id_of: HashMap<SocketAddr, u32> = HashMap::new();
+        for s in &next.services {
+            let id = match (self.live.get(&s.vip), self.adopted.get(&s.vip)) {
+                (Some(l), _) => l.id,
+                (None, Some(a)) => a.id,
+                (None, None) => {
+                    let id = (0..MAX_SERVICES)
+                        .find(|i| !ids.contains(i))
+                        .ok_or_else(|| anyhow!("at most {MAX_SERVICES} services"))?;
+                    ids.insert(id);
+                    id
+                }
+            };
+            id_of.insert(s.vip, id);
+        }
+
+        // 3. Reverse NAT for every DNAT backend, whatever its state: replies of
+        // draining and disabled backends still come from the VIP. With affinity,
+        // what they send also teaches the data plane their dialogs.
+        let reverse: HashMap<Endpoint, Reverse> = next
             .services
             .iter()
             .filter(|s| s.mode == Mode::Dnat)
             .flat_map(|s| {
-                s.backends
-                    .iter()
-                    .map(move |b| (endpoint(b.address), endpoint(s.vip)))
+                let learn = s.affinity && s.algorithm.learns();
+                let (id, slots) = (id_of[&s.vip], &self.slots);
+                s.backends.iter().map(move |b| {
+                    (
+                        endpoint(b.address),
+                        Reverse {
+                            vip: endpoint(s.vip),
+                            service: id,
+                            slot: slots[&b.address],
+                            algorithm: s.algorithm.raw(),
+                            learn: learn as u32,
+                        },
+                    )
+                })
             })
             .collect();
         {
-            let mut m: BpfHashMap<&mut MapData, Endpoint, Endpoint> = self.map("REVERSE")?;
+            let mut m: BpfHashMap<&mut MapData, Endpoint, Reverse> = self.map("REVERSE")?;
             for (k, v) in &reverse {
                 if m.get(k, 0).ok() != Some(*v) {
                     m.insert(k, v, 0)?;
@@ -284,9 +353,7 @@ impl Dataplane {
             }
         }
 
-        // 3. Tables and service entries.
-        let mut ids: HashSet<u32> = self.live.values().map(|l| l.id).collect();
-        ids.extend(self.adopted.values().map(|s| s.id));
+        // 4. Tables and service entries.
         for s in &next.services {
             let members: Vec<crate::spec::BackendSpec> = s
                 .members(&self.down)
@@ -302,16 +369,11 @@ impl Dataplane {
                 .iter()
                 .map(|e| e.map_or(NO_BACKEND, |i| self.slots[&members[i].addr]))
                 .collect();
-            let (id, half, fresh) = match (self.live.get(&s.vip), self.adopted.get(&s.vip)) {
-                (Some(l), _) => (l.id, 1 - l.active, false),
-                (None, Some(a)) => (a.id, 1 - a.active, false),
-                (None, None) => {
-                    let id = (0..MAX_SERVICES)
-                        .find(|i| !ids.contains(i))
-                        .ok_or_else(|| anyhow!("at most {MAX_SERVICES} services"))?;
-                    ids.insert(id);
-                    (id, 0, true)
-                }
+            let id = id_of[&s.vip];
+            let (half, fresh) = match (self.live.get(&s.vip), self.adopted.get(&s.vip)) {
+                (Some(l), _) => (1 - l.active, false),
+                (None, Some(a)) => (1 - a.active, false),
+                (None, None) => (0, true),
             };
             let kernel = Service {
                 id,
@@ -322,7 +384,8 @@ impl Dataplane {
                 flags: match s.no_backend {
                     NoBackend::Drop => 0,
                     NoBackend::Pass => SERVICE_PASS_NO_BACKEND,
-                },
+                } | if s.affinity { SERVICE_AFFINITY } else { 0 },
+                affinity_idle: s.affinity_idle.unwrap_or(AFFINITY_IDLE).as_secs() as u32,
             };
             let unchanged = self.live.get(&s.vip).is_some_and(|l| {
                 l.table == table
@@ -330,6 +393,7 @@ impl Dataplane {
                     && l.kernel.algorithm == kernel.algorithm
                     && l.kernel.table_size == kernel.table_size
                     && l.kernel.flags == kernel.flags
+                    && l.kernel.affinity_idle == kernel.affinity_idle
             });
             if unchanged {
                 let l = self.live.get_mut(&s.vip).unwrap();
@@ -386,7 +450,7 @@ impl Dataplane {
             .map(|(a, s)| (*a, *s))
             .collect();
         let stale_reverse: Vec<Endpoint> = {
-            let m: BpfHashMap<&MapData, Endpoint, Endpoint> = self.map_ref("REVERSE")?;
+            let m: BpfHashMap<&MapData, Endpoint, Reverse> = self.map_ref("REVERSE")?;
             m.keys()
                 .filter_map(|k| k.ok())
                 .filter(|k| !reverse.contains_key(k))
@@ -396,13 +460,15 @@ impl Dataplane {
             grace_period();
         }
         {
-            let mut m: BpfHashMap<&mut MapData, Endpoint, Endpoint> = self.map("REVERSE")?;
+            let mut m: BpfHashMap<&mut MapData, Endpoint, Reverse> = self.map("REVERSE")?;
             for k in &stale_reverse {
                 let _ = m.remove(k);
             }
         }
         for (a, slot) in stale_slots {
-            self.write_backend(slot, None)?;
+            let mut m: Array<&mut MapData, Backend> = self.map("BACKENDS")?;
+            m.set(slot, Backend::default(), 0)?;
+            self.backend_vals.remove(&slot);
             self.slots.remove(&a);
         }
         self.config = next.clone();
@@ -410,24 +476,8 @@ impl Dataplane {
         Ok(report)
     }
 
-    fn write_backend(&mut self, slot: u32, addr: Option<SocketAddr>) -> Result<()> {
-        let b = match addr {
-            Some(a) => {
-                let e = endpoint(a);
-                Backend {
-                    addr: e.addr,
-                    port: e.port,
-                    family: e.family,
-                    _pad: 0,
-                }
-            }
-            None => Backend::default(),
-        };
-        {
-            let mut m: Array<&mut MapData, Backend> = self.map("BACKENDS")?;
-            m.set(slot, b, 0)?;
-        }
-        // A new backend starts its counters from zero.
+    /// A new backend starts its counters from zero.
+    fn zero_backend_stats(&mut self, slot: u32) -> Result<()> {
         let mut s: PerCpuArray<&mut MapData, Traffic> = self.map("BACKEND_STATS")?;
         s.set(slot, zeros()?, 0)?;
         Ok(())
@@ -456,26 +506,46 @@ impl Dataplane {
         Ok(())
     }
 
-    /// The backend slot the kernel's live table holds for a hash.
-    pub fn lookup(&self, vip: SocketAddr, hash: u32) -> Result<Option<SocketAddr>> {
+    /// Where the kernel sends a key hash now: the dialog's affinity entry while
+    /// it holds (fresh, backend sticky), else the live table. The second value
+    /// says which (`"affinity"` or `"table"`).
+    pub fn lookup(&self, vip: SocketAddr, hash: u32) -> Result<(Option<SocketAddr>, &'static str)> {
         let svc: BpfHashMap<&MapData, Endpoint, Service> = self.map_ref("SERVICES")?;
         let s = svc
             .get(&endpoint(vip), 0)
             .map_err(|_| anyhow!("the kernel has no service {vip}"))?;
+        let backends: Array<&MapData, Backend> = self.map_ref("BACKENDS")?;
+        let addr = |b: Backend| {
+            socket_addr(&Endpoint {
+                addr: b.addr,
+                port: b.port,
+                family: b.family,
+                proto: 0,
+            })
+        };
+        if s.flags & SERVICE_AFFINITY != 0 {
+            let aff: BpfHashMap<&MapData, AffinityKey, Affinity> = self.map_ref("AFFINITY")?;
+            if let Ok(e) = aff.get(
+                &AffinityKey {
+                    service: s.id,
+                    hash,
+                },
+                0,
+            ) {
+                let idle = monotonic_ns().saturating_sub(e.seen);
+                let b = backends.get(&e.slot, 0)?;
+                if idle < s.affinity_idle as u64 * 1_000_000_000 && b.flags & BACKEND_STICKY != 0 {
+                    return Ok((Some(addr(b)), "affinity"));
+                }
+            }
+        }
         let table: Array<&MapData, u32> = self.map_ref("MAGLEV")?;
         let idx = maglev::table_base(s.id, s.active) + maglev::index(hash, s.table_size);
         let slot = table.get(&idx, 0)?;
         if slot == NO_BACKEND {
-            return Ok(None);
+            return Ok((None, "table"));
         }
-        let backends: Array<&MapData, Backend> = self.map_ref("BACKENDS")?;
-        let b = backends.get(&slot, 0)?;
-        Ok(Some(socket_addr(&Endpoint {
-            addr: b.addr,
-            port: b.port,
-            family: b.family,
-            proto: 0,
-        })))
+        Ok((Some(addr(backends.get(&slot, 0)?)), "table"))
     }
 
     /// Lets the program redirect to this interface.
@@ -593,6 +663,16 @@ impl Dataplane {
             .ok_or_else(|| anyhow!("no map {name}"))?;
         T::try_from(m).with_context(|| format!("map {name}"))
     }
+}
+
+/// `CLOCK_MONOTONIC`, the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
 
 /// Removes a pin directory and everything in it (bpffs: unlinking a pin drops

@@ -377,32 +377,38 @@ fn ms(d: Duration) -> f64 {
 }
 
 pub fn fmt_duration(d: Duration) -> String {
-    if d.subsec_millis() == 0 && d.subsec_nanos() == 0 {
+    if d.subsec_nanos() == 0 && d.as_secs() >= 3600 && d.as_secs().is_multiple_of(3600) {
+        format!("{}h", d.as_secs() / 3600)
+    } else if d.subsec_nanos() == 0 {
         format!("{}s", d.as_secs())
     } else {
         format!("{}ms", d.as_millis())
     }
 }
 
-/// Parses `1s`, `200ms`, `1.5s`, or a bare number of seconds.
+/// Parses `1s`, `200ms`, `1.5s`, `30m`, `12h`, or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, scale) = if let Some(n) = s.strip_suffix("ms") {
         (n, 1e-3)
     } else if let Some(n) = s.strip_suffix('s') {
         (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else if let Some(n) = s.strip_suffix('h') {
+        (n, 3600.0)
     } else {
         (s, 1.0)
     };
     match num.trim().parse::<f64>() {
-        Ok(v) if v.is_finite() && v >= 0.0 && v * scale < 1e6 => {
+        Ok(v) if v.is_finite() && v >= 0.0 && v * scale < 1e7 => {
             Ok(Duration::from_secs_f64(v * scale))
         }
-        _ => Err(format!("`{s}` is not a duration (like 1s or 200ms)")),
+        _ => Err(format!("`{s}` is not a duration (like 1s, 200ms or 12h)")),
     }
 }
 
-mod opt_duration {
+pub mod opt_duration {
     use super::*;
 
     pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
@@ -691,6 +697,8 @@ mod tests {
         assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
         assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
         assert!(parse_duration("fast").is_err());
+        assert_eq!(parse_duration("12h").unwrap(), Duration::from_secs(43200));
+        assert_eq!(fmt_duration(Duration::from_secs(43200)), "12h");
     }
 
     #[test]

@@ -114,6 +114,17 @@ impl Algorithm {
         }
     }
 
+    /// Whether dialog affinity learns from backends' messages: the key the
+    /// backend's message carries must be the one the other party's answers
+    /// carry. True for Call-ID, From and To; not for the Request-URI (answers
+    /// fall back to the Call-ID), the source address or round-robin.
+    pub fn learns(self) -> bool {
+        !matches!(
+            self,
+            Algorithm::RequestUri | Algorithm::Source | Algorithm::RoundRobin
+        )
+    }
+
     /// What the kernel hashes (`Service::algorithm`).
     pub fn raw(self) -> u32 {
         use balancer_common::maps::*;

@@ -59,10 +59,15 @@ fn spec(vip: &str, mode: Mode, backends: &[&str]) -> ServiceSpec {
 }
 
 fn bed() -> Bed {
+    bed_with(balancer_common::maps::AFFINITY_ENTRIES)
+}
+
+/// The fixture bed with an affinity map of `entries` dialogs.
+fn bed_with(entries: u32) -> Bed {
     require_root();
     let (ns, cli, bk) = fixture_net("fx");
 
-    let mut dp = Dataplane::load().expect("the verifier accepts the program");
+    let mut dp = Dataplane::open_with(None, entries).expect("the verifier accepts the program");
     let v4 = dp
         .install_service(&spec(
             "10.0.0.10:5060",
@@ -94,6 +99,13 @@ fn bed() -> Bed {
         .unwrap()
         .selector
         .clone();
+    // These fixtures check parsing, keys and rewrites with exact counters:
+    // dialog affinity (tested on its own below) stays out of their way.
+    let mut c = dp.config().clone();
+    for s in &mut c.services {
+        s.affinity = false;
+    }
+    dp.sync(&c).unwrap();
     dp.add_tx_port(cli).unwrap();
     dp.add_tx_port(bk).unwrap();
     Bed {
@@ -786,4 +798,249 @@ fn verifier_budget_has_headroom() {
         .expect("kernel reports verified instructions");
     eprintln!("verifier processed {n} instructions");
     assert!(n < 700_000, "verifier processed {n} instructions");
+}
+
+// Dialog affinity (DESIGN.md section 3 item 5). The fixture bed's services start
+// with affinity off; these tests turn it on for the IPv4 service.
+
+const V4: &str = "10.0.0.10:5060";
+
+/// Changes the IPv4 service's configuration (affinity on) and syncs.
+fn change(bed: &mut Bed, f: impl Fn(&mut balancer::config::ServiceConfig)) {
+    let mut c = bed.dp.config().clone();
+    let s = c
+        .services
+        .iter_mut()
+        .find(|s| s.vip.to_string() == V4)
+        .unwrap();
+    s.affinity = true;
+    f(s);
+    bed.dp.sync(&c).unwrap();
+}
+
+/// The backend a client message with Call-ID `id` is sent to now.
+fn sent_to(bed: &mut Bed, id: &str) -> SocketAddr {
+    let f = client_v4(&invite(&format!("Call-ID: {id}"), 0));
+    let (v, out) = bed.run(&f.build(), bed.cli);
+    // Redirected, or (a backend with no neighbour entry yet) handed to the kernel.
+    assert!(v == XDP_REDIRECT || v == XDP_PASS, "verdict {v}");
+    let p = parse(&out);
+    SocketAddr::new(p.dst, p.dport)
+}
+
+/// What the live table (not affinity) picks for `id`.
+fn table_pick(bed: &Bed, id: &str) -> SocketAddr {
+    let vip: SocketAddr = V4.parse().unwrap();
+    bed.dp.live()[&vip]
+        .selector
+        .whereis(id.as_bytes())
+        .unwrap()
+        .addr
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn ids(tag: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{tag}-{i}@10.0.1.2")).collect()
+}
+
+fn set_state(bed: &mut Bed, a: &str, st: balancer::config::AdminState) {
+    change(bed, |s| s.backend_mut(addr(a)).unwrap().state = st);
+}
+
+#[test]
+fn dialogs_stay_on_their_backend_when_one_is_added() {
+    let mut bed = bed();
+    change(&mut bed, |_| {});
+    let calls = ids("add", 400);
+    let first: Vec<SocketAddr> = calls.iter().map(|id| sent_to(&mut bed, id)).collect();
+    change(&mut bed, |s| {
+        s.backends
+            .push(balancer::config::BackendConfig::new(addr("10.0.2.14:5060")))
+    });
+    let moved_by_table = calls
+        .iter()
+        .zip(&first)
+        .filter(|(id, b)| table_pick(&bed, id) != **b)
+        .count();
+    assert!(
+        moved_by_table > 60,
+        "the new table moves many keys: {moved_by_table}"
+    );
+    let before = bed.counters();
+    for (id, b) in calls.iter().zip(&first) {
+        assert_eq!(sent_to(&mut bed, id), *b, "{id} stays on its backend");
+    }
+    let after = bed.counters();
+    assert_eq!(after["affinity_hit"] - before["affinity_hit"], 400);
+    // New dialogs follow the new table, over four backends.
+    let fresh = ids("fresh", 400);
+    let mut on_new = 0;
+    for id in &fresh {
+        let b = sent_to(&mut bed, id);
+        assert_eq!(b, table_pick(&bed, id));
+        on_new += (b == addr("10.0.2.14:5060")) as usize;
+    }
+    assert!(on_new > 60, "the added backend takes new dialogs: {on_new}");
+}
+
+#[test]
+fn draining_keeps_dialogs_down_and_disabled_replace_them() {
+    use balancer::config::AdminState;
+    let mut bed = bed();
+    change(&mut bed, |_| {});
+    let calls = ids("drain", 300);
+    let first: Vec<SocketAddr> = calls.iter().map(|id| sent_to(&mut bed, id)).collect();
+    let (d, x) = ("10.0.2.11:5060", "10.0.2.12:5060");
+    assert!(first.contains(&addr(d)) && first.contains(&addr(x)));
+
+    set_state(&mut bed, d, AdminState::Draining);
+    for (id, b) in calls.iter().zip(&first) {
+        assert_eq!(sent_to(&mut bed, id), *b, "draining honours {id}");
+    }
+    // A new dialog never lands on the draining backend.
+    for id in ids("new", 200) {
+        assert_ne!(sent_to(&mut bed, &id), addr(d));
+    }
+
+    set_state(&mut bed, d, AdminState::Disabled);
+    bed.dp.set_down([addr(x)].into());
+    change(&mut bed, |_| {});
+    let before = bed.counters();
+    let mut replaced = 0;
+    for (id, b) in calls.iter().zip(&first) {
+        let now = sent_to(&mut bed, id);
+        if *b == addr(d) || *b == addr(x) {
+            assert_eq!(
+                now,
+                table_pick(&bed, id),
+                "{id} leaves a backend that is out"
+            );
+            assert!(now != addr(d) && now != addr(x));
+            replaced += 1;
+        } else {
+            assert_eq!(now, *b, "{id} stays");
+        }
+    }
+    let after = bed.counters();
+    assert_eq!(
+        after["affinity_replaced"] - before["affinity_replaced"],
+        replaced
+    );
+    // Replaced entries stick to their new backend.
+    for id in &calls {
+        assert_eq!(sent_to(&mut bed, id), table_pick(&bed, id));
+    }
+}
+
+#[test]
+fn dialogs_a_backend_starts_are_learned_from_its_messages() {
+    let mut bed = bed();
+    change(&mut bed, |_| {});
+    let origin = addr("10.0.2.12:5060");
+    // Call-IDs the table would send elsewhere: only learning brings them back.
+    let calls: Vec<String> = ids("out", 200)
+        .into_iter()
+        .filter(|id| table_pick(&bed, id) != origin)
+        .take(50)
+        .collect();
+    assert_eq!(calls.len(), 50);
+    let before = bed.counters();
+    for id in &calls {
+        let invite = format!(
+            "INVITE sip:alice@10.0.1.2 SIP/2.0\r\nCall-ID: {id}\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+        );
+        let f = Frame::udp(
+            ip("10.0.2.12"),
+            5060,
+            ip("10.0.1.2"),
+            5060,
+            invite.as_bytes(),
+        );
+        let (v, out) = bed.run(&f.build(), bed.bk);
+        assert_eq!(v, XDP_REDIRECT);
+        assert_eq!(parse(&out).src, ip("10.0.0.10"), "still reverse-NATed");
+    }
+    let after = bed.counters();
+    assert_eq!(after["affinity_learned"] - before["affinity_learned"], 50);
+    // The phone's answers reach the backend that called it.
+    for id in &calls {
+        assert_eq!(sent_to(&mut bed, id), origin, "{id}");
+    }
+    // Its own further messages refresh the entry without learning anew.
+    let f = Frame::udp(
+        ip("10.0.2.12"),
+        5060,
+        ip("10.0.1.2"),
+        5060,
+        format!(
+            "BYE sip:alice@10.0.1.2 SIP/2.0\r\nCall-ID: {}\r\n\r\n",
+            calls[0]
+        )
+        .as_bytes(),
+    );
+    let before = bed.counters();
+    bed.run(&f.build(), bed.bk);
+    assert_eq!(
+        bed.counters()["affinity_learned"],
+        before["affinity_learned"]
+    );
+}
+
+#[test]
+fn a_full_affinity_map_degrades_to_the_table_never_elsewhere() {
+    let mut bed = bed_with(64);
+    change(&mut bed, |_| {});
+    let calls = ids("evict", 1000);
+    let first: Vec<SocketAddr> = calls.iter().map(|id| sent_to(&mut bed, id)).collect();
+    change(&mut bed, |s| {
+        s.backends
+            .push(balancer::config::BackendConfig::new(addr("10.0.2.14:5060")))
+    });
+    let (mut kept, mut table) = (0, 0);
+    for (id, b) in calls.iter().zip(&first) {
+        let now = sent_to(&mut bed, id);
+        let t = table_pick(&bed, id);
+        assert!(
+            now == *b || now == t,
+            "{id}: {now} is neither its backend {b} nor the table's {t}"
+        );
+        if now == *b && *b != t {
+            kept += 1;
+        } else if now == t && *b != t {
+            table += 1;
+        }
+    }
+    eprintln!(
+        "with 64 entries for 1000 dialogs: {kept} kept by affinity, {table} moved by the table"
+    );
+    assert!(table > 0, "evicted dialogs follow the table");
+}
+
+#[test]
+fn idle_affinity_entries_expire() {
+    let mut bed = bed();
+    change(&mut bed, |s| {
+        s.affinity_idle = Some(std::time::Duration::from_secs(1))
+    });
+    let calls = ids("idle", 200);
+    let first: Vec<SocketAddr> = calls.iter().map(|id| sent_to(&mut bed, id)).collect();
+    change(&mut bed, |s| {
+        s.backends
+            .push(balancer::config::BackendConfig::new(addr("10.0.2.14:5060")))
+    });
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let mut moved = 0;
+    for (id, b) in calls.iter().zip(&first) {
+        let now = sent_to(&mut bed, id);
+        assert_eq!(
+            now,
+            table_pick(&bed, id),
+            "{id}: an expired entry yields to the table"
+        );
+        moved += (now != *b) as usize;
+    }
+    assert!(moved > 20, "{moved}");
 }
