@@ -164,6 +164,7 @@ impl Bed {
             format!("ip netns exec {sw} ethtool -S s0 | grep -v ': 0$'"),
             format!("ip netns exec {cli} ethtool -S c0 | grep -v ': 0$'"),
             format!("ip netns exec {lb} nstat -az | grep -E 'UdpIn|InCsum|Forw|Discard' | grep -v ' 0 '"),
+            format!("ip netns exec {cli} nstat -az | grep -E 'Udp' | grep -v ' 0 '"),
         ];
         let mut out = String::new();
         for c in cmds {

@@ -130,6 +130,7 @@ pub fn run_client(
     std::thread::spawn(move || {
         enter_netns(&ns);
         let sock = UdpSocket::bind("0.0.0.0:0").unwrap();
+        big_rcvbuf(&sock);
         sock.set_read_timeout(Some(Duration::from_millis(200)))
             .unwrap();
         let mut ans = Answers::default();
@@ -178,6 +179,9 @@ impl Stream {
             enter_netns(&ns);
             let sock = UdpSocket::bind("0.0.0.0:0").unwrap();
             sock.set_nonblocking(true).unwrap();
+            // A big receive buffer, so a moment without CPU for this thread (the
+            // verifier runs on the same two cores) does not drop answers here.
+            big_rcvbuf(&sock);
             let mut buf = [0u8; 65536];
             let (mut sent, mut answered, mut wrong) = (0u32, 0u32, 0u32);
             let mut next = Instant::now();
@@ -222,4 +226,18 @@ impl Stream {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.take().unwrap().join().unwrap()
     }
+}
+
+/// Raises a socket's receive buffer to 8 MiB (root may exceed rmem_max).
+pub fn big_rcvbuf(sock: &UdpSocket) {
+    let size: libc::c_int = 8 << 20;
+    unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            &size as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
 }
