@@ -47,7 +47,9 @@ fn try_balancer(ctx: &XdpContext) -> Result<u32, u32> {
     let svc = if let Some(s) = unsafe { SERVICES.get(&u.dst) } {
         *s
     } else if let Some(r) = unsafe { REVERSE.get(&u.src) } {
-        if r.learn == 0 {
+        // Learning needs the backend's requests only (a dialog it starts begins
+        // with one); its responses belong to dialogs already known.
+        if r.learn == 0 || is_response(ctx, &u) {
             let r = *r;
             return reverse(ctx, &u, &r, None);
         }
@@ -76,6 +78,15 @@ fn try_balancer(ctx: &XdpContext) -> Result<u32, u32> {
             reverse(ctx, &u, &r, key)
         }
         None => Err(reason::PASS_NO_SERVICE),
+    }
+}
+
+/// Whether the datagram is a SIP response (starts with `SIP/`).
+#[inline(always)]
+fn is_response(ctx: &XdpContext, u: &Udp) -> bool {
+    match ptr_at::<[u8; 4]>(ctx, u.l4 + 8) {
+        Ok(p) => unsafe { *p == *b"SIP/" },
+        Err(_) => false,
     }
 }
 

@@ -947,6 +947,11 @@ fn dialogs_a_backend_starts_are_learned_from_its_messages() {
         .take(50)
         .collect();
     assert_eq!(calls.len(), 50);
+    // A response teaches nothing: it belongs to a dialog the client started.
+    let resp = "SIP/2.0 200 OK\r\nCall-ID: resp-only@x\r\nCSeq: 1 INVITE\r\n\r\n";
+    let f = Frame::udp(ip("10.0.2.12"), 5060, ip("10.0.1.2"), 5060, resp.as_bytes());
+    let (v, _, moved) = bed.run_counted(&f.build(), bed.bk);
+    assert_eq!((v, moved), (XDP_REDIRECT, vec!["redirect", "reverse_nat"]));
     let before = bed.counters();
     for id in &calls {
         let invite = format!(
