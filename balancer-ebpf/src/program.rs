@@ -166,18 +166,24 @@ fn pick(svc: &Service, hash: u32) -> Result<u32, u32> {
         return Ok(table);
     }
     if table != NO_BACKEND {
-        let _ = AFFINITY.insert(
-            &key,
-            &Affinity {
-                slot: table,
-                _pad: 0,
-                seen: now,
-            },
-            0,
-        );
+        remember(&key, table, now);
         count(reason::AFFINITY_NEW);
     }
     Ok(table)
+}
+
+/// A new affinity entry (the LRU map evicts the least recently used when full).
+#[inline(always)]
+fn remember(key: &AffinityKey, slot: u32, now: u64) {
+    let _ = AFFINITY.insert(
+        key,
+        &Affinity {
+            slot,
+            _pad: 0,
+            seen: now,
+        },
+        0,
+    );
 }
 
 /// Whether dialogs pinned to `slot` stay there (active or draining, not down).
@@ -229,15 +235,7 @@ fn learn(r: &Reverse, hash: u32) {
             return;
         }
     }
-    let _ = AFFINITY.insert(
-        &key,
-        &Affinity {
-            slot: r.slot,
-            _pad: 0,
-            seen: now,
-        },
-        0,
-    );
+    remember(&key, r.slot, now);
     count(reason::AFFINITY_LEARNED);
 }
 
