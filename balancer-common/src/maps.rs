@@ -118,6 +118,41 @@ pub struct Affinity {
     pub seen: u64,
 }
 
+/// A fragmented datagram: addresses as the first fragment arrived, and its IP
+/// identification.
+#[repr(C, align(4))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub id: u32,
+    pub family: u32,
+}
+
+/// What the first fragment's decision was, for the later fragments to follow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragEntry {
+    /// The address written into the later fragments (`FRAG_*` says which side),
+    /// or, with `FRAG_KEEP`, the backend whose MAC they go to (DSR).
+    pub addr: [u8; 16],
+    pub how: u32,
+    pub _pad: u32,
+    /// `bpf_ktime_get_ns` of the first fragment: older than the reassembly
+    /// timeout, the entry is stale.
+    pub seen: u64,
+}
+
+/// `FragEntry::how`: rewrite the destination (DNAT to a backend).
+pub const FRAG_DST: u32 = 1;
+/// Rewrite the source (a backend's message made to come from the VIP).
+pub const FRAG_SRC: u32 = 2;
+/// Rewrite nothing, send to `addr`'s MAC (DSR).
+pub const FRAG_KEEP: u32 = 3;
+/// Fragments of one datagram arrive within this many seconds (Linux's
+/// `ipfrag_time` default is 30).
+pub const FRAG_TIMEOUT_S: u64 = 30;
+
 /// Default capacity of the affinity map (live dialogs over all services).
 pub const AFFINITY_ENTRIES: u32 = 262_144;
 
@@ -163,7 +198,7 @@ pub mod reason {
     pub const REVERSE_NAT: u32 = 6;
     /// Backend reply addressed to this host itself (probe answers): untouched.
     pub const PASS_LOCAL: u32 = 7;
-    /// IP fragment: passed to the kernel stack untouched.
+    /// A later IP fragment that followed its first fragment's decision.
     pub const FRAGMENT: u32 = 8;
     /// The service has no backend: dropped.
     pub const NO_BACKEND: u32 = 9;
@@ -198,7 +233,10 @@ pub mod reason {
     pub const AFFINITY_REPLACED: u32 = 22;
     /// Dialog affinity: learned from a backend's message (it started the dialog).
     pub const AFFINITY_LEARNED: u32 = 23;
-    pub const COUNT: u32 = 24;
+    /// A later IP fragment with no (or a stale) first-fragment decision: passed
+    /// to the kernel untouched.
+    pub const FRAGMENT_MISS: u32 = 24;
+    pub const COUNT: u32 = 25;
 
     pub const NAMES: [&str; COUNT as usize] = [
         "pass_not_ip",
@@ -209,7 +247,7 @@ pub mod reason {
         "fallback_keepalive",
         "reverse_nat",
         "pass_local",
-        "fragment",
+        "fragment_follow",
         "no_backend",
         "malformed",
         "fib_no_neigh",
@@ -225,6 +263,7 @@ pub mod reason {
         "affinity_new",
         "affinity_replaced",
         "affinity_learned",
+        "fragment_miss",
     ];
 }
 
@@ -237,6 +276,8 @@ mod pod {
     unsafe impl aya::Pod for Reverse {}
     unsafe impl aya::Pod for AffinityKey {}
     unsafe impl aya::Pod for Affinity {}
+    unsafe impl aya::Pod for FragKey {}
+    unsafe impl aya::Pod for FragEntry {}
     unsafe impl aya::Pod for Traffic {}
     unsafe impl aya::Pod for TrivialTarget {}
 }

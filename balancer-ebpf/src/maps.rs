@@ -9,8 +9,8 @@ use balancer_common::{
     keys::KeyScan,
     maglev::MAX_TABLE,
     maps::{
-        reason, Affinity, AffinityKey, Backend, Endpoint, Reverse, Service, Traffic, TrivialTarget,
-        AFFINITY_ENTRIES, MAX_BACKENDS, MAX_PORTS, MAX_SERVICES,
+        reason, Affinity, AffinityKey, Backend, Endpoint, FragEntry, FragKey, Reverse, Service,
+        Traffic, TrivialTarget, AFFINITY_ENTRIES, MAX_BACKENDS, MAX_PORTS, MAX_SERVICES,
     },
 };
 
@@ -41,6 +41,11 @@ pub static MAGLEV: Array<u32> =
 
 /// `BPF_F_MMAPABLE` (include/uapi/linux/bpf.h).
 const BPF_F_MMAPABLE: u32 = 1 << 10;
+
+/// Fragmented datagrams in flight: the first fragment's decision, which the
+/// later ones (no UDP header, no Call-ID) follow.
+#[map]
+pub static FRAGS: LruHashMap<FragKey, FragEntry> = LruHashMap::with_max_entries(65536, 0);
 
 /// Egress interfaces for redirects, keyed by ifindex.
 #[map]
@@ -95,6 +100,15 @@ pub struct Scratch {
     pub key: KeyScan,
     /// `bpf_fib_lookup` parameters (64 bytes: too much for the stack next to the rest).
     pub fib: [u64; 8],
+    /// Fragment bookkeeping, here for the same reason: key, entry, and a later
+    /// fragment's addresses.
+    pub frag_key: FragKey,
+    pub frag_entry: FragEntry,
+    pub frag_src: Endpoint,
+    pub frag_dst: Endpoint,
+    /// `next_hop`'s cache key and new entry, off its stack frame.
+    pub nh_key: NhKey,
+    pub nh_entry: NhEntry,
     pub buf: ScanBuf,
 }
 

@@ -14,7 +14,7 @@ use balancer_common::{
 };
 
 use crate::{
-    maps::{NhEntry, NhKey, NEXTHOP, NEXTHOP_TTL_NS, SCRATCH, TX_PORTS},
+    maps::{NEXTHOP, NEXTHOP_TTL_NS, SCRATCH, TX_PORTS},
     parse::{ptr_at, Udp},
 };
 
@@ -42,13 +42,17 @@ pub enum Hop {
 /// which `bpf_loop`'s callback frame adds to.
 #[inline(never)]
 pub fn next_hop(ctx: &XdpContext, src: &Endpoint, dst: &Endpoint, tot_len: u16) -> Hop {
-    let key = NhKey {
-        addr: dst.addr,
-        ingress: unsafe { (*ctx.ctx).ingress_ifindex },
-        family: dst.family as u32,
+    let Some(s) = SCRATCH.get_ptr_mut(0) else {
+        return Hop::Fail;
     };
+    // Key and new entry live in per-CPU scratch memory: the combined stack of
+    // the main path and this subprogram is limited to 512 bytes.
+    let key = unsafe { &mut (*s).nh_key };
+    key.addr = dst.addr;
+    key.ingress = unsafe { (*ctx.ctx).ingress_ifindex };
+    key.family = dst.family as u32;
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    if let Some(e) = unsafe { NEXTHOP.get(&key) } {
+    if let Some(e) = unsafe { NEXTHOP.get(&*key) } {
         if now < e.expires && tot_len <= e.max_len {
             return Hop::Ok {
                 ifindex: e.ifindex,
@@ -57,9 +61,6 @@ pub fn next_hop(ctx: &XdpContext, src: &Endpoint, dst: &Endpoint, tot_len: u16) 
             };
         }
     }
-    let Some(s) = SCRATCH.get_ptr_mut(0) else {
-        return Hop::Fail;
-    };
     // Zeroed with word stores: `mem::zeroed` becomes a byte-wise memset call in BPF.
     let raw = unsafe { &mut (*s).fib };
     let mut i = 0;
@@ -100,19 +101,18 @@ pub fn next_hop(ctx: &XdpContext, src: &Endpoint, dst: &Endpoint, tot_len: u16) 
         BPF_FIB_LKUP_RET_SUCCESS => {
             // The FIB said this size fits the route's MTU: remember the answer for
             // datagrams up to this size.
-            let max_len = match unsafe { NEXTHOP.get(&key) } {
+            let max_len = match unsafe { NEXTHOP.get(&*key) } {
                 Some(e) if e.max_len > tot_len && now < e.expires => e.max_len,
                 _ => tot_len,
             };
-            let e = NhEntry {
-                expires: now + NEXTHOP_TTL_NS,
-                ifindex: p.ifindex,
-                smac: p.smac,
-                dmac: p.dmac,
-                max_len,
-                _pad: [0; 2],
-            };
-            let _ = NEXTHOP.insert(&key, &e, 0);
+            let e = unsafe { &mut (*s).nh_entry };
+            e.expires = now + NEXTHOP_TTL_NS;
+            e.ifindex = p.ifindex;
+            e.smac = p.smac;
+            e.dmac = p.dmac;
+            e.max_len = max_len;
+            e._pad = [0; 2];
+            let _ = NEXTHOP.insert(&*key, &*e, 0);
             Hop::Ok {
                 ifindex: p.ifindex,
                 smac: p.smac,
@@ -138,11 +138,12 @@ fn words(a: &[u8; 16]) -> [u32; 4] {
 /// TTL / hop limit of the packet.
 #[inline(always)]
 pub fn ttl(ctx: &XdpContext, u: &Udp) -> Result<u8, u32> {
-    let off = if u.family == AF_INET {
-        u.l3 + 8
-    } else {
-        u.l3 + 7
-    };
+    ttl_at(ctx, u.family, u.l3)
+}
+
+#[inline(always)]
+pub fn ttl_at(ctx: &XdpContext, family: u8, l3: usize) -> Result<u8, u32> {
+    let off = if family == AF_INET { l3 + 8 } else { l3 + 7 };
     Ok(unsafe { *ptr_at::<u8>(ctx, off)? })
 }
 
@@ -196,19 +197,52 @@ pub fn rewrite(ctx: &XdpContext, u: &Udp, side: Side, new: &Endpoint) -> Result<
     Ok(())
 }
 
+/// Rewrites only an IP address (a later fragment: no UDP header, and the UDP
+/// checksum, in the first fragment, already accounts for the new address).
+#[inline(always)]
+pub fn rewrite_addr(
+    ctx: &XdpContext,
+    family: u8,
+    l3: usize,
+    side: Side,
+    new: &[u8; 16],
+) -> Result<(), u32> {
+    unsafe {
+        if family == AF_INET {
+            let addr_off = if side == Side::Src { 12 } else { 16 };
+            let a = ptr_at::<u32>(ctx, l3 + addr_off)?;
+            let ipc = ptr_at::<u16>(ctx, l3 + 10)?;
+            let o = *a;
+            let n = u32::from_ne_bytes([new[0], new[1], new[2], new[3]]);
+            *a = n;
+            *ipc = replace32(*ipc, o, n);
+        } else {
+            let addr_off = if side == Side::Src { 8 } else { 24 };
+            let a = ptr_at::<[u8; 16]>(ctx, l3 + addr_off)?;
+            *a = *new;
+        }
+    }
+    Ok(())
+}
+
 /// Decrements TTL / hop limit (we are a router on the DNAT path).
 #[inline(always)]
 pub fn dec_ttl(ctx: &XdpContext, u: &Udp) -> Result<(), u32> {
+    dec_ttl_at(ctx, u.family, u.l3)
+}
+
+#[inline(always)]
+pub fn dec_ttl_at(ctx: &XdpContext, family: u8, l3: usize) -> Result<(), u32> {
     unsafe {
-        if u.family == AF_INET {
-            let w = ptr_at::<u16>(ctx, u.l3 + 8)?;
-            let ipc = ptr_at::<u16>(ctx, u.l3 + 10)?;
+        if family == AF_INET {
+            let w = ptr_at::<u16>(ctx, l3 + 8)?;
+            let ipc = ptr_at::<u16>(ctx, l3 + 10)?;
             let old = *w;
-            let b = ptr_at::<u8>(ctx, u.l3 + 8)?;
+            let b = ptr_at::<u8>(ctx, l3 + 8)?;
             *b -= 1;
             *ipc = replace16(*ipc, old, *w);
         } else {
-            let b = ptr_at::<u8>(ctx, u.l3 + 7)?;
+            let b = ptr_at::<u8>(ctx, l3 + 7)?;
             *b -= 1;
         }
     }

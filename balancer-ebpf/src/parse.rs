@@ -1,7 +1,7 @@
 //! Header parsing: Ethernet (+ up to two VLAN tags), IPv4 (any IHL) or IPv6, UDP.
 
 use aya_ebpf::programs::XdpContext;
-use balancer_common::maps::{reason, Endpoint, AF_INET, AF_INET6, IPPROTO_UDP};
+use balancer_common::maps::{reason, Endpoint, FragKey, AF_INET, AF_INET6, IPPROTO_UDP};
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
@@ -31,6 +31,12 @@ pub struct Udp {
     pub dst: Endpoint,
     /// UDP payload length from the UDP header (checked against the frame).
     pub payload_len: u32,
+    /// Payload bytes in this frame: less than `payload_len` in a first fragment.
+    pub avail: u32,
+    /// Non-zero: this is the first fragment of a fragmented datagram.
+    pub first_fragment: u32,
+    /// IP identification (IPv4, 16 bits) or fragment identification (IPv6).
+    pub frag_id: u32,
 }
 
 #[inline(always)]
@@ -53,10 +59,9 @@ fn zeroed_endpoint() -> Endpoint {
     unsafe { core::mem::transmute::<[u32; 5], Endpoint>(words.assume_init()) }
 }
 
-/// Parses down to UDP. `Err(reason)` for everything that is not a complete,
-/// unfragmented UDP datagram: the caller passes it untouched.
+/// Ethernet and up to two VLAN tags: the EtherType and where L3 starts.
 #[inline(always)]
-pub fn parse(ctx: &XdpContext) -> Result<Udp, u32> {
+fn l2(ctx: &XdpContext) -> Result<(u16, usize), u32> {
     let mut off = 12;
     let mut proto = be16(ptr_at::<[u8; 2]>(ctx, off)? as *const u8);
     off += 2;
@@ -70,7 +75,23 @@ pub fn parse(ctx: &XdpContext) -> Result<Udp, u32> {
         off += 4;
         tags += 1;
     }
-    let l3 = off;
+    Ok((proto, off))
+}
+
+#[inline(always)]
+fn be32(p: *const u8) -> u32 {
+    unsafe { u32::from_be_bytes([*p, *p.add(1), *p.add(2), *p.add(3)]) }
+}
+
+/// Parses down to UDP. A first fragment parses like a datagram (its UDP header
+/// is there; `avail` says how much payload). `Err(FRAGMENT)` for a later
+/// fragment (see [`parse_fragment`]); other errors for everything that is not
+/// UDP or is cut short: the caller passes it untouched.
+#[inline(always)]
+pub fn parse(ctx: &XdpContext) -> Result<Udp, u32> {
+    let (proto, l3) = l2(ctx)?;
+    let mut first_fragment = 0;
+    let mut frag_id = 0;
     let (family, l4, ip_payload_end) = match proto {
         ETH_P_IP => {
             let ip = ptr_at::<[u8; 20]>(ctx, l3)? as *const u8;
@@ -81,32 +102,58 @@ pub fn parse(ctx: &XdpContext) -> Result<Udp, u32> {
             if unsafe { *ip.add(9) } != IPPROTO_UDP {
                 return Err(reason::PASS_NOT_UDP);
             }
-            if be16(unsafe { ip.add(6) }) & 0x3fff != 0 {
+            let frag = be16(unsafe { ip.add(6) });
+            if frag & 0x1fff != 0 {
                 return Err(reason::FRAGMENT);
+            }
+            if frag & 0x2000 != 0 {
+                first_fragment = 1;
+                frag_id = be16(unsafe { ip.add(4) }) as u32;
             }
             let tot = be16(unsafe { ip.add(2) }) as usize;
             (AF_INET, l3 + ihl, l3 + tot)
         }
         ETH_P_IPV6 => {
             let ip = ptr_at::<[u8; IPV6_LEN]>(ctx, l3)? as *const u8;
-            let next = unsafe { *ip.add(6) };
+            let mut next = unsafe { *ip.add(6) };
+            let plen = be16(unsafe { ip.add(4) }) as usize;
+            let mut l4 = l3 + IPV6_LEN;
             if next == NEXTHDR_FRAGMENT {
-                return Err(reason::FRAGMENT);
+                let fh = ptr_at::<[u8; 8]>(ctx, l4)? as *const u8;
+                let fo = be16(unsafe { fh.add(2) });
+                if fo & 0xfff8 != 0 {
+                    return Err(reason::FRAGMENT);
+                }
+                next = unsafe { *fh };
+                if fo & 1 != 0 {
+                    first_fragment = 1;
+                    frag_id = be32(unsafe { fh.add(4) });
+                }
+                l4 += 8;
             }
             if next != IPPROTO_UDP {
                 return Err(reason::PASS_NOT_UDP);
             }
-            let plen = be16(unsafe { ip.add(4) }) as usize;
-            (AF_INET6, l3 + IPV6_LEN, l3 + IPV6_LEN + plen)
+            (AF_INET6, l4, l3 + IPV6_LEN + plen)
         }
         _ => return Err(reason::PASS_NOT_IP),
     };
     let udp = ptr_at::<[u8; 8]>(ctx, l4)? as *const u8;
     let ulen = be16(unsafe { udp.add(4) }) as usize;
     let frame_len = ctx.data_end() - ctx.data();
-    if ulen < 8 || l4 + ulen > ip_payload_end || ip_payload_end > frame_len {
+    if ulen < 8 || ip_payload_end > frame_len || l4 + 8 > ip_payload_end {
         return Err(reason::MALFORMED);
     }
+    // A whole datagram must hold its UDP length; a first fragment holds a part.
+    let here = ip_payload_end - l4;
+    if (first_fragment == 0 && ulen > here) || (first_fragment != 0 && ulen <= here) {
+        return Err(reason::MALFORMED);
+    }
+    let avail = if first_fragment != 0 {
+        here - 8
+    } else {
+        ulen - 8
+    };
     let mut src = zeroed_endpoint();
     src.port = unsafe { *(udp as *const u16) };
     src.family = family;
@@ -135,5 +182,55 @@ pub fn parse(ctx: &XdpContext) -> Result<Udp, u32> {
         src,
         dst,
         payload_len: (ulen - 8) as u32,
+        avail: avail as u32,
+        first_fragment,
+        frag_id,
     })
+}
+
+/// A later fragment: fills `key` (addresses and identification, IPv4 or IPv6
+/// with the fragment header right after the fixed header) and `src`/`dst` (the
+/// addresses, ports zero); returns the family and where L3 starts. Written into
+/// per-CPU scratch memory: the stack has no room left.
+#[inline(always)]
+pub fn parse_fragment(
+    ctx: &XdpContext,
+    key: &mut FragKey,
+    src: &mut Endpoint,
+    dst: &mut Endpoint,
+) -> Result<(u8, usize), u32> {
+    let (proto, l3) = l2(ctx)?;
+    let family = if proto == ETH_P_IP {
+        let ip = ptr_at::<[u8; 20]>(ctx, l3)? as *const u8;
+        key.id = be16(unsafe { ip.add(4) }) as u32;
+        let a = ptr_at::<[u32; 2]>(ctx, l3 + 12)?;
+        let w = [0u32; 4];
+        let (mut s4, mut d4) = (w, w);
+        unsafe {
+            s4[0] = (*a)[0];
+            d4[0] = (*a)[1];
+        }
+        key.src = unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(s4) };
+        key.dst = unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(d4) };
+        AF_INET
+    } else {
+        let fh = ptr_at::<[u8; 8]>(ctx, l3 + IPV6_LEN)? as *const u8;
+        key.id = be32(unsafe { fh.add(4) });
+        let a = ptr_at::<[u8; 32]>(ctx, l3 + 8)?;
+        unsafe {
+            key.src.copy_from_slice(&(&*a)[..16]);
+            key.dst.copy_from_slice(&(&*a)[16..]);
+        }
+        AF_INET6
+    };
+    key.family = family as u32;
+    *src = zeroed_endpoint();
+    *dst = zeroed_endpoint();
+    src.addr = key.src;
+    dst.addr = key.dst;
+    src.family = family;
+    dst.family = family;
+    src.proto = IPPROTO_UDP;
+    dst.proto = IPPROTO_UDP;
+    Ok((family, l3))
 }

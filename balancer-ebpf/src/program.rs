@@ -14,17 +14,21 @@ use balancer_common::{
     maglev,
     maps::{
         reason, Affinity, AffinityKey, Endpoint, Reverse, Service, ALG_ROUND_ROBIN, ALG_SOURCE,
-        BACKEND_STICKY, MODE_DSR, NO_BACKEND, SERVICE_AFFINITY, SERVICE_PASS_NO_BACKEND,
+        BACKEND_STICKY, FRAG_DST, FRAG_KEEP, FRAG_SRC, FRAG_TIMEOUT_S, MODE_DSR, NO_BACKEND,
+        SERVICE_AFFINITY, SERVICE_PASS_NO_BACKEND,
     },
 };
 
 use crate::{
     maps::{
-        add_traffic, count, AFFINITY, BACKENDS, BACKEND_STATS, MAGLEV, REVERSE, RR, SCRATCH,
+        add_traffic, count, AFFINITY, BACKENDS, BACKEND_STATS, FRAGS, MAGLEV, REVERSE, RR, SCRATCH,
         SERVICES, SERVICE_STATS, TRIVIAL, TX_PORTS,
     },
-    nat::{dec_ttl, forward, ip_len, next_hop, rewrite, ttl, Hop, Side},
-    parse::{parse, ptr_at, Udp},
+    nat::{
+        dec_ttl, dec_ttl_at, forward, ip_len, next_hop, rewrite, rewrite_addr, ttl, ttl_at, Hop,
+        Side,
+    },
+    parse::{parse, parse_fragment, ptr_at, Udp},
 };
 
 #[xdp]
@@ -41,7 +45,11 @@ pub fn balancer(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn try_balancer(ctx: &XdpContext) -> Result<u32, u32> {
-    let u = parse(ctx)?;
+    let u = match parse(ctx) {
+        Ok(u) => u,
+        Err(reason::FRAGMENT) => return later_fragment(ctx),
+        Err(r) => return Err(r),
+    };
     // The key search is the bulk of what the verifier checks: one call site for
     // both directions, so it is checked once, not once per direction.
     let svc = if let Some(s) = unsafe { SERVICES.get(&u.dst) } {
@@ -115,6 +123,14 @@ fn dispatch(ctx: &XdpContext, u: &Udp, svc: Service, hash: u32) -> Result<u32, u
         family: be.family,
         proto: u.dst.proto,
     };
+    if u.first_fragment != 0 {
+        let how = if svc.mode == MODE_DSR {
+            FRAG_KEEP
+        } else {
+            FRAG_DST
+        };
+        first_fragment(u, &target.addr, how);
+    }
     if svc.mode == MODE_DSR {
         // L2 direct server return: the backend holds the VIP; only MACs change.
         return match next_hop(ctx, &u.src, &target, ip_len(ctx, u)) {
@@ -214,9 +230,90 @@ fn reverse(ctx: &XdpContext, u: &Udp, r: &Reverse, key: Option<u32>) -> Result<u
     if let Some(hash) = key {
         learn(r, hash);
     }
+    if u.first_fragment != 0 {
+        first_fragment(u, &vip.addr, FRAG_SRC);
+    }
     rewrite(ctx, u, Side::Src, vip)?;
     count(reason::REVERSE_NAT);
     routed(ctx, u, hop)
+}
+
+/// Remembers a first fragment's decision for the later fragments.
+#[inline(always)]
+fn first_fragment(u: &Udp, addr: &[u8; 16], how: u32) {
+    let Some(s) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    unsafe {
+        (*s).frag_key.src = u.src.addr;
+        (*s).frag_key.dst = u.dst.addr;
+        (*s).frag_key.id = u.frag_id;
+        (*s).frag_key.family = u.family as u32;
+        (*s).frag_entry.addr = *addr;
+        (*s).frag_entry.how = how;
+        (*s).frag_entry._pad = 0;
+        (*s).frag_entry.seen = bpf_ktime_get_ns();
+        let _ = FRAGS.insert(&(*s).frag_key, &(*s).frag_entry, 0);
+    }
+}
+
+/// A later fragment (no UDP header, no Call-ID): it goes where its first
+/// fragment went, with the same address rewritten.
+#[inline(always)]
+fn later_fragment(ctx: &XdpContext) -> Result<u32, u32> {
+    let s = SCRATCH.get_ptr_mut(0).ok_or(reason::MALFORMED)?;
+    let (family, l3) = unsafe {
+        parse_fragment(
+            ctx,
+            &mut (*s).frag_key,
+            &mut (*s).frag_src,
+            &mut (*s).frag_dst,
+        )?
+    };
+    // No fresh decision: it came before its first fragment, or belongs to
+    // traffic that is not ours. The kernel gets it untouched.
+    // The entry is read in place: a copy would not fit on the stack.
+    let e = match unsafe { FRAGS.get(&(*s).frag_key) } {
+        Some(e) => e,
+        None => return Err(reason::FRAGMENT_MISS),
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    if now.wrapping_sub(e.seen) > FRAG_TIMEOUT_S * 1_000_000_000 {
+        return Err(reason::FRAGMENT_MISS);
+    }
+    let len = (ctx.data_end() - ctx.data() - l3) as u16;
+    unsafe {
+        if e.how == FRAG_SRC {
+            (*s).frag_src.addr = e.addr;
+            rewrite_addr(ctx, family, l3, Side::Src, &e.addr)?;
+        } else {
+            (*s).frag_dst.addr = e.addr;
+            if e.how == FRAG_DST {
+                rewrite_addr(ctx, family, l3, Side::Dst, &e.addr)?;
+            }
+        }
+    }
+    let keep = e.how == FRAG_KEEP;
+    count(reason::FRAGMENT);
+    let hop = unsafe { next_hop(ctx, &(*s).frag_src, &(*s).frag_dst, len) };
+    match hop {
+        Hop::Ok {
+            ifindex,
+            smac,
+            dmac,
+        } => {
+            // DSR only changes MACs; the routed directions count a hop.
+            if !keep {
+                if ttl_at(ctx, family, l3)? <= 1 {
+                    return Err(reason::TTL_EXCEEDED);
+                }
+                dec_ttl_at(ctx, family, l3)?;
+            }
+            forward(ctx, ifindex, &smac, &dmac)
+        }
+        Hop::NoNeigh => Err(reason::FIB_NO_NEIGH),
+        _ => Err(reason::FIB_FAIL),
+    }
 }
 
 /// Enters the dialog of a backend's message (its key's hash) into the affinity
@@ -279,10 +376,12 @@ fn key_of(ctx: &XdpContext, u: &Udp, svc: &Service) -> Result<Option<u32>, u32> 
     }
     let s = SCRATCH.get_ptr_mut(0).ok_or(reason::MALFORMED)?;
     let len = u.payload_len;
-    let n = if len > SCAN_MAX as u32 {
+    // A first fragment holds only part of the payload: scan what is here, and
+    // the search knows the message goes on.
+    let n = if u.avail > SCAN_MAX as u32 {
         SCAN_MAX as u32
     } else {
-        len
+        u.avail
     };
     if n > 0 {
         let off = (u.l4 + 8) as u32;

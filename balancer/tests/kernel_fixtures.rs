@@ -1049,3 +1049,153 @@ fn idle_affinity_entries_expire() {
     }
     assert!(moved > 20, "{moved}");
 }
+
+// IP fragments (DESIGN.md section 3 item 6): the first fragment is dispatched as
+// usual and its decision remembered by (source, destination, identification);
+// the later ones, which carry no UDP header, follow it.
+
+/// Splits a whole datagram built by `Frame` (no VLAN tags) into IP fragments
+/// carrying at most `chunk` bytes of IP payload each (a multiple of 8).
+fn fragments(frame: &[u8], chunk: usize, id: u32) -> Vec<Vec<u8>> {
+    assert_eq!(chunk % 8, 0);
+    let v4 = frame[12..14] == [0x08, 0x00];
+    let l3 = 14;
+    let hl = if v4 { 20 } else { 40 };
+    let payload = &frame[l3 + hl..];
+    let mut out = Vec::new();
+    let mut off = 0;
+    while off < payload.len() {
+        let end = (off + chunk).min(payload.len());
+        let more = end < payload.len();
+        let mut f = frame[..l3].to_vec();
+        let mut h = frame[l3..l3 + hl].to_vec();
+        if v4 {
+            h[2..4].copy_from_slice(&((hl + end - off) as u16).to_be_bytes());
+            h[4..6].copy_from_slice(&(id as u16).to_be_bytes());
+            let fo = (off / 8) as u16 | if more { 0x2000 } else { 0 };
+            h[6..8].copy_from_slice(&fo.to_be_bytes());
+            h[10..12].copy_from_slice(&[0, 0]);
+            let c = checksum(&h, 0);
+            h[10..12].copy_from_slice(&c.to_be_bytes());
+            f.extend_from_slice(&h);
+        } else {
+            h[4..6].copy_from_slice(&((8 + end - off) as u16).to_be_bytes());
+            h[6] = 44;
+            f.extend_from_slice(&h);
+            let fo = ((off / 8) as u16) << 3 | more as u16;
+            f.extend_from_slice(&[17, 0]);
+            f.extend_from_slice(&fo.to_be_bytes());
+            f.extend_from_slice(&id.to_be_bytes());
+        }
+        f.extend_from_slice(&payload[off..end]);
+        out.push(f);
+        off = end;
+    }
+    out
+}
+
+/// Reassembles fragments that went through the program (in order): checks each
+/// IPv4 header checksum and that all share addresses, then parses the whole
+/// datagram (UDP checksum checked over it).
+fn reassemble(frags: &[Vec<u8>]) -> (Parsed, Vec<[u8; 6]>) {
+    let v4 = frags[0][12..14] == [0x08, 0x00];
+    let (hl, skip) = if v4 { (20, 0) } else { (40, 8) };
+    let mut whole = frags[0][..14 + hl].to_vec();
+    let mut data = Vec::new();
+    let mut macs = Vec::new();
+    for f in frags {
+        let h = &f[14..14 + hl];
+        if v4 {
+            assert_eq!(checksum(h, 0), 0, "IPv4 header checksum of a fragment");
+        }
+        assert_eq!(
+            h[12..hl.min(40)],
+            whole[14 + 12..14 + hl.min(40)],
+            "addresses agree"
+        );
+        macs.push(f[0..6].try_into().unwrap());
+        data.extend_from_slice(&f[14 + hl + skip..]);
+    }
+    if v4 {
+        whole[14 + 2..14 + 4].copy_from_slice(&((hl + data.len()) as u16).to_be_bytes());
+        whole[14 + 6..14 + 8].copy_from_slice(&[0, 0]);
+        whole[14 + 10..14 + 12].copy_from_slice(&[0, 0]);
+        let c = checksum(&whole[14..14 + hl], 0);
+        whole[14 + 10..14 + 12].copy_from_slice(&c.to_be_bytes());
+    } else {
+        whole[14 + 4..14 + 6].copy_from_slice(&(data.len() as u16).to_be_bytes());
+        whole[14 + 6] = 17;
+    }
+    whole.extend_from_slice(&data);
+    (parse(&whole), macs)
+}
+
+fn big_invite(id: &str) -> Vec<u8> {
+    // The Call-ID near the top, then padding: about 4,000 bytes.
+    invite_early(id, 4000)
+}
+
+#[test]
+fn fragmented_datagrams_follow_their_first_fragment() {
+    let mut bed = bed();
+    for (v6, id) in [(false, "frag4@10.0.1.2"), (true, "frag6@[fd00:1::2]")] {
+        let payload = big_invite(id);
+        let f = if v6 {
+            client_v6(&payload)
+        } else {
+            client_v4(&payload)
+        };
+        let frags = fragments(&f.build(), 1448, 0x1234_5678);
+        assert_eq!(frags.len(), 3);
+        let mut outs = Vec::new();
+        for (i, fr) in frags.iter().enumerate() {
+            let (v, out, moved) = bed.run_counted(fr, bed.cli);
+            assert_eq!(v, XDP_REDIRECT, "fragment {i} v6={v6}");
+            if i == 0 {
+                assert_eq!(moved, ["callid", "redirect"]);
+            } else {
+                assert_eq!(moved, ["fragment_follow", "redirect"]);
+            }
+            outs.push(out);
+        }
+        let (p, _) = reassemble(&outs);
+        let sel = if v6 { &bed.v6 } else { &bed.v4 };
+        let want = callid_target(sel, id);
+        assert_eq!(SocketAddr::new(p.dst, p.dport), want, "v6={v6}");
+        assert_eq!(p.src, f.src);
+        assert_eq!(
+            p.payload, payload,
+            "intact, UDP checksum right over the whole"
+        );
+        assert_eq!(p.ttl, f.ttl - 1);
+    }
+}
+
+#[test]
+fn a_later_fragment_without_its_first_passes_and_is_counted() {
+    let mut bed = bed();
+    let frags = fragments(&client_v4(&big_invite("orphan@x")).build(), 1448, 77);
+    let (v, out, moved) = bed.run_counted(&frags[1], bed.cli);
+    assert_eq!(
+        (v, &out, moved),
+        (XDP_PASS, &frags[1], vec!["fragment_miss"])
+    );
+}
+
+#[test]
+fn a_backends_fragmented_message_comes_from_the_vip() {
+    let mut bed = bed();
+    let msg = big_invite("back@10.0.2.12");
+    let f = Frame::udp(ip("10.0.2.12"), 5060, ip("10.0.1.2"), 5060, &msg);
+    let mut outs = Vec::new();
+    for fr in fragments(&f.build(), 1448, 9) {
+        let (v, out) = bed.run(&fr, bed.bk);
+        assert_eq!(v, XDP_REDIRECT);
+        outs.push(out);
+    }
+    let (p, macs) = reassemble(&outs);
+    assert_eq!((p.src, p.sport), (ip("10.0.0.10"), 5060));
+    assert_eq!((p.dst, p.dport), (ip("10.0.1.2"), 5060));
+    assert_eq!(p.payload, msg);
+    assert!(macs.iter().all(|m| *m == CLIENT_MAC));
+}

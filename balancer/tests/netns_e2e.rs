@@ -150,3 +150,67 @@ fn dsr_backends_answer_from_the_vip_themselves() {
     assert!(answers.wrong_source.is_empty());
     assert_eq!(answers.by_call_id.values().sum::<u32>(), 600);
 }
+
+/// INVITEs of about 4,000 bytes over 1500-byte links: the client's kernel
+/// fragments them, the balancer dispatches the first fragment by Call-ID and the
+/// rest follow it, the backend's kernel reassembles them.
+#[test]
+fn fragmented_invites_arrive_whole_at_one_backend() {
+    assert!(
+        unsafe { libc::geteuid() } == 0,
+        "run as root (cargo xtask test)"
+    );
+    let inst = format!("fr{}", std::process::id());
+    let bed = bed::Bed::new(&inst, 3);
+    let uas: Vec<peers::Uas> = (0..3)
+        .map(|i| peers::Uas::start(&bed.backend_ns(i), "0.0.0.0:5060"))
+        .collect();
+    let backends: Vec<String> = (0..3)
+        .map(|i| format!("{}:5060", bed::backend_ip(i)))
+        .collect();
+    let daemon = daemon::Daemon::start(
+        &bed.ns("lb"),
+        &bed::Bed::attach_args("dnat", &inst, &backends),
+    );
+    let vip: SocketAddr = format!("{}:5060", bed::VIP).parse().unwrap();
+    let ids: Vec<String> = (0..200).map(|i| format!("big-{i}@10.0.1.2")).collect();
+    let (ns, ids2) = (bed.ns("cli"), ids.clone());
+    let answered = std::thread::spawn(move || {
+        peers::enter_netns(&ns);
+        let sock = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        sock.set_read_timeout(Some(std::time::Duration::from_millis(500)))
+            .unwrap();
+        let mut buf = [0u8; 65536];
+        let mut got = 0;
+        for id in &ids2 {
+            let m = peers::invite_sized(id, 4000);
+            assert!(m.len() > 3500);
+            sock.send_to(&m, vip).unwrap();
+            if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                if from == vip && peers::naive_call_id(&buf[..n]).as_deref() == Some(id) {
+                    got += 1;
+                }
+            }
+        }
+        got
+    })
+    .join()
+    .unwrap();
+    assert!(daemon.stop());
+    let seen: Vec<HashMap<String, u32>> =
+        uas.iter().map(|u| u.seen.lock().unwrap().clone()).collect();
+    let specs: Vec<BackendSpec> = backends.iter().map(|b| b.parse().unwrap()).collect();
+    let sel = Selector::build(&specs, 65537).unwrap();
+    for id in &ids {
+        let b = sole_holder(&seen, id, 1);
+        assert_eq!(
+            specs[b].addr,
+            sel.whereis(id.as_bytes()).unwrap().addr,
+            "{id}"
+        );
+    }
+    assert_eq!(
+        answered, 200,
+        "every fragmented INVITE answered through the VIP"
+    );
+}

@@ -52,6 +52,7 @@ impl Uas {
         let thread = std::thread::spawn(move || {
             enter_netns(&ns);
             let sock = UdpSocket::bind(&bind).expect("bind");
+            big_rcvbuf(&sock);
             sock.set_read_timeout(Some(Duration::from_millis(100)))
                 .unwrap();
             ready_tx.send(()).unwrap();
@@ -95,6 +96,26 @@ impl Drop for Uas {
             let _ = t.join();
         }
     }
+}
+
+/// An INVITE of about `total` bytes: the SDP grows with attribute lines (a
+/// video offer with many codecs is this big), the Call-ID stays near the top.
+pub fn invite_sized(call_id: &str, total: usize) -> Vec<u8> {
+    let mut sdp = String::from(
+        "v=0\r\no=- 1 1 IN IP4 10.0.1.2\r\ns=-\r\nc=IN IP4 10.0.1.2\r\nt=0 0\r\nm=audio 49170 RTP/AVP 0\r\n",
+    );
+    let mut n = 0;
+    while sdp.len() + 400 < total {
+        sdp.push_str(&format!("a=x-pad{n}:{}\r\n", "p".repeat(60)));
+        n += 1;
+    }
+    format!(
+        "INVITE sip:bob@10.0.0.10 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.1.2;branch=z9hG4bK-{call_id};rport\r\n\
+Call-ID: {call_id}\r\nMax-Forwards: 70\r\nFrom: <sip:alice@10.0.1.2>;tag=1\r\nTo: <sip:bob@10.0.0.10>\r\n\
+CSeq: 1 INVITE\r\nContact: <sip:alice@10.0.1.2>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    )
+    .into_bytes()
 }
 
 pub fn invite(call_id: &str) -> Vec<u8> {
