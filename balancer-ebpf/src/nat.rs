@@ -77,10 +77,8 @@ pub fn next_hop(ctx: &XdpContext, src: &Endpoint, dst: &Endpoint, tot_len: u16) 
     p.ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
     if dst.family == AF_INET {
         p.family = AF_INET_FIB;
-        p.__bindgen_anon_3.ipv4_src =
-            u32::from_ne_bytes([src.addr[0], src.addr[1], src.addr[2], src.addr[3]]);
-        p.__bindgen_anon_4.ipv4_dst =
-            u32::from_ne_bytes([dst.addr[0], dst.addr[1], dst.addr[2], dst.addr[3]]);
+        p.__bindgen_anon_3.ipv4_src = word4(&src.addr);
+        p.__bindgen_anon_4.ipv4_dst = word4(&dst.addr);
     } else {
         p.family = AF_INET6_FIB;
         p.__bindgen_anon_3.ipv6_src = words(&src.addr);
@@ -137,20 +135,15 @@ fn words(a: &[u8; 16]) -> [u32; 4] {
 
 /// TTL / hop limit of the packet.
 #[inline(always)]
-pub fn ttl(ctx: &XdpContext, u: &Udp) -> Result<u8, u32> {
-    ttl_at(ctx, u.family, u.l3)
-}
-
-#[inline(always)]
-pub fn ttl_at(ctx: &XdpContext, family: u8, l3: usize) -> Result<u8, u32> {
+pub fn ttl(ctx: &XdpContext, family: u8, l3: usize) -> Result<u8, u32> {
     let off = if family == AF_INET { l3 + 8 } else { l3 + 7 };
     Ok(unsafe { *ptr_at::<u8>(ctx, off)? })
 }
 
 /// IP total length as the FIB wants it (for the MTU check).
 #[inline(always)]
-pub fn ip_len(ctx: &XdpContext, u: &Udp) -> u16 {
-    (ctx.data_end() - ctx.data() - u.l3) as u16
+pub fn ip_len(ctx: &XdpContext, l3: usize) -> u16 {
+    (ctx.data_end() - ctx.data() - l3) as u16
 }
 
 /// Which address/port pair a rewrite changes.
@@ -172,21 +165,14 @@ pub fn rewrite(ctx: &XdpContext, u: &Udp, side: Side, new: &Endpoint) -> Result<
     unsafe {
         let check = (*udp)[3];
         (*udp)[port_idx] = new.port;
+        rewrite_addr(ctx, u.family, u.l3, side, &new.addr)?;
+        // The UDP checksum covers the pseudo-header: address and port changes.
         if u.family == AF_INET {
-            let addr_off = if side == Side::Src { 12 } else { 16 };
-            let a = ptr_at::<u32>(ctx, u.l3 + addr_off)?;
-            let ipc = ptr_at::<u16>(ctx, u.l3 + 10)?;
-            let o = *a;
-            let n = u32::from_ne_bytes([new.addr[0], new.addr[1], new.addr[2], new.addr[3]]);
-            *a = n;
-            *ipc = replace32(*ipc, o, n);
             if check != 0 {
+                let (o, n) = (word4(&old.addr), word4(&new.addr));
                 (*udp)[3] = udp_nonzero(replace16(replace32(check, o, n), old.port, new.port));
             }
         } else {
-            let addr_off = if side == Side::Src { 8 } else { 24 };
-            let a = ptr_at::<[u8; 16]>(ctx, u.l3 + addr_off)?;
-            *a = new.addr;
             (*udp)[3] = udp_nonzero(replace16(
                 replace128(check, &old.addr, &new.addr),
                 old.port,
@@ -197,8 +183,15 @@ pub fn rewrite(ctx: &XdpContext, u: &Udp, side: Side, new: &Endpoint) -> Result<
     Ok(())
 }
 
-/// Rewrites only an IP address (a later fragment: no UDP header, and the UDP
-/// checksum, in the first fragment, already accounts for the new address).
+/// The IPv4 address in the first four bytes, as the packet holds it.
+#[inline(always)]
+fn word4(a: &[u8; 16]) -> u32 {
+    u32::from_ne_bytes([a[0], a[1], a[2], a[3]])
+}
+
+/// Rewrites an IP address, fixing the IPv4 header checksum. Alone for a later
+/// fragment (no UDP header; the UDP checksum, in the first fragment, already
+/// accounts for the new address); `rewrite` adds port and UDP checksum.
 #[inline(always)]
 pub fn rewrite_addr(
     ctx: &XdpContext,
@@ -213,7 +206,7 @@ pub fn rewrite_addr(
             let a = ptr_at::<u32>(ctx, l3 + addr_off)?;
             let ipc = ptr_at::<u16>(ctx, l3 + 10)?;
             let o = *a;
-            let n = u32::from_ne_bytes([new[0], new[1], new[2], new[3]]);
+            let n = word4(new);
             *a = n;
             *ipc = replace32(*ipc, o, n);
         } else {
@@ -227,12 +220,7 @@ pub fn rewrite_addr(
 
 /// Decrements TTL / hop limit (we are a router on the DNAT path).
 #[inline(always)]
-pub fn dec_ttl(ctx: &XdpContext, u: &Udp) -> Result<(), u32> {
-    dec_ttl_at(ctx, u.family, u.l3)
-}
-
-#[inline(always)]
-pub fn dec_ttl_at(ctx: &XdpContext, family: u8, l3: usize) -> Result<(), u32> {
+pub fn dec_ttl(ctx: &XdpContext, family: u8, l3: usize) -> Result<(), u32> {
     unsafe {
         if family == AF_INET {
             let w = ptr_at::<u16>(ctx, l3 + 8)?;

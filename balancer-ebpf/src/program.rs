@@ -24,10 +24,7 @@ use crate::{
         add_traffic, count, AFFINITY, BACKENDS, BACKEND_STATS, FRAGS, MAGLEV, REVERSE, RR, SCRATCH,
         SERVICES, SERVICE_STATS, TRIVIAL, TX_PORTS,
     },
-    nat::{
-        dec_ttl, dec_ttl_at, forward, ip_len, next_hop, rewrite, rewrite_addr, ttl, ttl_at, Hop,
-        Side,
-    },
+    nat::{dec_ttl, forward, ip_len, next_hop, rewrite, rewrite_addr, ttl, Hop, Side},
     parse::{parse, parse_fragment, ptr_at, Udp},
 };
 
@@ -133,22 +130,14 @@ fn dispatch(ctx: &XdpContext, u: &Udp, svc: Service, hash: u32) -> Result<u32, u
     }
     if svc.mode == MODE_DSR {
         // L2 direct server return: the backend holds the VIP; only MACs change.
-        return match next_hop(ctx, &u.src, &target, ip_len(ctx, u)) {
-            Hop::Ok {
-                ifindex,
-                smac,
-                dmac,
-            } => forward(ctx, ifindex, &smac, &dmac),
-            Hop::NoNeigh => Err(reason::FIB_NO_NEIGH),
-            _ => Err(reason::FIB_FAIL),
-        };
+        return send(ctx, next_hop(ctx, &u.src, &target, ip_len(ctx, u.l3)), None);
     }
-    if ttl(ctx, u)? <= 1 {
+    if ttl(ctx, u.family, u.l3)? <= 1 {
         return Err(reason::TTL_EXCEEDED);
     }
     rewrite(ctx, u, Side::Dst, &target)?;
-    let hop = next_hop(ctx, &u.src, &target, ip_len(ctx, u));
-    routed(ctx, u, hop)
+    let hop = next_hop(ctx, &u.src, &target, ip_len(ctx, u.l3));
+    send(ctx, hop, Some((u.family, u.l3)))
 }
 
 /// The backend for a key: the dialog's own (affinity) while that backend still
@@ -218,13 +207,13 @@ fn sticky(slot: u32) -> bool {
 #[inline(always)]
 fn reverse(ctx: &XdpContext, u: &Udp, r: &Reverse, key: Option<u32>) -> Result<u32, u32> {
     let vip = &r.vip;
-    let hop = next_hop(ctx, vip, &u.dst, ip_len(ctx, u));
+    let hop = next_hop(ctx, vip, &u.dst, ip_len(ctx, u.l3));
     match hop {
         Hop::Local => return Err(reason::PASS_LOCAL),
         Hop::Fail => return Err(reason::FIB_FAIL),
         _ => {}
     }
-    if ttl(ctx, u)? <= 1 {
+    if ttl(ctx, u.family, u.l3)? <= 1 {
         return Err(reason::TTL_EXCEEDED);
     }
     if let Some(hash) = key {
@@ -235,7 +224,7 @@ fn reverse(ctx: &XdpContext, u: &Udp, r: &Reverse, key: Option<u32>) -> Result<u
     }
     rewrite(ctx, u, Side::Src, vip)?;
     count(reason::REVERSE_NAT);
-    routed(ctx, u, hop)
+    send(ctx, hop, Some((u.family, u.l3)))
 }
 
 /// Remembers a first fragment's decision for the later fragments.
@@ -281,7 +270,7 @@ fn later_fragment(ctx: &XdpContext) -> Result<u32, u32> {
     if now.wrapping_sub(e.seen) > FRAG_TIMEOUT_S * 1_000_000_000 {
         return Err(reason::FRAGMENT_MISS);
     }
-    let len = (ctx.data_end() - ctx.data() - l3) as u16;
+    let len = ip_len(ctx, l3);
     unsafe {
         if e.how == FRAG_SRC {
             (*s).frag_src.addr = e.addr;
@@ -296,24 +285,14 @@ fn later_fragment(ctx: &XdpContext) -> Result<u32, u32> {
     let keep = e.how == FRAG_KEEP;
     count(reason::FRAGMENT);
     let hop = unsafe { next_hop(ctx, &(*s).frag_src, &(*s).frag_dst, len) };
-    match hop {
-        Hop::Ok {
-            ifindex,
-            smac,
-            dmac,
-        } => {
-            // DSR only changes MACs; the routed directions count a hop.
-            if !keep {
-                if ttl_at(ctx, family, l3)? <= 1 {
-                    return Err(reason::TTL_EXCEEDED);
-                }
-                dec_ttl_at(ctx, family, l3)?;
-            }
-            forward(ctx, ifindex, &smac, &dmac)
-        }
-        Hop::NoNeigh => Err(reason::FIB_NO_NEIGH),
-        _ => Err(reason::FIB_FAIL),
+    // DSR only changes MACs; the routed directions count a hop.
+    if keep {
+        return send(ctx, hop, None);
     }
+    if matches!(hop, Hop::Ok { .. }) && ttl(ctx, family, l3)? <= 1 {
+        return Err(reason::TTL_EXCEEDED);
+    }
+    send(ctx, hop, Some((family, l3)))
 }
 
 /// Enters the dialog of a backend's message (its key's hash) into the affinity
@@ -336,18 +315,22 @@ fn learn(r: &Reverse, hash: u32) {
     count(reason::AFFINITY_LEARNED);
 }
 
-/// Sends on a datagram this host routes (both DNAT directions): TTL down, MACs
-/// from the next hop, out. An unresolved neighbour sends the rewritten datagram up
-/// the stack, which resolves it and forwards: nothing is lost while ARP/ND runs.
+/// Sends the datagram to its next hop: MACs from the FIB's answer, out. With
+/// `route` (family, L3 offset) this host routes it (both DNAT directions, and
+/// their later fragments): the TTL goes down. An unresolved neighbour sends the
+/// (rewritten) datagram up the stack, which resolves it and forwards: nothing is
+/// lost while ARP/ND runs.
 #[inline(always)]
-fn routed(ctx: &XdpContext, u: &Udp, hop: Hop) -> Result<u32, u32> {
+fn send(ctx: &XdpContext, hop: Hop, route: Option<(u8, usize)>) -> Result<u32, u32> {
     match hop {
         Hop::Ok {
             ifindex,
             smac,
             dmac,
         } => {
-            dec_ttl(ctx, u)?;
+            if let Some((family, l3)) = route {
+                dec_ttl(ctx, family, l3)?;
+            }
             forward(ctx, ifindex, &smac, &dmac)
         }
         Hop::NoNeigh => Err(reason::FIB_NO_NEIGH),

@@ -258,11 +258,16 @@ impl Dataplane {
         // 1. Slots for new backend addresses (old ones keep theirs), and each
         // backend's flags: dialogs stay on a backend that is active or draining
         // and not down.
-        let wanted: HashSet<SocketAddr> = next
-            .services
-            .iter()
-            .flat_map(|s| s.backends.iter().map(|b| b.address))
-            .collect();
+        let mut wanted: HashSet<SocketAddr> = HashSet::new();
+        // Addresses some service has active or draining (one pass: a backend
+        // may be in several services).
+        let mut admin_up: HashSet<SocketAddr> = HashSet::new();
+        for b in next.services.iter().flat_map(|s| &s.backends) {
+            wanted.insert(b.address);
+            if matches!(b.state, AdminState::Active | AdminState::Draining) {
+                admin_up.insert(b.address);
+            }
+        }
         let mut new_addrs: Vec<SocketAddr> = wanted
             .iter()
             .filter(|a| !self.slots.contains_key(a))
@@ -279,13 +284,7 @@ impl Dataplane {
             self.zero_backend_stats(slot)?;
         }
         for a in &wanted {
-            let sticky = !self.down.contains(a)
-                && next.services.iter().any(|s| {
-                    s.backends.iter().any(|b| {
-                        b.address == *a
-                            && matches!(b.state, AdminState::Active | AdminState::Draining)
-                    })
-                });
+            let sticky = admin_up.contains(a) && !self.down.contains(a);
             let e = endpoint(*a);
             let val = Backend {
                 addr: e.addr,
