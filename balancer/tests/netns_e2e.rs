@@ -31,21 +31,38 @@ fn sole_holder(seen: &[HashMap<String, u32>], id: &str, copies: u32) -> usize {
 }
 const REPEATS: u32 = 3;
 
-#[test]
-fn call_ids_stick_balance_and_replies_come_from_the_vip() {
+/// A bed of three backends answering on port 5060, and `balancer attach` in
+/// DNAT mode over them (instance `tag` + pid): the bed, the backends' peers,
+/// their addresses, the attach arguments, the running daemon.
+fn dnat_bed(
+    tag: &str,
+) -> (
+    bed::Bed,
+    Vec<peers::Uas>,
+    Vec<String>,
+    Vec<String>,
+    daemon::Daemon,
+) {
     assert!(
         unsafe { libc::geteuid() } == 0,
         "run as root (cargo xtask test)"
     );
-    let bed = bed::Bed::new(&format!("e2e{}", std::process::id()), 3);
+    let inst = format!("{tag}{}", std::process::id());
+    let bed = bed::Bed::new(&inst, 3);
     let uas: Vec<peers::Uas> = (0..3)
         .map(|i| peers::Uas::start(&bed.backend_ns(i), "0.0.0.0:5060"))
         .collect();
     let backends: Vec<String> = (0..3)
         .map(|i| format!("{}:5060", bed::backend_ip(i)))
         .collect();
-    let args = bed::Bed::attach_args("dnat", &format!("e2e{}", std::process::id()), &backends);
+    let args = bed::Bed::attach_args("dnat", &inst, &backends);
     let daemon = daemon::Daemon::start(&bed.ns("lb"), &args);
+    (bed, uas, backends, args, daemon)
+}
+
+#[test]
+fn call_ids_stick_balance_and_replies_come_from_the_vip() {
+    let (bed, uas, backends, args, daemon) = dnat_bed("e2e");
 
     // A second daemon with the same instance name refuses to start, and says why.
     let again = daemon::in_netns(&bed.ns("lb"))
@@ -156,22 +173,7 @@ fn dsr_backends_answer_from_the_vip_themselves() {
 /// rest follow it, the backend's kernel reassembles them.
 #[test]
 fn fragmented_invites_arrive_whole_at_one_backend() {
-    assert!(
-        unsafe { libc::geteuid() } == 0,
-        "run as root (cargo xtask test)"
-    );
-    let inst = format!("fr{}", std::process::id());
-    let bed = bed::Bed::new(&inst, 3);
-    let uas: Vec<peers::Uas> = (0..3)
-        .map(|i| peers::Uas::start(&bed.backend_ns(i), "0.0.0.0:5060"))
-        .collect();
-    let backends: Vec<String> = (0..3)
-        .map(|i| format!("{}:5060", bed::backend_ip(i)))
-        .collect();
-    let daemon = daemon::Daemon::start(
-        &bed.ns("lb"),
-        &bed::Bed::attach_args("dnat", &inst, &backends),
-    );
+    let (bed, uas, backends, _, daemon) = dnat_bed("fr");
     let vip: SocketAddr = format!("{}:5060", bed::VIP).parse().unwrap();
     let ids: Vec<String> = (0..200).map(|i| format!("big-{i}@10.0.1.2")).collect();
     let (ns, ids2) = (bed.ns("cli"), ids.clone());
