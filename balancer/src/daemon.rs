@@ -38,6 +38,8 @@ pub struct Daemon {
     dp: Dataplane,
     /// Interfaces the program is attached to, in order.
     ifaces: Vec<String>,
+    /// Egress interface of each backend address, as `ip route get` said.
+    routes: HashMap<IpAddr, String>,
     /// Probe state per backend address.
     health: HashMap<SocketAddr, Tracker>,
     prober: Option<Prober>,
@@ -79,6 +81,7 @@ pub fn run(opts: Options) -> Result<()> {
         opts,
         dp,
         ifaces: Vec::new(),
+        routes: HashMap::new(),
         health: HashMap::new(),
         prober: None,
         health_rebuilds: 0,
@@ -137,7 +140,17 @@ impl Daemon {
         let mut want = c.interfaces.clone();
         for s in &c.services {
             for b in &s.backends {
-                let dev = route::egress_interface(b.address.ip())?;
+                // `ip route get` is a process: once per backend address, not
+                // once per backend per change.
+                let ip = b.address.ip();
+                let dev = match self.routes.get(&ip) {
+                    Some(d) => d.clone(),
+                    None => {
+                        let d = route::egress_interface(ip)?;
+                        self.routes.insert(ip, d.clone());
+                        d
+                    }
+                };
                 if !want.contains(&dev) {
                     want.push(dev);
                 }
@@ -164,7 +177,8 @@ impl Daemon {
     /// Points the prober at the configured backends and forgets removed ones.
     fn update_probes(&mut self) -> Result<()> {
         let want = self.dp.config().health_params()?;
-        self.health.retain(|a, _| want.iter().any(|(w, _)| w == a));
+        let addrs: HashSet<SocketAddr> = want.iter().map(|(a, _)| *a).collect();
+        self.health.retain(|a, _| addrs.contains(a));
         if let Some(p) = self.prober.as_mut() {
             p.update(&want);
         }

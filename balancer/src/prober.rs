@@ -71,8 +71,9 @@ impl Prober {
     /// Probes exactly these backends with these parameters: new ones start,
     /// removed ones stop, changed ones restart.
     pub fn update(&mut self, want: &[(SocketAddr, Params)]) {
+        let wanted: HashMap<SocketAddr, &Params> = want.iter().map(|(a, p)| (*a, p)).collect();
         self.tasks.retain(|addr, (params, task)| {
-            let keep = want.iter().any(|(a, p)| a == addr && p == params);
+            let keep = wanted.get(addr) == Some(&&*params);
             if !keep {
                 task.abort();
             }
