@@ -28,6 +28,13 @@ pub fn backend_ip(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 0, 2, 11 + i as u8)
 }
 
+pub const VIP6: &str = "fd00::10";
+pub const CLIENT6: &str = "fd00:1::2";
+
+pub fn backend_ip6(i: usize) -> String {
+    format!("fd00:2::{}", 11 + i)
+}
+
 /// Where a test instance keeps its configuration file.
 pub fn config_path(instance: &str) -> String {
     format!("/tmp/balancer-test-{instance}.toml")
@@ -139,6 +146,29 @@ impl Bed {
         ]);
         args.extend(backends.iter().cloned());
         args
+    }
+
+    /// IPv6 beside IPv4 on the same links: client fd00:1::2, balancer fd00:1::1
+    /// and fd00:2::1, backends fd00:2::11.. (no duplicate address detection, so
+    /// the addresses are usable at once).
+    pub fn add_ipv6(&self, backends: usize) {
+        let (cli, lb) = (self.ns("cli"), self.ns("lb"));
+        sh(&format!(
+            "ip -n {cli} addr add {CLIENT6}/64 dev c0 nodad && ip -n {cli} route add default via fd00:1::1"
+        ));
+        sh(&format!(
+            "ip -n {lb} addr add fd00:1::1/64 dev l0 nodad && ip -n {lb} addr add fd00:2::1/64 dev l1 nodad"
+        ));
+        sh(&format!(
+            "ip netns exec {lb} sysctl -qw net.ipv6.conf.all.forwarding=1"
+        ));
+        for i in 0..backends {
+            let b = self.backend_ns(i);
+            sh(&format!(
+                "ip -n {b} addr add {}/64 dev e0 nodad && ip -n {b} route add default via fd00:2::1",
+                backend_ip6(i)
+            ));
+        }
     }
 
     /// Direct server return: every backend holds the VIP on its loopback.

@@ -1,0 +1,685 @@
+//! Every message of every dialog on the right backend, with real SIP peers:
+//! `sipp` callers in the client namespace (or on the backends), `sipp` backends
+//! that answer calls and the balancer's OPTIONS, the balancer started from a
+//! configuration file as an operator would. Each test reads the backends' own
+//! message logs back and checks, Call-ID by Call-ID, where every request went.
+//! Expected backends come from the balancer's own code (`Selector`), so a
+//! misrouted message is found even when the call happens to survive it.
+
+#[path = "support/bed.rs"]
+mod bed;
+#[path = "support/daemon.rs"]
+mod daemon;
+#[path = "support/sipp.rs"]
+mod sipp;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use balancer::{select::Selector, spec::BackendSpec};
+use sipp::{Calls, Logged, Logs, Sipp};
+
+const VIP: &str = "10.0.0.10:5060";
+
+/// A bed of `hosts` backend namespaces, the first `serving` of them in the
+/// service, `sipp` backends on all of them (unless `backends` is false), and the
+/// balancer running from a configuration file that adds `top` (top-level keys
+/// and tables, e.g. `[health]`) and `services` (more `[[service]]` tables).
+struct Lab {
+    bed: bed::Bed,
+    logs: Logs,
+    inst: String,
+    uas: Vec<Option<Sipp>>,
+    daemon: Option<daemon::Daemon>,
+    callers: AtomicU32,
+}
+
+fn v4(i: usize) -> String {
+    format!("{}:5060", bed::backend_ip(i))
+}
+
+impl Lab {
+    fn new(tag: &str, hosts: usize, serving: usize, top: &str, backends: bool) -> Lab {
+        Lab::with(tag, hosts, serving, top, "", backends, |_| {})
+    }
+
+    fn with(
+        tag: &str,
+        hosts: usize,
+        serving: usize,
+        top: &str,
+        services: &str,
+        backends: bool,
+        prepare: impl FnOnce(&bed::Bed),
+    ) -> Lab {
+        assert!(
+            unsafe { libc::geteuid() } == 0,
+            "run as root (cargo xtask test)"
+        );
+        let inst = format!("{tag}{}", std::process::id());
+        let bed = bed::Bed::new(&inst, hosts);
+        prepare(&bed);
+        let logs = Logs::new(&inst);
+        let uas = (0..hosts)
+            .map(|i| {
+                backends.then(|| {
+                    Sipp::uas(
+                        &bed.backend_ns(i),
+                        &format!("b{i}"),
+                        &bed::backend_ip(i).to_string(),
+                        &logs,
+                    )
+                })
+            })
+            .collect();
+        let mut config = format!("interfaces = [\"l0\"]\n{top}\n[[service]]\nvip = \"{VIP}\"\n");
+        for i in 0..serving {
+            config.push_str(&format!("[[service.backend]]\naddress = \"{}\"\n", v4(i)));
+        }
+        config.push_str(services);
+        let path = bed::config_path(&inst);
+        std::fs::write(&path, config).unwrap();
+        let args: Vec<String> = ["--instance", &inst, "run", "--config", &path]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let daemon = Some(daemon::Daemon::start(&bed.ns("lb"), &args));
+        Lab {
+            bed,
+            logs,
+            inst,
+            uas,
+            daemon,
+            callers: AtomicU32::new(0),
+        }
+    }
+
+    /// A sipp caller in the client namespace, on a port of its own.
+    fn caller(&self, c: &Calls) -> Sipp {
+        let port = 5070 + self.callers.fetch_add(1, Ordering::Relaxed) as u16;
+        Sipp::uac(
+            &self.bed.ns("cli"),
+            c.tag,
+            bed::CLIENT,
+            port,
+            VIP,
+            c,
+            &self.logs,
+        )
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        daemon::cli_ok(&self.inst, args)
+    }
+
+    fn reason(&self, name: &str) -> u64 {
+        let s: serde_json::Value = serde_json::from_str(&self.cli(&["stats", "--json"])).unwrap();
+        s["reasons"][name].as_u64().unwrap_or(0)
+    }
+
+    /// Stops every backend still running and returns their logs (empty for
+    /// ones that were killed or never ran).
+    fn backend_logs(&mut self) -> Vec<Vec<Logged>> {
+        self.uas
+            .iter_mut()
+            .map(|u| u.take().map(Sipp::stop).unwrap_or_default())
+            .collect()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Some(d) = self.daemon.take() {
+            let ok = d.stop();
+            if !std::thread::panicking() {
+                assert!(ok, "balancer detaches cleanly");
+            }
+        }
+    }
+}
+
+fn selector(backends: &[String]) -> Selector {
+    let specs: Vec<BackendSpec> = backends.iter().map(|b| b.parse().unwrap()).collect();
+    Selector::build(&specs, 65537).unwrap()
+}
+
+/// Index of the backend the table sends `id` to.
+fn predict(sel: &Selector, backends: &[String], id: &str) -> usize {
+    let a = sel.whereis(id.as_bytes()).unwrap().addr.to_string();
+    backends.iter().position(|b| *b == a).unwrap()
+}
+
+/// Call-ID -> [(backend, requests it received, in order)] for the given Call-IDs.
+fn where_seen(logs: &[Vec<Logged>], ids: &[String]) -> HashMap<String, Vec<(usize, Vec<String>)>> {
+    let set: HashSet<String> = ids.iter().cloned().collect();
+    let mut out: HashMap<String, Vec<(usize, Vec<String>)>> = HashMap::new();
+    for (b, log) in logs.iter().enumerate() {
+        for (id, methods) in sipp::dialogs(log, &set) {
+            out.entry(id).or_default().push((b, methods));
+        }
+    }
+    out
+}
+
+/// Checks that each Call-ID's requests all reached one backend, a complete
+/// dialog, the `expect`ed one; returns calls per backend.
+fn check_dialogs(
+    seen: &HashMap<String, Vec<(usize, Vec<String>)>>,
+    ids: &[String],
+    expect: impl Fn(&str) -> usize,
+) -> HashMap<usize, usize> {
+    let mut per = HashMap::new();
+    for id in ids {
+        let at = seen.get(id).map(Vec::as_slice).unwrap_or(&[]);
+        let backends: Vec<usize> = at.iter().map(|(b, _)| *b).collect();
+        assert_eq!(
+            backends.len(),
+            1,
+            "{id}: requests reached backends {backends:?}"
+        );
+        let (b, methods) = &at[0];
+        assert!(
+            sipp::complete(methods),
+            "{id}: backend {b} saw only {methods:?}"
+        );
+        assert_eq!(*b, expect(id), "{id}: on backend {b}, not the expected one");
+        *per.entry(*b).or_insert(0) += 1;
+    }
+    per
+}
+
+/// Waits until a caller has started all its calls (their INVITEs are out).
+fn all_started(c: &Sipp, calls: usize) {
+    let end = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < end {
+        if c.progress().is_some_and(|p| p[0] >= calls as u64) {
+            // The last INVITEs' answers, one scheduling slice later.
+            std::thread::sleep(Duration::from_millis(300));
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{} did not start its {calls} calls within 60 s", c.name);
+}
+
+fn assert_all_completed(tag: &str, o: &sipp::Outcome, calls: usize) {
+    assert!(
+        o.failed == 0 && o.failed_ids.is_empty() && o.successful == calls as u64 && o.exit == 0,
+        "{tag}: sipp reports {} successful, {} failed of {calls} (exit {}), failed: {:?}",
+        o.successful,
+        o.failed,
+        o.exit,
+        o.failed_ids.iter().take(5).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn every_message_of_thousands_of_sipp_calls_reaches_one_backend() {
+    const CALLS: usize = 3000;
+    let mut lab = Lab::new("sd", 3, 3, "", true);
+    let c = Calls {
+        tag: "integrity",
+        calls: CALLS,
+        rate: 500,
+        pause_ms: 200,
+        scenario: None,
+    };
+    let out = lab.caller(&c).wait(Duration::from_secs(120));
+    let logs = lab.backend_logs();
+    assert_all_completed("integrity", &out, CALLS);
+
+    let backends: Vec<String> = (0..3).map(v4).collect();
+    let sel = selector(&backends);
+    let ids = Sipp::call_ids(c.tag, bed::CLIENT, CALLS);
+    let per = check_dialogs(&where_seen(&logs, &ids), &ids, |id| {
+        predict(&sel, &backends, id)
+    });
+    for b in 0..3 {
+        let share = per.get(&b).copied().unwrap_or(0) as f64 / CALLS as f64;
+        assert!(
+            (share - 1.0 / 3.0).abs() < 0.04,
+            "backend {b}: {share:.3} of the calls"
+        );
+    }
+    eprintln!("{CALLS} sipp calls, every request of each on one backend: {per:?}");
+}
+
+#[test]
+fn calls_in_progress_stay_on_their_backend_when_one_is_added() {
+    const CALLS: usize = 600;
+    let mut lab = Lab::new("sa", 4, 3, "", true);
+    let three: Vec<String> = (0..3).map(v4).collect();
+    let four: Vec<String> = (0..4).map(v4).collect();
+    let (sel3, sel4) = (selector(&three), selector(&four));
+
+    let before = Calls {
+        tag: "before",
+        calls: CALLS,
+        rate: 300,
+        pause_ms: 6000,
+        scenario: None,
+    };
+    let t0 = Instant::now();
+    let early = lab.caller(&before);
+    all_started(&early, CALLS);
+    lab.cli(&["backend", "add", &v4(3)]);
+    assert!(
+        t0.elapsed() < Duration::from_millis(5500),
+        "the backend must be added while every call is still up (before the first BYE)"
+    );
+    let after = Calls {
+        tag: "after",
+        calls: CALLS,
+        rate: 300,
+        pause_ms: 200,
+        scenario: None,
+    };
+    let late = lab.caller(&after).wait(Duration::from_secs(60));
+    let early = early.wait(Duration::from_secs(60));
+    let logs = lab.backend_logs();
+    assert_all_completed("calls in progress", &early, CALLS);
+    assert_all_completed("new calls", &late, CALLS);
+
+    let ids = Sipp::call_ids("before", bed::CLIENT, CALLS);
+    let moved = ids
+        .iter()
+        .filter(|id| predict(&sel3, &three, id) != predict(&sel4, &four, id))
+        .count();
+    // About a quarter: what plain hashing would have sent to the new backend.
+    assert!(
+        moved > CALLS / 8,
+        "only {moved} dialogs would have moved: no test"
+    );
+    check_dialogs(&where_seen(&logs, &ids), &ids, |id| {
+        predict(&sel3, &three, id)
+    });
+    let new_ids = Sipp::call_ids("after", bed::CLIENT, CALLS);
+    let per = check_dialogs(&where_seen(&logs, &new_ids), &new_ids, |id| {
+        predict(&sel4, &four, id)
+    });
+    assert!(
+        per.get(&3).copied().unwrap_or(0) > CALLS / 6,
+        "the new backend takes its share of new calls: {per:?}"
+    );
+    eprintln!("{moved} of {CALLS} dialogs in progress kept by affinity; new calls {per:?}");
+}
+
+#[test]
+fn a_drained_backend_finishes_its_calls_and_gets_no_new_ones() {
+    const CALLS: usize = 600;
+    let mut lab = Lab::new("sn", 3, 3, "", true);
+    let three: Vec<String> = (0..3).map(v4).collect();
+    let sel3 = selector(&three);
+    let before = Calls {
+        tag: "before",
+        calls: CALLS,
+        rate: 300,
+        pause_ms: 5000,
+        scenario: None,
+    };
+    let early = lab.caller(&before);
+    all_started(&early, CALLS);
+    lab.cli(&["backend", "drain", &v4(0)]);
+    let after = Calls {
+        tag: "after",
+        calls: CALLS,
+        rate: 300,
+        pause_ms: 200,
+        scenario: None,
+    };
+    let late = lab.caller(&after).wait(Duration::from_secs(60));
+    let early = early.wait(Duration::from_secs(60));
+    let logs = lab.backend_logs();
+    assert_all_completed("calls in progress", &early, CALLS);
+    assert_all_completed("new calls", &late, CALLS);
+
+    let ids = Sipp::call_ids("before", bed::CLIENT, CALLS);
+    let per = check_dialogs(&where_seen(&logs, &ids), &ids, |id| {
+        predict(&sel3, &three, id)
+    });
+    assert!(
+        per[&0] > CALLS / 5,
+        "the drained backend had calls: {per:?}"
+    );
+    let new_ids = Sipp::call_ids("after", bed::CLIENT, CALLS);
+    let seen = where_seen(&logs, &new_ids);
+    let on_drained = new_ids
+        .iter()
+        .filter(|id| seen[*id].iter().any(|(b, _)| *b == 0))
+        .count();
+    assert_eq!(on_drained, 0, "new calls reached the draining backend");
+    eprintln!(
+        "draining backend finished its {} calls, took no new ones",
+        per[&0]
+    );
+}
+
+#[test]
+fn a_backend_dying_mid_call_leaves_the_other_calls_alone() {
+    const CALLS: usize = 900;
+    let fast_health = "[health]\ninterval = \"200ms\"\ntimeout = \"200ms\"\nfall = 2\n";
+    let mut lab = Lab::new("sk", 3, 3, fast_health, true);
+    let three: Vec<String> = (0..3).map(v4).collect();
+    let sel3 = selector(&three);
+    let before = Calls {
+        tag: "before",
+        calls: CALLS,
+        rate: 300,
+        pause_ms: 5000,
+        scenario: None,
+    };
+    let early = lab.caller(&before);
+    all_started(&early, CALLS);
+    lab.uas[2].take().unwrap().kill();
+    // The balancer notices (two failed probes 200 ms apart) ...
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let list: serde_json::Value =
+            serde_json::from_str(&lab.cli(&["backend", "list", "--json"])).unwrap();
+        let down = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["address"] == v4(2).as_str() && b["health"] == "down");
+        if down {
+            break;
+        }
+        assert!(Instant::now() < end, "the dead backend was not marked down");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // ... and new calls go to the living.
+    let after = Calls {
+        tag: "after",
+        calls: 300,
+        rate: 300,
+        pause_ms: 200,
+        scenario: None,
+    };
+    let late = lab.caller(&after).wait(Duration::from_secs(60));
+    let early = early.wait(Duration::from_secs(60));
+    let logs = lab.backend_logs();
+
+    let ids = Sipp::call_ids("before", bed::CLIENT, CALLS);
+    let victims: HashSet<String> = ids
+        .iter()
+        .filter(|id| predict(&sel3, &three, id) == 2)
+        .cloned()
+        .collect();
+    assert!(victims.len() > CALLS / 5, "the dying backend had calls");
+    assert_eq!(
+        early.failed_ids, victims,
+        "exactly the dead backend's calls failed"
+    );
+    let survivors: Vec<String> = ids
+        .iter()
+        .filter(|id| !victims.contains(*id))
+        .cloned()
+        .collect();
+    check_dialogs(&where_seen(&logs, &survivors), &survivors, |id| {
+        predict(&sel3, &three, id)
+    });
+    assert_all_completed("calls after the failure", &late, 300);
+    let new_ids = Sipp::call_ids("after", bed::CLIENT, 300);
+    let per = check_dialogs(&where_seen(&logs, &new_ids), &new_ids, |id| {
+        predict(&selector(&three[..2]), &three, id)
+    });
+    eprintln!(
+        "{} calls on the dead backend failed, {} on the others completed; new calls {per:?}",
+        victims.len(),
+        survivors.len()
+    );
+}
+
+#[test]
+fn calls_placed_by_backends_get_their_answers_back() {
+    const CALLS: usize = 200;
+    let mut lab = Lab::new("so", 3, 3, "", false);
+    // A phone behind the client side answers; each backend calls it at once.
+    let phone = Sipp::uas(&lab.bed.ns("cli"), "phone", bed::CLIENT, &lab.logs);
+    let target = format!("{}:5060", bed::CLIENT);
+    let tags: Vec<String> = (0..3).map(|i| format!("from-b{i}")).collect();
+    let callers: Vec<Sipp> = (0..3)
+        .map(|i| {
+            let c = Calls {
+                tag: &tags[i],
+                calls: CALLS,
+                rate: 100,
+                pause_ms: 500,
+                scenario: None,
+            };
+            let ip = bed::backend_ip(i).to_string();
+            Sipp::uac(
+                &lab.bed.backend_ns(i),
+                &tags[i],
+                &ip,
+                5060,
+                &target,
+                &c,
+                &lab.logs,
+            )
+        })
+        .collect();
+    let logs: Vec<Vec<Logged>> = callers
+        .into_iter()
+        .zip(&tags)
+        .map(|(c, tag)| {
+            let log = c.log.clone();
+            let o = c.wait(Duration::from_secs(60));
+            assert_all_completed(tag, &o, CALLS);
+            sipp::read_message_log(&log)
+        })
+        .collect();
+    let phone_log = phone.stop();
+    let learned = lab.reason("affinity_learned");
+    let hits = lab.reason("affinity_hit");
+
+    for (i, log) in logs.iter().enumerate() {
+        let got: Vec<&Logged> = log
+            .iter()
+            .filter(|m| {
+                m.received && !m.text.contains("CSeq: 1 OPTIONS") && m.method() == "SIP/2.0"
+            })
+            .collect();
+        let foreign: Vec<&str> = got
+            .iter()
+            .filter(|m| !m.call_id.starts_with(&format!("{}-", tags[i])))
+            .map(|m| m.call_id.as_str())
+            .collect();
+        assert!(
+            foreign.is_empty(),
+            "backend {i} got others' responses: {foreign:?}"
+        );
+        // 100, 180, 200 to the INVITE and 200 to the BYE, for every call.
+        assert!(
+            got.len() >= 4 * CALLS,
+            "backend {i}: {} responses",
+            got.len()
+        );
+    }
+    // The phone saw every call (from the VIP: its answers came back through
+    // the balancer, which learned where each dialog lives).
+    let invites = phone_log
+        .iter()
+        .filter(|m| m.received && m.method() == "INVITE")
+        .map(|m| &m.call_id)
+        .collect::<HashSet<_>>()
+        .len();
+    assert_eq!(invites, 3 * CALLS);
+    assert!(learned >= 3 * CALLS as u64, "affinity_learned {learned}");
+    // 100, 180, 200 and the BYE's 200 went to the VIP and were sent on by what
+    // the balancer learned (a phone answering the backends directly would not
+    // count here).
+    assert!(hits >= 4 * 3 * CALLS as u64, "affinity_hit {hits}");
+    let _ = lab.backend_logs();
+}
+
+#[test]
+fn fragmented_sipp_invites_reach_one_backend_whole_ipv4_and_ipv6() {
+    const CALLS: usize = 100;
+    let mut v6 = format!("[[service]]\nvip = \"[{}]:5060\"\n", bed::VIP6);
+    for i in 0..3 {
+        v6.push_str(&format!(
+            "[[service.backend]]\naddress = \"[{}]:5060\"\n",
+            bed::backend_ip6(i)
+        ));
+    }
+    let mut lab = Lab::with("sf", 3, 3, "", &v6, true, |b| b.add_ipv6(3));
+    let uas6: Vec<Sipp> = (0..3)
+        .map(|i| {
+            Sipp::uas(
+                &lab.bed.backend_ns(i),
+                &format!("b{i}v6"),
+                &bed::backend_ip6(i),
+                &lab.logs,
+            )
+        })
+        .collect();
+    let c4 = Calls {
+        tag: "big4",
+        calls: CALLS,
+        rate: 50,
+        pause_ms: 200,
+        scenario: Some("uac_big.xml"),
+    };
+    let c6 = Calls { tag: "big6", ..c4 };
+    let vip6 = format!("[{}]:5060", bed::VIP6);
+    let u4 = lab.caller(&c4);
+    let u6 = Sipp::uac(
+        &lab.bed.ns("cli"),
+        "big6",
+        bed::CLIENT6,
+        5062,
+        &vip6,
+        &c6,
+        &lab.logs,
+    );
+    let (o4, o6) = (
+        u4.wait(Duration::from_secs(60)),
+        u6.wait(Duration::from_secs(60)),
+    );
+    let follow = lab.reason("fragment_follow");
+    let logs4 = lab.backend_logs();
+    let logs6: Vec<Vec<Logged>> = uas6.into_iter().map(Sipp::stop).collect();
+    assert_all_completed("IPv4", &o4, CALLS);
+    assert_all_completed("IPv6", &o6, CALLS);
+
+    for (logs, tag, host, backends) in [
+        (
+            &logs4,
+            "big4",
+            bed::CLIENT.to_string(),
+            (0..3).map(v4).collect::<Vec<_>>(),
+        ),
+        (
+            &logs6,
+            "big6",
+            bed::CLIENT6.to_string(),
+            (0..3)
+                .map(|i| format!("[{}]:5060", bed::backend_ip6(i)))
+                .collect(),
+        ),
+    ] {
+        let sel = selector(&backends);
+        let ids = Sipp::call_ids(tag, &host, CALLS);
+        check_dialogs(&where_seen(logs, &ids), &ids, |id| {
+            predict(&sel, &backends, id)
+        });
+        for m in logs
+            .iter()
+            .flatten()
+            .filter(|m| m.received && m.method() == "INVITE")
+        {
+            assert!(m.bytes > 3500, "{}: INVITE of {} bytes", m.call_id, m.bytes);
+            let (head, body) = m
+                .text
+                .split_once("\r\n\r\n")
+                .or_else(|| m.text.split_once("\n\n"))
+                .expect("headers and body");
+            let declared: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("Content-Length:"))
+                .map(|v| v.trim().parse().unwrap())
+                .unwrap();
+            assert!(
+                body.trim_end().ends_with("a=end-of-offer"),
+                "{}: SDP cut",
+                m.call_id
+            );
+            assert!(
+                body.len() + 1 >= declared,
+                "{}: body {} of {declared}",
+                m.call_id,
+                body.len()
+            );
+        }
+    }
+    // Two fragments per INVITE at least, one of them following the first.
+    assert!(follow >= 2 * CALLS as u64, "fragment_follow {follow}");
+}
+
+#[test]
+fn evicted_dialogs_fall_back_to_the_table_and_only_moved_ones_break() {
+    // 2,500 dialogs live at once, affinity room for 1,024 (the minimum).
+    const CALLS: usize = 2500;
+    let mut lab = Lab::new("se", 4, 3, "affinity_entries = 1024\n", true);
+    let three: Vec<String> = (0..3).map(v4).collect();
+    let four: Vec<String> = (0..4).map(v4).collect();
+    let (sel3, sel4) = (selector(&three), selector(&four));
+    let c = Calls {
+        tag: "evict",
+        calls: CALLS,
+        rate: 500,
+        pause_ms: 7000,
+        scenario: None,
+    };
+    let t0 = Instant::now();
+    let caller = lab.caller(&c);
+    all_started(&caller, CALLS);
+    lab.cli(&["backend", "add", &v4(3)]);
+    assert!(
+        t0.elapsed() < Duration::from_millis(6500),
+        "added before the first BYE"
+    );
+    let out = caller.wait(Duration::from_secs(90));
+    let logs = lab.backend_logs();
+
+    let ids = Sipp::call_ids("evict", bed::CLIENT, CALLS);
+    let moving: HashSet<&String> = ids
+        .iter()
+        .filter(|id| predict(&sel3, &three, id) != predict(&sel4, &four, id))
+        .collect();
+    let seen = where_seen(&logs, &ids);
+    let mut split = 0;
+    for id in &ids {
+        let (p3, p4) = (predict(&sel3, &three, id), predict(&sel4, &four, id));
+        for (b, _) in &seen[id] {
+            assert!(
+                *b == p3 || *b == p4,
+                "{id} reached backend {b}: neither affinity nor table"
+            );
+        }
+        if seen[id].len() > 1 {
+            split += 1;
+            assert!(
+                moving.contains(id),
+                "{id}: split although its table entry did not change"
+            );
+        }
+        if !moving.contains(id) {
+            assert!(
+                !out.failed_ids.contains(id),
+                "{id} failed although its table entry did not change"
+            );
+        }
+    }
+    assert!(
+        split > 0,
+        "with more dialogs than affinity entries some moved dialogs must lose theirs"
+    );
+    eprintln!(
+        "{} of {CALLS} dialogs had their table entry moved; {split} of them lost affinity (evicted), {} calls failed, all others intact",
+        moving.len(),
+        out.failed
+    );
+}
