@@ -30,9 +30,11 @@ enum Cmd {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
-    /// The lab demo: a netns topology, SIP traffic through the balancer, the per-backend distribution.
+    /// The lab demo: a netns topology, sipp calls through the balancer, a live per-backend table, a backend killed midway.
+    // `--help` goes to the lab itself, which lists its knobs.
+    #[command(disable_help_flag = true)]
     Lab {
-        /// Arguments for the lab (see `cargo xtask lab -- --help`).
+        /// Arguments for the lab (`cargo xtask lab --help` lists them).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },

@@ -138,6 +138,7 @@ fn list(instance: &str, service: Option<SocketAddr>, json: bool) -> Result<()> {
         "bytes",
         "rtt ms last/avg/max"
     );
+    // serde_json's Display ignores widths: numbers are turned into strings first.
     let ms = |v: &serde_json::Value| v.as_f64().map_or("-".to_string(), |m| format!("{m:.1}"));
     for b in rows {
         println!(
@@ -145,10 +146,10 @@ fn list(instance: &str, service: Option<SocketAddr>, json: bool) -> Result<()> {
             b["address"].as_str().unwrap_or_default(),
             b["service"].as_str().unwrap_or_default(),
             b["state"].as_str().unwrap_or_default(),
-            b["weight"],
-            b["priority"],
-            b["packets"],
-            b["bytes"],
+            b["weight"].to_string(),
+            b["priority"].to_string(),
+            b["packets"].to_string(),
+            b["bytes"].to_string(),
             format!(
                 "{}/{}/{}",
                 ms(&b["rtt_last_ms"]),

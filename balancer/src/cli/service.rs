@@ -87,10 +87,10 @@ pub fn run(instance: &str, c: Command) -> Result<()> {
                     s["vip"].as_str().unwrap_or_default(),
                     s["algorithm"].as_str().unwrap_or_default(),
                     s["mode"].as_str().unwrap_or_default(),
-                    s["table_size"],
-                    s["backends"],
-                    s["packets"],
-                    s["bytes"]
+                    s["table_size"].to_string(),
+                    s["backends"].to_string(),
+                    s["packets"].to_string(),
+                    s["bytes"].to_string()
                 );
             }
             Ok(())

@@ -19,7 +19,7 @@ pub fn run(instance: &str, a: Args) -> Result<()> {
     }
     println!("verdicts");
     for (name, n) in v["reasons"].as_object().into_iter().flatten() {
-        println!("  {name:<20} {n:>14}");
+        println!("  {name:<20} {:>14}", n.to_string());
     }
     for s in v["services"].as_array().into_iter().flatten() {
         println!(
@@ -35,8 +35,8 @@ pub fn run(instance: &str, a: Args) -> Result<()> {
                 "  {:<28} {:<9} {:>12} packets {:>14} bytes  probe rtt avg {} ms, max {} ms, {} of {} probes failed",
                 b["address"].as_str().unwrap_or_default(),
                 b["state"].as_str().unwrap_or_default(),
-                b["packets"],
-                b["bytes"],
+                b["packets"].to_string(),
+                b["bytes"].to_string(),
                 b["rtt_avg_ms"],
                 b["rtt_max_ms"],
                 b["probe_failures"],
