@@ -150,5 +150,9 @@ pub fn run(a: &SendArgs) -> Result<serde_json::Value> {
         "sockets": a.sockets,
         "pool": a.pool,
         "by_kind": kinds,
+        "sizes": templates
+            .iter()
+            .map(|t| (t.kind.name().to_string(), t.bytes.len().into()))
+            .collect::<serde_json::Map<String, serde_json::Value>>(),
     }))
 }
