@@ -90,6 +90,11 @@ pub struct Sample {
     pub cpu_busy: f64,
     /// The same as a share of that CPU's time.
     pub cpu_share: f64,
+    /// Dropped by the client's veth because the balancer's ingress ring was
+    /// full (the balancer host did not poll fast enough).
+    pub ingress_drops: u64,
+    /// Dropped at the sinks' sockets (receive buffer full: a bed limit).
+    pub sink_drops: u64,
 }
 
 impl Sample {
@@ -265,14 +270,48 @@ OPTIONS, {} B; BYE, {} B; 200 OK to a BYE, {} B; in equal parts, {:.0} B on aver
 /// The generator's message shapes, as it reported them.
 pub static MESSAGES: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
+/// Where datagrams were lost, so far: (client veth TX drops, i.e. the balancer's
+/// ingress ring was full; UDP receive-buffer errors in the backends).
+fn drop_counters(bed: &bed::Bed) -> (u64, u64) {
+    let read = |ns: &str, cmd: &str| -> String {
+        let o = Command::new("ip")
+            .args(["netns", "exec", ns, "sh", "-c", cmd])
+            .output()
+            .expect("ip netns exec");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let ingress = read(
+        &bed.ns("cli"),
+        "cat /sys/class/net/c0/statistics/tx_dropped",
+    )
+    .trim()
+    .parse()
+    .unwrap_or(0);
+    let mut sink = 0;
+    for i in 0..BACKENDS {
+        let snmp = read(&bed.backend_ns(i), "cat /proc/net/snmp");
+        let udp: Vec<&str> = snmp.lines().filter(|l| l.starts_with("Udp:")).collect();
+        if udp.len() == 2 {
+            let names: Vec<&str> = udp[0].split_whitespace().collect();
+            let vals: Vec<&str> = udp[1].split_whitespace().collect();
+            if let Some(i) = names.iter().position(|n| *n == "RcvbufErrors") {
+                sink += vals[i].parse::<u64>().unwrap_or(0);
+            }
+        }
+    }
+    (ingress, sink)
+}
+
 fn measure(bed: &bed::Bed, loadgen: &str, rate: u64, seconds: f64) -> Sample {
     let sinks = Sinks::start(bed, loadgen);
+    let (i0, s0) = drop_counters(bed);
     let (b0, t0) = cpu_ticks(LB_CPU);
     let out = send(bed, loadgen, rate, seconds);
     // What is still in rings and queues arrives (or is dropped) meanwhile.
     std::thread::sleep(Duration::from_millis(250));
     let (b1, t1) = cpu_ticks(LB_CPU);
     let per_backend = sinks.stop();
+    let (i1, s1) = drop_counters(bed);
     let sent = out["sent"].as_u64().unwrap();
     let secs = out["seconds"].as_f64().unwrap();
     let delivered: u64 = per_backend.iter().sum();
@@ -284,6 +323,8 @@ fn measure(bed: &bed::Bed, loadgen: &str, rate: u64, seconds: f64) -> Sample {
         per_backend,
         cpu_busy: (b1 - b0) as f64 / ticks_per_second(),
         cpu_share: (b1 - b0) as f64 / (t1 - t0).max(1) as f64,
+        ingress_drops: i1 - i0,
+        sink_drops: s1 - s0,
     }
 }
 
@@ -310,7 +351,7 @@ fn main() {
                 .map(|_| {
                     let s = measure(&bed, &loadgen, rate, knobs.seconds);
                     eprintln!(
-                        "{} rate {}: offered {:.0}/s delivered {:.0}/s loss {:.3}% cpu{LB_CPU} {:.0}% {:.2} us/pkt backends {:?}",
+                        "{} rate {}: offered {:.0}/s delivered {:.0}/s loss {:.3}% cpu{LB_CPU} {:.0}% {:.2} us/pkt backends {:?} lost at ingress {} at sinks {}",
                         c.key(),
                         if rate == 0 { "max".to_string() } else { rate.to_string() },
                         s.offered_pps,
@@ -318,7 +359,9 @@ fn main() {
                         s.loss() * 100.0,
                         s.cpu_share * 100.0,
                         s.us_per_packet(),
-                        s.per_backend
+                        s.per_backend,
+                        s.ingress_drops,
+                        s.sink_drops
                     );
                     s
                 })

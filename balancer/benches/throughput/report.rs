@@ -43,6 +43,16 @@ impl Row {
     pub fn us(&self) -> (f64, f64, f64) {
         self.of(Sample::us_per_packet)
     }
+    /// Lost at the balancer's ingress ring and at the sinks, % of sent.
+    pub fn lost_where(&self) -> (f64, f64) {
+        let sent: u64 = self.samples.iter().map(|s| s.sent).sum::<u64>().max(1);
+        let i: u64 = self.samples.iter().map(|s| s.ingress_drops).sum();
+        let k: u64 = self.samples.iter().map(|s| s.sink_drops).sum();
+        (
+            i as f64 * 100.0 / sent as f64,
+            k as f64 * 100.0 / sent as f64,
+        )
+    }
     pub fn share(&self) -> (f64, f64, f64) {
         self.of(|s| s.cpu_share * 100.0)
     }
@@ -96,7 +106,9 @@ CPU 1: the threaded NAPI of its ingress veth, where XDP and the kernel's forward
 Kamailio (`taskset -c 1`). CPU is CPU 1's busy time from /proc/stat (user + system + irq + softirq) \
 over the run and a 0.25 s drain; it includes the bridge and the backends' receive softirq, which the \
 veth transmit schedules on the sending CPU and which is the same for every contender. \
-{} runs of {} s per step, median (min-max). Loss = 1 - delivered/sent.\n\n",
+{} runs of {} s per step, median (min-max). Loss = 1 - delivered/sent; \
+of it, what the client's veth dropped because the balancer's ingress ring (256 frames) was full, and what \
+the sinks' sockets dropped (receive buffer full: a limit of the bed, not of the contender), over all runs of the step.\n\n",
         crate::MESSAGES.get().map_or("", String::as_str),
         crate::contenders::BACKENDS,
         knobs.reps,
@@ -109,7 +121,7 @@ Kamailio 5.6 is a stateless dispatcher (`ds_select_dst(\"1\",\"0\")`, `forward()
         "{} worker(s)); nftables is a `dnat to jhash udp sport mod 3` rule on the forwarding path (conntrack).\n\n",
         knobs.kamailio_children
     ));
-    s.push_str("| contender | rate asked | offered/s | delivered/s | loss % | CPU 1 busy % | CPU µs per delivered | vs trivial |\n|---|---:|---:|---:|---:|---:|---:|---:|\n");
+    s.push_str("| contender | rate asked | offered/s | delivered/s | loss % | of which ingress ring / sinks % | CPU 1 busy % | CPU µs per delivered | vs trivial |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in rows {
         let (o, o0, o1) = r.offered();
         let (d, d0, d1) = r.delivered();
@@ -125,7 +137,7 @@ Kamailio 5.6 is a stateless dispatcher (`ds_select_dst(\"1\",\"0\")`, `forward()
             _ => "-".into(),
         };
         s.push_str(&format!(
-            "| {} | {} | {} ({}-{}) | {} ({}-{}) | {:.2} ({:.2}-{:.2}) | {:.0} | {:.2} ({:.2}-{:.2}) | {vs} |\n",
+            "| {} | {} | {} ({}-{}) | {} ({}-{}) | {:.2} ({:.2}-{:.2}) | {:.2} / {:.2} | {:.0} | {:.2} ({:.2}-{:.2}) | {vs} |\n",
             r.contender.key(),
             rate_name(r.rate),
             k(o),
@@ -137,6 +149,8 @@ Kamailio 5.6 is a stateless dispatcher (`ds_select_dst(\"1\",\"0\")`, `forward()
             l,
             l0,
             l1,
+            r.lost_where().0,
+            r.lost_where().1,
             sh,
             u,
             u0,
