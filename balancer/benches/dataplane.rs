@@ -1,7 +1,9 @@
 //! In-kernel cost per packet (BPF_PROG_TEST_RUN, large repeat) of the balancer
 //! program for realistic SIP messages, next to the trivial rewrite baseline
 //! (`xdp_trivial`) measured in the same run. Run by `cargo xtask bench`, which
-//! writes the table to bench/RESULTS.md. A benchmark: it measures, it does not judge.
+//! puts this section (BENCH_DATAPLANE) into bench/RESULTS.md. BENCH_TESTRUN_RUNS
+//! sets the runs per message (default 20000). A benchmark: it measures, it does
+//! not judge.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -17,7 +19,12 @@ use balancer::{
 use balancer_common::maps::TrivialTarget;
 use support::*;
 
-const RUNS: usize = 20_000;
+fn runs() -> usize {
+    std::env::var("BENCH_TESTRUN_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000)
+}
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
@@ -30,10 +37,11 @@ fn ip(s: &str) -> IpAddr {
 /// path instead of a dispatch.
 fn ns_per_packet(dp: &mut Dataplane, frame: &[u8], ingress: u32) -> ([Stats; 2], u32) {
     let mut out = Vec::new();
-    let mut samples = [Vec::with_capacity(RUNS), Vec::with_capacity(RUNS)];
+    let runs = runs();
+    let mut samples = [Vec::with_capacity(runs), Vec::with_capacity(runs)];
     let mut verdict = 0;
     // The two programs alternate run by run, so both see the same machine.
-    for _ in 0..RUNS {
+    for _ in 0..runs {
         for (i, prog) in [PROGRAM, TRIVIAL].into_iter().enumerate() {
             let r = run_xdp(dp, prog, frame, ingress, &mut out);
             if i == 0 {
@@ -44,7 +52,7 @@ fn ns_per_packet(dp: &mut Dataplane, frame: &[u8], ingress: u32) -> ([Stats; 2],
     }
     let stats = samples.map(|mut v| {
         v.sort_by(f64::total_cmp);
-        let q = |p: f64| v[((RUNS - 1) as f64 * p) as usize];
+        let q = |p: f64| v[((runs - 1) as f64 * p) as usize];
         Stats {
             median: q(0.5),
             p10: q(0.1),
@@ -198,24 +206,15 @@ fn main() {
         verified(&mut dp, TRIVIAL)
     ));
     table.push_str(&change_latency(&mut dp));
-    let kernel = sh_out("uname -r").trim().to_string();
-    let commit = sh_out("git rev-parse --short HEAD 2>/dev/null || echo unknown")
-        .trim()
-        .to_string();
-    let cpu = sh_out("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2")
-        .trim()
-        .to_string();
-    let date = sh_out("date -u +%Y-%m-%d").trim().to_string();
     let report = format!(
-        "# Benchmark results\n\nIn-kernel time of one program run, as BPF_PROG_TEST_RUN reports it, {RUNS} runs per message and program, each on a fresh copy of the frame, the two programs alternating run by run (median, 10th-90th percentile), \
+        "## In-kernel cost per packet\n\nIn-kernel time of one program run, as BPF_PROG_TEST_RUN reports it, {} runs per message and program, each on a fresh copy of the frame, the two programs alternating run by run (median, 10th-90th percentile), \
 same run, same frames. `trivial` is `xdp_trivial`: parse, rewrite destination address and port with checksum updates, \
 set fixed MACs, redirect through the devmap to the backend-side interface: the least a DNAT balancer does. `balancer` also finds the service, copies the payload, scans \
-for the Call-ID, hashes it, looks up Maglev, finds the next hop (FIB, through a one-second cache), counts, and redirects through a devmap. `cargo xtask bench` under `taskset -c 1` gives steadier figures on a shared VM.\n\n\
-- machine: {cpu}, {} CPUs\n- kernel: {kernel}\n- commit: {commit}\n- date: {date}\n\n{table}",
-        sh_out("nproc --all").trim()
+for the Call-ID, hashes it, looks up Maglev, finds the next hop (FIB, through a one-second cache), counts, and redirects through a devmap. `cargo xtask bench` under `taskset -c 1` gives steadier figures on a shared VM.\n\n{table}",
+        runs()
     );
     println!("{report}");
-    if let Ok(path) = std::env::var("BENCH_RESULTS") {
+    if let Ok(path) = std::env::var("BENCH_DATAPLANE") {
         std::fs::write(&path, &report).unwrap();
         eprintln!("wrote {path}");
     }

@@ -634,6 +634,17 @@ impl Dataplane {
             }))
     }
 
+    /// Attaches the benchmark baseline `xdp_trivial` to `iface` (in the calling
+    /// thread's network namespace) instead of the balancer; detached when this
+    /// data plane is dropped. Benchmarks only: it sends everything to the
+    /// [`TrivialTarget`] set with [`set_trivial_target`](Self::set_trivial_target).
+    pub fn attach_trivial(&mut self, iface: &str, mode: XdpMode) -> Result<()> {
+        self.program(TRIVIAL)?
+            .attach(iface, mode)
+            .with_context(|| format!("attaching {TRIVIAL} to {iface}"))?;
+        Ok(())
+    }
+
     /// Sets the benchmark baseline's fixed target.
     pub fn set_trivial_target(&mut self, t: TrivialTarget) -> Result<()> {
         let mut m: Array<&mut MapData, TrivialTarget> = self.map("TRIVIAL")?;

@@ -3,6 +3,7 @@
 //! Every command that builds calls `setup` first, so a fresh Debian machine needs
 //! nothing but the Rust toolchain from rustup and this repository.
 
+mod bench;
 mod setup;
 
 use std::path::PathBuf;
@@ -38,8 +39,14 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Benchmarks: in-kernel ns/packet of the balancer against a trivial rewrite (writes bench/RESULTS.md).
-    Bench,
+    /// Benchmarks: in-kernel ns/packet, Maglev build, throughput through the netns bed
+    /// against Kamailio, nftables and a trivial XDP rewrite, health detection
+    /// (writes bench/RESULTS.md, bench/throughput.svg and one file per section).
+    Bench {
+        /// Tiny durations: checks the harness end to end in about a minute.
+        #[arg(long)]
+        smoke: bool,
+    },
 }
 
 fn main() -> Result<()> {
@@ -77,14 +84,10 @@ fn main() -> Result<()> {
             a.extend(args.iter().map(String::as_str));
             cargo(&a)
         }
-        Cmd::Bench => {
-            require_root("the benchmark loads XDP programs")?;
+        Cmd::Bench { smoke } => {
+            require_root("the benchmark loads XDP programs and makes network namespaces")?;
             setup::run()?;
-            let out = root().join("bench/RESULTS.md");
-            std::env::set_var("BENCH_RESULTS", &out);
-            cargo(&["bench", "-p", "balancer", "--bench", "dataplane"])?;
-            std::env::set_var("BENCH_HEALTH", root().join("bench/HEALTH.md"));
-            cargo(&["bench", "-p", "balancer", "--bench", "health"])
+            bench::run(&root(), smoke)
         }
     }
 }

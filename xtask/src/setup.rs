@@ -29,6 +29,8 @@ const PACKAGES: &[&str] = &[
     "kamailio",
     "sip-tester",
     "sipsak",
+    // The plain-Linux contender of the throughput bench (nft DNAT).
+    "nftables",
 ];
 
 pub fn run() -> Result<()> {
