@@ -3,7 +3,7 @@
 
 use aya_ebpf::{
     bindings::xdp_action,
-    helpers::generated::{bpf_ktime_get_ns, bpf_loop, bpf_xdp_load_bytes},
+    helpers::generated::{bpf_ktime_get_coarse_ns, bpf_loop, bpf_xdp_load_bytes},
     macros::xdp,
     programs::XdpContext,
 };
@@ -154,7 +154,7 @@ fn pick(svc: &Service, hash: u32) -> Result<u32, u32> {
         service: svc.id,
         hash,
     };
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     if let Some(e) = AFFINITY.get_ptr_mut(&key) {
         let e = unsafe { &mut *e };
         let fresh = now.wrapping_sub(e.seen) < svc.affinity_idle as u64 * 1_000_000_000;
@@ -241,7 +241,7 @@ fn first_fragment(u: &Udp, addr: &[u8; 16], how: u32) {
         (*s).frag_entry.addr = *addr;
         (*s).frag_entry.how = how;
         (*s).frag_entry._pad = 0;
-        (*s).frag_entry.seen = bpf_ktime_get_ns();
+        (*s).frag_entry.seen = bpf_ktime_get_coarse_ns();
         let _ = FRAGS.insert(&(*s).frag_key, &(*s).frag_entry, 0);
     }
 }
@@ -266,7 +266,7 @@ fn later_fragment(ctx: &XdpContext) -> Result<u32, u32> {
         Some(e) => e,
         None => return Err(reason::FRAGMENT_MISS),
     };
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     if now.wrapping_sub(e.seen) > FRAG_TIMEOUT_S * 1_000_000_000 {
         return Err(reason::FRAGMENT_MISS);
     }
@@ -303,7 +303,7 @@ fn learn(r: &Reverse, hash: u32) {
         service: r.service,
         hash,
     };
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     if let Some(e) = AFFINITY.get_ptr_mut(&key) {
         let e = unsafe { &mut *e };
         if e.slot == r.slot {

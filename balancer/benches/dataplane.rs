@@ -105,6 +105,7 @@ fn duration_ns(d: Duration) -> f64 {
 
 fn main() {
     require_root();
+    pin_to_last_cpu();
     let (_ns, cli, bk) = fixture_net("bench");
 
     let mut dp = Dataplane::load().unwrap();
@@ -210,12 +211,23 @@ fn main() {
         "## In-kernel cost per packet\n\nIn-kernel time of one program run, as BPF_PROG_TEST_RUN reports it, {} runs per message and program, each on a fresh copy of the frame, the two programs alternating run by run (median, 10th-90th percentile), \
 same run, same frames. `trivial` is `xdp_trivial`: parse, rewrite destination address and port with checksum updates, \
 set fixed MACs, redirect through the devmap to the backend-side interface: the least a DNAT balancer does. `balancer` also finds the service, copies the payload, scans \
-for the Call-ID, hashes it, looks up Maglev, finds the next hop (FIB, through a one-second cache), counts, and redirects through a devmap. `cargo xtask bench` under `taskset -c 1` gives steadier figures on a shared VM.\n\n{table}",
+for the Call-ID, hashes it, looks up Maglev, finds the next hop (FIB, through a one-second cache), counts, and redirects through a devmap. The bench pins itself to the last CPU.\n\n{table}",
         runs()
     );
     println!("{report}");
     if let Ok(path) = std::env::var("BENCH_DATAPLANE") {
         std::fs::write(&path, &report).unwrap();
         eprintln!("wrote {path}");
+    }
+}
+
+/// Runs on the last CPU only: a test run executes on the calling CPU, and one
+/// CPU that the scheduler does not move us off gives steadier figures.
+fn pin_to_last_cpu() {
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(n - 1, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
     }
 }

@@ -175,13 +175,10 @@ fn napi_threads(devs: &[&str]) -> HashSet<u32> {
     out
 }
 
-/// Pins the NAPI threads of this bed's balancer veths (those that did not
-/// exist before the bed: other beds on the machine keep theirs) to `cpu`.
-fn pin_napi(before: &HashSet<u32>, cpu: usize) -> Vec<u32> {
-    let mine: Vec<u32> = napi_threads(&["l0", "l1"])
-        .difference(before)
-        .copied()
-        .collect();
+/// Pins the NAPI threads of this bed's `devs` (those that did not exist
+/// before the bed: other beds on the machine keep theirs) to `cpu`.
+fn pin_napi(devs: &[&str], before: &HashSet<u32>, cpu: usize) -> Vec<u32> {
+    let mine: Vec<u32> = napi_threads(devs).difference(before).copied().collect();
     for pid in &mine {
         let _ = Command::new("taskset")
             .args(["-p", "-c", &cpu.to_string(), &pid.to_string()])
@@ -335,12 +332,31 @@ fn main() {
     );
     let knobs = Knobs::from_env();
     let loadgen = loadgen_bin();
-    let before = napi_threads(&["l0", "l1"]);
+    let before = napi_threads(&["l0", "l1", "s0"]);
     let bed = bed::Bed::new("sipbench", BACKENDS);
+    // The switch side (bridge, and from there the backends' receive path) runs
+    // in a NAPI thread of its own on the generator's CPU: a veth transmit would
+    // otherwise run its peer's receive on the balancer's CPU, and every
+    // contender's CPU figure would carry the bed's own forwarding and the
+    // backends' socket delivery.
+    let st = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &bed.ns("sw"),
+            "sh",
+            "-c",
+            "echo 1 > /sys/class/net/s0/threaded",
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success(), "threaded NAPI on the switch port");
+    let switch = pin_napi(&["s0"], &before, GEN_CPU);
+    eprintln!("switch NAPI threads {switch:?} on CPU {GEN_CPU}");
     let mut results: Vec<report::Row> = Vec::new();
     for &c in &knobs.contenders {
         let running = contenders::start(c, &bed, knobs.kamailio_children);
-        let pinned = pin_napi(&before, LB_CPU);
+        let pinned = pin_napi(&["l0", "l1"], &before, LB_CPU);
         eprintln!("{}: NAPI threads {:?} on CPU {LB_CPU}", c.title(), pinned);
         // Neighbours resolved (the XDP programs pass frames to the kernel until
         // then), affinity and conntrack warm, before anything is counted.

@@ -118,9 +118,13 @@ impl Lab {
         s["reasons"][name].as_u64().unwrap_or(0)
     }
 
-    /// Stops every backend still running and returns their logs (empty for
-    /// ones that were killed or never ran).
+    /// Stops the balancer (first: stopped backends would be probed down), then
+    /// every backend still running, and returns their logs (empty for ones
+    /// that were killed or never ran).
     fn backend_logs(&mut self) -> Vec<Vec<Logged>> {
+        if let Some(d) = self.daemon.take() {
+            assert!(d.stop(), "balancer detaches cleanly");
+        }
         self.uas
             .iter_mut()
             .map(|u| u.take().map(Sipp::stop).unwrap_or_default())
