@@ -4,8 +4,9 @@
 //! a mix of INVITE/OPTIONS/BYE/200 OK at a few rates and flat out; a
 //! `sip-loadgen sink` in each backend namespace (also on CPU 0) counts what
 //! arrives. The balancer host's work (the ingress veth's threaded NAPI, where
-//! XDP and the forwarding path run, and Kamailio) is pinned to CPU 1, whose busy
-//! time (user + system + irq + softirq, from /proc/stat) is its CPU cost.
+//! XDP and the forwarding path run, and Kamailio) is pinned to CPU 1; its CPU
+//! cost is the on-CPU time of those threads and processes (and the balancer
+//! daemon's), from the scheduler's accounting.
 //!
 //! Knobs: BENCH_SECONDS (per run, default 3), BENCH_REPS (3), BENCH_RATES
 //! (comma-separated datagrams/s, 0 = flat out), BENCH_CONTENDERS (trivial, dnat,
@@ -134,27 +135,46 @@ fn in_ns(ns: &str, bin: &str) -> Command {
     c
 }
 
-/// (busy, total) jiffies of one CPU from /proc/stat. Busy is user + nice +
-/// system + irq + softirq; idle, iowait and steal (time the hypervisor gave to
-/// others) are not.
-fn cpu_ticks(cpu: usize) -> (u64, u64) {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap();
-    let line = stat
-        .lines()
-        .find(|l| l.starts_with(&format!("cpu{cpu} ")))
-        .expect("cpu line");
-    let v: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .map(|x| x.parse().unwrap())
-        .collect();
-    let busy = v[0] + v[1] + v[2] + v[5] + v[6];
-    let total = busy + v[3] + v[4];
-    (busy, total)
+/// Processes (pids) whose work is the balancer host's: Kamailio's, and the
+/// balancer daemon's (idle while traffic flows, counted all the same).
+fn host_processes() -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+        if matches!(comm.trim(), "kamailio" | "balancer") {
+            out.push(pid);
+        }
+    }
+    out
 }
 
-fn ticks_per_second() -> f64 {
-    unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
+/// Nanoseconds on a CPU, from the scheduler's own accounting
+/// (/proc/TID/schedstat), of the given kernel threads and of every thread of
+/// the given processes. Precise where /proc/stat counts 10 ms ticks, and blind
+/// to whatever else the machine runs on the same CPU.
+fn on_cpu_ns(threads: &[u32], processes: &[u32]) -> u64 {
+    let read = |path: String| -> u64 {
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let mut ns: u64 = threads
+        .iter()
+        .map(|t| read(format!("/proc/{t}/schedstat")))
+        .sum();
+    for pid in processes {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for t in tasks.flatten() {
+            ns += read(format!("{}/schedstat", t.path().display()));
+        }
+    }
+    ns
 }
 
 /// Kernel threads named `napi/<dev>-<id>` for `devs` (every namespace's).
@@ -299,14 +319,24 @@ fn drop_counters(bed: &bed::Bed) -> (u64, u64) {
     (ingress, sink)
 }
 
-fn measure(bed: &bed::Bed, loadgen: &str, rate: u64, seconds: f64) -> Sample {
+/// One run at `rate` (0: flat out). `host`: the balancer host's kernel threads
+/// and processes, whose CPU time is the run's cost.
+fn measure(
+    bed: &bed::Bed,
+    loadgen: &str,
+    rate: u64,
+    seconds: f64,
+    host: (&[u32], &[u32]),
+) -> Sample {
     let sinks = Sinks::start(bed, loadgen);
     let (i0, s0) = drop_counters(bed);
-    let (b0, t0) = cpu_ticks(LB_CPU);
+    let started = std::time::Instant::now();
+    let b0 = on_cpu_ns(host.0, host.1);
     let out = send(bed, loadgen, rate, seconds);
     // What is still in rings and queues arrives (or is dropped) meanwhile.
     std::thread::sleep(Duration::from_millis(250));
-    let (b1, t1) = cpu_ticks(LB_CPU);
+    let b1 = on_cpu_ns(host.0, host.1);
+    let wall = started.elapsed().as_secs_f64();
     let per_backend = sinks.stop();
     let (i1, s1) = drop_counters(bed);
     let sent = out["sent"].as_u64().unwrap();
@@ -318,8 +348,8 @@ fn measure(bed: &bed::Bed, loadgen: &str, rate: u64, seconds: f64) -> Sample {
         delivered,
         delivered_pps: delivered as f64 / secs,
         per_backend,
-        cpu_busy: (b1 - b0) as f64 / ticks_per_second(),
-        cpu_share: (b1 - b0) as f64 / (t1 - t0).max(1) as f64,
+        cpu_busy: (b1 - b0) as f64 / 1e9,
+        cpu_share: (b1 - b0) as f64 / 1e9 / wall,
         ingress_drops: i1 - i0,
         sink_drops: s1 - s0,
     }
@@ -332,13 +362,13 @@ fn main() {
     );
     let knobs = Knobs::from_env();
     let loadgen = loadgen_bin();
-    let before = napi_threads(&["l0", "l1", "s0"]);
+    let before = napi_threads(&["l0", "l1"]);
     let bed = bed::Bed::new("sipbench", BACKENDS);
-    // The switch side (bridge, and from there the backends' receive path) runs
-    // in a NAPI thread of its own on the generator's CPU: a veth transmit would
-    // otherwise run its peer's receive on the balancer's CPU, and every
-    // contender's CPU figure would carry the bed's own forwarding and the
-    // backends' socket delivery.
+    // The switch side (bridge, and from there the backends' receive path) gets
+    // a NAPI thread of its own: a veth transmit would otherwise run its peer's
+    // receive inside the balancer's NAPI thread, and every contender's CPU
+    // figure would carry the bed's forwarding and the backends' socket delivery.
+    // Unpinned: the scheduler puts it where there is room.
     let st = Command::new("ip")
         .args([
             "netns",
@@ -351,13 +381,17 @@ fn main() {
         .status()
         .unwrap();
     assert!(st.success(), "threaded NAPI on the switch port");
-    let switch = pin_napi(&["s0"], &before, GEN_CPU);
-    eprintln!("switch NAPI threads {switch:?} on CPU {GEN_CPU}");
     let mut results: Vec<report::Row> = Vec::new();
     for &c in &knobs.contenders {
         let running = contenders::start(c, &bed, knobs.kamailio_children);
         let pinned = pin_napi(&["l0", "l1"], &before, LB_CPU);
-        eprintln!("{}: NAPI threads {:?} on CPU {LB_CPU}", c.title(), pinned);
+        let processes = host_processes();
+        eprintln!(
+            "{}: NAPI threads {:?} on CPU {LB_CPU}, processes {:?}",
+            c.title(),
+            pinned,
+            processes
+        );
         // Neighbours resolved (the XDP programs pass frames to the kernel until
         // then), affinity and conntrack warm, before anything is counted.
         send(&bed, &loadgen, 10_000, 0.5);
@@ -365,7 +399,13 @@ fn main() {
         for &rate in &knobs.rates {
             let samples: Vec<Sample> = (0..knobs.reps)
                 .map(|_| {
-                    let s = measure(&bed, &loadgen, rate, knobs.seconds);
+                    let s = measure(
+                        &bed,
+                        &loadgen,
+                        rate,
+                        knobs.seconds,
+                        (&pinned, &processes),
+                    );
                     eprintln!(
                         "{} rate {}: offered {:.0}/s delivered {:.0}/s loss {:.3}% cpu{LB_CPU} {:.0}% {:.2} us/pkt backends {:?} lost at ingress {} at sinks {}",
                         c.key(),

@@ -103,9 +103,10 @@ pub fn markdown(knobs: &Knobs, rows: &[Row]) -> String {
 10,000 Call-IDs in turn; 16 source ports; batches of 32 per `sendmmsg`), paced at each rate or flat out; `sip-loadgen sink` in each of the {} backend \
 namespaces (also on CPU 0) counts what arrives (`recvmmsg`). The balancer host's work is pinned to \
 CPU 1: the threaded NAPI of its ingress veth, where XDP and the kernel's forwarding path run, and \
-Kamailio (`taskset -c 1`). CPU is CPU 1's busy time from /proc/stat (user + system + irq + softirq) \
-over the run and a 0.25 s drain. The bed's own forwarding (the switch port's NAPI thread, and from \
-there the backends' receive path) runs on CPU 0, so CPU 1 carries the balancer host's work alone. \
+Kamailio (`taskset -c 1`). CPU is the on-CPU time of the balancer host's threads, from the scheduler's own \
+accounting (/proc/TID/schedstat) over the run and a 0.25 s drain: the NAPI threads of its two veths (XDP, the \
+kernel's forwarding path and socket delivery run there), Kamailio's processes, the balancer daemon. The switch \
+port has a NAPI thread of its own, so the bed's forwarding and the backends' receive path are not counted. \
 {} runs of {} s per step, median (min-max). Loss = 1 - delivered/sent; \
 of it, what the client's veth dropped because the balancer's ingress ring (256 frames) was full, and what \
 the sinks' sockets dropped (receive buffer full: a limit of the bed, not of the contender), over all runs of the step.\n\n",
@@ -121,7 +122,7 @@ Kamailio 5.6 is a stateless dispatcher (`ds_select_dst(\"1\",\"0\")`, `forward()
         "{} worker(s)); nftables is a `dnat to jhash udp sport mod 3` rule on the forwarding path (conntrack).\n\n",
         knobs.kamailio_children
     ));
-    s.push_str("| contender | rate asked | offered/s | delivered/s | loss % | of which ingress ring / sinks % | CPU 1 busy % | CPU µs per delivered | vs trivial |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    s.push_str("| contender | rate asked | offered/s | delivered/s | loss % | of which ingress ring / sinks % | host CPU % | CPU µs per delivered | vs trivial |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in rows {
         let (o, o0, o1) = r.offered();
         let (d, d0, d1) = r.delivered();
@@ -210,7 +211,7 @@ fn capacity(rows: &[Row]) -> String {
             .filter(|u| u.is_finite() && *u > 0.0)
     };
     let mut s = format!(
-        "\nCPU 1 per delivered datagram at {} (the highest rate Kamailio delivers without loss), and what one CPU would carry at that cost:",
+        "\nThe balancer host's CPU per delivered datagram at {} (the highest rate Kamailio delivers without loss), and what one CPU would carry at that cost:",
         rate_name(rate)
     );
     for c in Contender::ALL {
