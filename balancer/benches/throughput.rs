@@ -86,6 +86,9 @@ pub struct Sample {
     pub offered_pps: f64,
     pub delivered: u64,
     pub delivered_pps: f64,
+    /// What left the balancer host towards the backends: delivered, plus what
+    /// the switch port then refused (the contender's own throughput).
+    pub forwarded_pps: f64,
     pub per_backend: Vec<u64>,
     /// Busy seconds of the balancer's CPU over the run and the drain after it.
     pub cpu_busy: f64,
@@ -96,6 +99,10 @@ pub struct Sample {
     pub ingress_drops: u64,
     /// Dropped at the sinks' sockets (receive buffer full: a bed limit).
     pub sink_drops: u64,
+    /// Dropped on the way from the balancer host to the switch: the switch
+    /// port's ring was full (its NAPI thread shares the CPUs with the
+    /// generator and the sinks: a bed limit, past the balancer).
+    pub switch_drops: u64,
 }
 
 impl Sample {
@@ -289,7 +296,7 @@ pub static MESSAGES: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 /// Where datagrams were lost, so far: (client veth TX drops, i.e. the balancer's
 /// ingress ring was full; UDP receive-buffer errors in the backends).
-fn drop_counters(bed: &bed::Bed) -> (u64, u64) {
+fn drop_counters(bed: &bed::Bed) -> (u64, u64, u64) {
     let read = |ns: &str, cmd: &str| -> String {
         let o = Command::new("ip")
             .args(["netns", "exec", ns, "sh", "-c", cmd])
@@ -316,7 +323,14 @@ fn drop_counters(bed: &bed::Bed) -> (u64, u64) {
             }
         }
     }
-    (ingress, sink)
+    // Frames the switch port refused: veth's tx_dropped counts both the
+    // redirected frames its peer's ring had no room for (xdp_xmit_errors in
+    // `ethtool -S`) and routed ones it dropped.
+    let switch = read(&bed.ns("lb"), "cat /sys/class/net/l1/statistics/tx_dropped")
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    (ingress, sink, switch)
 }
 
 /// One run at `rate` (0: flat out). `host`: the balancer host's kernel threads
@@ -329,7 +343,7 @@ fn measure(
     host: (&[u32], &[u32]),
 ) -> Sample {
     let sinks = Sinks::start(bed, loadgen);
-    let (i0, s0) = drop_counters(bed);
+    let (i0, s0, w0) = drop_counters(bed);
     let started = std::time::Instant::now();
     let b0 = on_cpu_ns(host.0, host.1);
     let out = send(bed, loadgen, rate, seconds);
@@ -338,7 +352,7 @@ fn measure(
     let b1 = on_cpu_ns(host.0, host.1);
     let wall = started.elapsed().as_secs_f64();
     let per_backend = sinks.stop();
-    let (i1, s1) = drop_counters(bed);
+    let (i1, s1, w1) = drop_counters(bed);
     let sent = out["sent"].as_u64().unwrap();
     let secs = out["seconds"].as_f64().unwrap();
     let delivered: u64 = per_backend.iter().sum();
@@ -347,11 +361,13 @@ fn measure(
         offered_pps: sent as f64 / secs,
         delivered,
         delivered_pps: delivered as f64 / secs,
+        forwarded_pps: (delivered + (w1 - w0)) as f64 / secs,
         per_backend,
         cpu_busy: (b1 - b0) as f64 / 1e9,
         cpu_share: (b1 - b0) as f64 / 1e9 / wall,
         ingress_drops: i1 - i0,
         sink_drops: s1 - s0,
+        switch_drops: w1 - w0,
     }
 }
 
@@ -407,7 +423,7 @@ fn main() {
                         (&pinned, &processes),
                     );
                     eprintln!(
-                        "{} rate {}: offered {:.0}/s delivered {:.0}/s loss {:.3}% cpu{LB_CPU} {:.0}% {:.2} us/pkt backends {:?} lost at ingress {} at sinks {}",
+                        "{} rate {}: offered {:.0}/s delivered {:.0}/s loss {:.3}% cpu{LB_CPU} {:.0}% {:.2} us/pkt backends {:?} lost at ingress {} at the switch {} at sinks {}",
                         c.key(),
                         if rate == 0 { "max".to_string() } else { rate.to_string() },
                         s.offered_pps,
@@ -417,6 +433,7 @@ fn main() {
                         s.us_per_packet(),
                         s.per_backend,
                         s.ingress_drops,
+                        s.switch_drops,
                         s.sink_drops
                     );
                     s

@@ -37,20 +37,26 @@ impl Row {
     pub fn delivered(&self) -> (f64, f64, f64) {
         self.of(|s| s.delivered_pps)
     }
+    pub fn forwarded(&self) -> (f64, f64, f64) {
+        self.of(|s| s.forwarded_pps)
+    }
     pub fn loss(&self) -> (f64, f64, f64) {
         self.of(|s| s.loss() * 100.0)
     }
     pub fn us(&self) -> (f64, f64, f64) {
         self.of(Sample::us_per_packet)
     }
-    /// Lost at the balancer's ingress ring and at the sinks, % of sent.
-    pub fn lost_where(&self) -> (f64, f64) {
+    /// Lost at the balancer's ingress ring, at the switch port and at the
+    /// sinks, % of sent.
+    pub fn lost_where(&self) -> (f64, f64, f64) {
         let sent: u64 = self.samples.iter().map(|s| s.sent).sum::<u64>().max(1);
-        let i: u64 = self.samples.iter().map(|s| s.ingress_drops).sum();
-        let k: u64 = self.samples.iter().map(|s| s.sink_drops).sum();
+        let pct = |f: fn(&Sample) -> u64| {
+            self.samples.iter().map(f).sum::<u64>() as f64 * 100.0 / sent as f64
+        };
         (
-            i as f64 * 100.0 / sent as f64,
-            k as f64 * 100.0 / sent as f64,
+            pct(|s| s.ingress_drops),
+            pct(|s| s.switch_drops),
+            pct(|s| s.sink_drops),
         )
     }
     pub fn share(&self) -> (f64, f64, f64) {
@@ -108,8 +114,10 @@ accounting (/proc/TID/schedstat) over the run and a 0.25 s drain: the NAPI threa
 kernel's forwarding path and socket delivery run there), Kamailio's processes, the balancer daemon. The switch \
 port has a NAPI thread of its own, so the bed's forwarding and the backends' receive path are not counted. \
 {} runs of {} s per step, median (min-max). Loss = 1 - delivered/sent; \
-of it, what the client's veth dropped because the balancer's ingress ring (256 frames) was full, and what \
-the sinks' sockets dropped (receive buffer full: a limit of the bed, not of the contender), over all runs of the step.\n\n",
+of it, what the client's veth dropped because the balancer's ingress ring (256 frames) was full, what \
+the switch port refused from the balancer host (its ring full: its NAPI thread shares the two CPUs with the generator \
+and the sinks, a limit of the bed past the balancer), and what the sinks' sockets dropped (receive buffer full), \
+over all runs of the step.\n\n",
         crate::MESSAGES.get().map_or("", String::as_str),
         crate::contenders::BACKENDS,
         knobs.reps,
@@ -122,7 +130,7 @@ Kamailio 5.6 is a stateless dispatcher (`ds_select_dst(\"1\",\"0\")`, `forward()
         "{} worker(s)); nftables is a `dnat to jhash udp sport mod 3` rule on the forwarding path (conntrack).\n\n",
         knobs.kamailio_children
     ));
-    s.push_str("| contender | rate asked | offered/s | delivered/s | loss % | of which ingress ring / sinks % | host CPU % | CPU µs per delivered | vs trivial |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    s.push_str("| contender | rate asked | offered/s | delivered/s | loss % | of which ingress ring / switch port / sinks % | host CPU % | CPU µs per delivered | vs trivial |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in rows {
         let (o, o0, o1) = r.offered();
         let (d, d0, d1) = r.delivered();
@@ -138,7 +146,7 @@ Kamailio 5.6 is a stateless dispatcher (`ds_select_dst(\"1\",\"0\")`, `forward()
             _ => "-".into(),
         };
         s.push_str(&format!(
-            "| {} | {} | {} ({}-{}) | {} ({}-{}) | {:.2} ({:.2}-{:.2}) | {:.2} / {:.2} | {:.0} | {:.2} ({:.2}-{:.2}) | {vs} |\n",
+            "| {} | {} | {} ({}-{}) | {} ({}-{}) | {:.2} ({:.2}-{:.2}) | {:.2} / {:.2} / {:.2} | {:.0} | {:.2} ({:.2}-{:.2}) | {vs} |\n",
             r.contender.key(),
             rate_name(r.rate),
             k(o),
@@ -152,6 +160,7 @@ Kamailio 5.6 is a stateless dispatcher (`ds_select_dst(\"1\",\"0\")`, `forward()
             l1,
             r.lost_where().0,
             r.lost_where().1,
+            r.lost_where().2,
             sh,
             u,
             u0,
@@ -172,6 +181,36 @@ Kamailio 5.6 is a stateless dispatcher (`ds_select_dst(\"1\",\"0\")`, `forward()
                 best_clean(rows, c).map_or("-".into(), k)
             ));
         }
+    }
+    // Flat out, the switch port (a bed limit) refuses part of what the XDP
+    // contenders forward: what left the balancer host is their throughput.
+    let most = |c: Contender| -> Option<f64> {
+        rows.iter()
+            .filter(|r| r.contender == c)
+            .map(|r| r.forwarded().0)
+            .max_by(f64::total_cmp)
+    };
+    let fwd: Vec<String> = Contender::ALL
+        .iter()
+        .filter_map(|&c| most(c).map(|f| format!("{} {}", c.key(), k(f))))
+        .collect();
+    if !fwd.is_empty() {
+        s.push_str(&format!(
+            "\nMost forwarded by the balancer host per second (delivered plus what the switch port then refused; median of the best step): {}.",
+            fwd.join(", ")
+        ));
+        if let (Some(d), Some(t), Some(m)) = (
+            most(Contender::Dnat),
+            most(Contender::Trivial),
+            most(Contender::Kamailio),
+        ) {
+            s.push_str(&format!(
+                " dnat forwarded {:.0}% of the trivial program's and {:.1}x Kamailio's.",
+                100.0 * d / t,
+                d / m
+            ));
+        }
+        s.push('\n');
     }
     let ratio = |a: Contender, b: Contender| -> String {
         match (best(rows, a), best(rows, b)) {
@@ -198,7 +237,7 @@ Kamailio 5.6 is a stateless dispatcher (`ds_select_dst(\"1\",\"0\")`, `forward()
 fn capacity(rows: &[Row]) -> String {
     let Some(rate) = rows
         .iter()
-        .filter(|r| r.contender == Contender::Kamailio && r.rate > 0 && r.loss().2 <= 0.1)
+        .filter(|r| r.contender == Contender::Kamailio && r.rate > 0 && r.loss().0 <= 0.1)
         .map(|r| r.rate)
         .max()
     else {
@@ -211,7 +250,7 @@ fn capacity(rows: &[Row]) -> String {
             .filter(|u| u.is_finite() && *u > 0.0)
     };
     let mut s = format!(
-        "\nThe balancer host's CPU per delivered datagram at {} (the highest rate Kamailio delivers without loss), and what one CPU would carry at that cost:",
+        "\nThe balancer host's CPU per delivered datagram at {} (the highest rate at which Kamailio's median loss is at most 0.1 %), and what one CPU would carry at that cost:",
         rate_name(rate)
     );
     for c in Contender::ALL {
