@@ -333,6 +333,49 @@ fn drop_counters(bed: &bed::Bed) -> (u64, u64, u64) {
     (ingress, sink, switch)
 }
 
+/// A backend's weight changed 42 times (between 1 and 2): the wall time of
+/// the `balancer backend set-weight` command (it returns once the change is
+/// live and saved), and, asked through the control socket directly, how long
+/// the daemon took until the new table was live in the kernel and until the
+/// RCU grace period was over. Milliseconds.
+fn cli_change_ms(instance: &str, backend: &str) -> [Vec<f64>; 3] {
+    let mut out = [Vec::new(), Vec::new(), Vec::new()];
+    // Spaced out: a change right after another first waits for the previous
+    // one's RCU grace period before it may reuse the idle table half.
+    let settle = || std::thread::sleep(Duration::from_millis(100));
+    // Every call is a change: the command sets weight 2, the socket call 1.
+    for _ in 0..21 {
+        settle();
+        let t = std::time::Instant::now();
+        let o = Command::new(daemon::balancer_bin())
+            .args(["--instance", instance, "backend", "set-weight", backend])
+            .arg("2")
+            .output()
+            .expect("balancer CLI");
+        assert!(
+            o.status.success(),
+            "set-weight: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        out[0].push(t.elapsed().as_secs_f64() * 1e3);
+        settle();
+        let r = balancer::control::call(
+            instance,
+            &balancer::control::Request::Apply {
+                ops: vec![balancer::control::Op::BackendWeight {
+                    service: None,
+                    address: backend.parse().unwrap(),
+                    weight: 1,
+                }],
+            },
+        )
+        .expect("control socket");
+        out[1].push(r["to_kernel_us"].as_f64().unwrap_or(f64::NAN) / 1e3);
+        out[2].push(r["total_us"].as_f64().unwrap_or(f64::NAN) / 1e3);
+    }
+    out
+}
+
 /// One run at `rate` (0: flat out). `host`: the balancer host's kernel threads
 /// and processes, whose CPU time is the run's cost.
 fn measure(
@@ -398,6 +441,7 @@ fn main() {
         .unwrap();
     assert!(st.success(), "threaded NAPI on the switch port");
     let mut results: Vec<report::Row> = Vec::new();
+    let mut cli_change: [Vec<f64>; 3] = Default::default();
     for &c in &knobs.contenders {
         let running = contenders::start(c, &bed, knobs.kamailio_children);
         let pinned = pin_napi(&["l0", "l1"], &before, LB_CPU);
@@ -445,9 +489,31 @@ fn main() {
                 samples,
             });
         }
+        if c == Contender::Dnat {
+            cli_change = cli_change_ms(&bed.prefix, &format!("{}:5060", bed::backend_ip(0)));
+        }
         drop(running);
     }
-    let md = report::markdown(&knobs, &results);
+    let mut md = report::markdown(&knobs, &results);
+    if !cli_change[0].is_empty() {
+        let m = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            format!(
+                "{:.1} ms ({:.1}-{:.1})",
+                v[v.len() / 2],
+                v[0],
+                v[v.len() - 1]
+            )
+        };
+        let [wall, kernel, total] = &mut cli_change;
+        md.push_str(&format!(
+            "\nA backend change from the command line (`balancer backend set-weight`, 65537-entry table, {} changes, median (min-max)): the command returns after {}; the daemon has the new table live in the kernel {} after the request reaches it, and the old one free for reuse {} after (the RCU grace period); the rest of the command's time is the configuration written with fsync, the process start and the socket round trip.\n",
+            wall.len(),
+            m(wall),
+            m(kernel),
+            m(total)
+        ));
+    }
     println!("{md}");
     if let Ok(path) = std::env::var("BENCH_THROUGHPUT") {
         std::fs::write(&path, &md).unwrap();

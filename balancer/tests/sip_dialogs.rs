@@ -193,6 +193,50 @@ fn check_dialogs(
     per
 }
 
+/// Three backends in service and the fourth that a test adds, with the tables
+/// before and after.
+struct Growth {
+    three: Vec<String>,
+    four: Vec<String>,
+    sel3: Selector,
+    sel4: Selector,
+}
+
+impl Growth {
+    fn new() -> Growth {
+        let three: Vec<String> = (0..3).map(v4).collect();
+        let four: Vec<String> = (0..4).map(v4).collect();
+        Growth {
+            sel3: selector(&three),
+            sel4: selector(&four),
+            three,
+            four,
+        }
+    }
+
+    fn before(&self, id: &str) -> usize {
+        predict(&self.sel3, &self.three, id)
+    }
+
+    fn after(&self, id: &str) -> usize {
+        predict(&self.sel4, &self.four, id)
+    }
+
+    /// Places the calls and adds the fourth backend once all are up, before
+    /// the first of them ends.
+    fn add_mid_call(&self, lab: &Lab, c: &Calls) -> Sipp {
+        let t0 = Instant::now();
+        let caller = lab.caller(c);
+        all_started(&caller, c.calls);
+        lab.cli(&["backend", "add", &self.four[3]]);
+        assert!(
+            t0.elapsed() < Duration::from_millis(c.pause_ms as u64 - 500),
+            "the backend must be added while every call is still up (before the first BYE)"
+        );
+        caller
+    }
+}
+
 /// Waits until a caller has started all its calls (their INVITEs are out).
 fn all_started(c: &Sipp, calls: usize) {
     let end = Instant::now() + Duration::from_secs(60);
@@ -253,10 +297,7 @@ fn every_message_of_thousands_of_sipp_calls_reaches_one_backend() {
 fn calls_in_progress_stay_on_their_backend_when_one_is_added() {
     const CALLS: usize = 600;
     let mut lab = Lab::new("sa", 4, 3, "", true);
-    let three: Vec<String> = (0..3).map(v4).collect();
-    let four: Vec<String> = (0..4).map(v4).collect();
-    let (sel3, sel4) = (selector(&three), selector(&four));
-
+    let g = Growth::new();
     let before = Calls {
         tag: "before",
         calls: CALLS,
@@ -264,14 +305,7 @@ fn calls_in_progress_stay_on_their_backend_when_one_is_added() {
         pause_ms: 6000,
         scenario: None,
     };
-    let t0 = Instant::now();
-    let early = lab.caller(&before);
-    all_started(&early, CALLS);
-    lab.cli(&["backend", "add", &v4(3)]);
-    assert!(
-        t0.elapsed() < Duration::from_millis(5500),
-        "the backend must be added while every call is still up (before the first BYE)"
-    );
+    let early = g.add_mid_call(&lab, &before);
     let after = Calls {
         tag: "after",
         calls: CALLS,
@@ -286,22 +320,15 @@ fn calls_in_progress_stay_on_their_backend_when_one_is_added() {
     assert_all_completed("new calls", &late, CALLS);
 
     let ids = Sipp::call_ids("before", bed::CLIENT, CALLS);
-    let moved = ids
-        .iter()
-        .filter(|id| predict(&sel3, &three, id) != predict(&sel4, &four, id))
-        .count();
+    let moved = ids.iter().filter(|id| g.before(id) != g.after(id)).count();
     // About a quarter: what plain hashing would have sent to the new backend.
     assert!(
         moved > CALLS / 8,
         "only {moved} dialogs would have moved: no test"
     );
-    check_dialogs(&where_seen(&logs, &ids), &ids, |id| {
-        predict(&sel3, &three, id)
-    });
+    check_dialogs(&where_seen(&logs, &ids), &ids, |id| g.before(id));
     let new_ids = Sipp::call_ids("after", bed::CLIENT, CALLS);
-    let per = check_dialogs(&where_seen(&logs, &new_ids), &new_ids, |id| {
-        predict(&sel4, &four, id)
-    });
+    let per = check_dialogs(&where_seen(&logs, &new_ids), &new_ids, |id| g.after(id));
     assert!(
         per.get(&3).copied().unwrap_or(0) > CALLS / 6,
         "the new backend takes its share of new calls: {per:?}"
@@ -313,8 +340,7 @@ fn calls_in_progress_stay_on_their_backend_when_one_is_added() {
 fn a_drained_backend_finishes_its_calls_and_gets_no_new_ones() {
     const CALLS: usize = 600;
     let mut lab = Lab::new("sn", 3, 3, "", true);
-    let three: Vec<String> = (0..3).map(v4).collect();
-    let sel3 = selector(&three);
+    let g = Growth::new();
     let before = Calls {
         tag: "before",
         calls: CALLS,
@@ -339,9 +365,7 @@ fn a_drained_backend_finishes_its_calls_and_gets_no_new_ones() {
     assert_all_completed("new calls", &late, CALLS);
 
     let ids = Sipp::call_ids("before", bed::CLIENT, CALLS);
-    let per = check_dialogs(&where_seen(&logs, &ids), &ids, |id| {
-        predict(&sel3, &three, id)
-    });
+    let per = check_dialogs(&where_seen(&logs, &ids), &ids, |id| g.before(id));
     assert!(
         per[&0] > CALLS / 5,
         "the drained backend had calls: {per:?}"
@@ -364,8 +388,7 @@ fn a_backend_dying_mid_call_leaves_the_other_calls_alone() {
     const CALLS: usize = 900;
     let fast_health = "[health]\ninterval = \"200ms\"\ntimeout = \"200ms\"\nfall = 2\n";
     let mut lab = Lab::new("sk", 3, 3, fast_health, true);
-    let three: Vec<String> = (0..3).map(v4).collect();
-    let sel3 = selector(&three);
+    let g = Growth::new();
     let before = Calls {
         tag: "before",
         calls: CALLS,
@@ -405,11 +428,7 @@ fn a_backend_dying_mid_call_leaves_the_other_calls_alone() {
     let logs = lab.backend_logs();
 
     let ids = Sipp::call_ids("before", bed::CLIENT, CALLS);
-    let victims: HashSet<String> = ids
-        .iter()
-        .filter(|id| predict(&sel3, &three, id) == 2)
-        .cloned()
-        .collect();
+    let victims: HashSet<String> = ids.iter().filter(|id| g.before(id) == 2).cloned().collect();
     assert!(victims.len() > CALLS / 5, "the dying backend had calls");
     assert_eq!(
         early.failed_ids, victims,
@@ -421,12 +440,12 @@ fn a_backend_dying_mid_call_leaves_the_other_calls_alone() {
         .cloned()
         .collect();
     check_dialogs(&where_seen(&logs, &survivors), &survivors, |id| {
-        predict(&sel3, &three, id)
+        g.before(id)
     });
     assert_all_completed("calls after the failure", &late, 300);
     let new_ids = Sipp::call_ids("after", bed::CLIENT, 300);
     let per = check_dialogs(&where_seen(&logs, &new_ids), &new_ids, |id| {
-        predict(&selector(&three[..2]), &three, id)
+        predict(&selector(&g.three[..2]), &g.three, id)
     });
     eprintln!(
         "{} calls on the dead backend failed, {} on the others completed; new calls {per:?}",
@@ -627,9 +646,7 @@ fn evicted_dialogs_fall_back_to_the_table_and_only_moved_ones_break() {
     // 2,500 dialogs live at once, affinity room for 1,024 (the minimum).
     const CALLS: usize = 2500;
     let mut lab = Lab::new("se", 4, 3, "affinity_entries = 1024\n", true);
-    let three: Vec<String> = (0..3).map(v4).collect();
-    let four: Vec<String> = (0..4).map(v4).collect();
-    let (sel3, sel4) = (selector(&three), selector(&four));
+    let g = Growth::new();
     let c = Calls {
         tag: "evict",
         calls: CALLS,
@@ -637,26 +654,19 @@ fn evicted_dialogs_fall_back_to_the_table_and_only_moved_ones_break() {
         pause_ms: 7000,
         scenario: None,
     };
-    let t0 = Instant::now();
-    let caller = lab.caller(&c);
-    all_started(&caller, CALLS);
-    lab.cli(&["backend", "add", &v4(3)]);
-    assert!(
-        t0.elapsed() < Duration::from_millis(6500),
-        "added before the first BYE"
-    );
+    let caller = g.add_mid_call(&lab, &c);
     let out = caller.wait(Duration::from_secs(90));
     let logs = lab.backend_logs();
 
     let ids = Sipp::call_ids("evict", bed::CLIENT, CALLS);
     let moving: HashSet<&String> = ids
         .iter()
-        .filter(|id| predict(&sel3, &three, id) != predict(&sel4, &four, id))
+        .filter(|id| g.before(id) != g.after(id))
         .collect();
     let seen = where_seen(&logs, &ids);
     let mut split = 0;
     for id in &ids {
-        let (p3, p4) = (predict(&sel3, &three, id), predict(&sel4, &four, id));
+        let (p3, p4) = (g.before(id), g.after(id));
         for (b, _) in &seen[id] {
             assert!(
                 *b == p3 || *b == p4,
