@@ -81,7 +81,13 @@ fn out(cmd: &str, root: &Path) -> String {
 
 fn header(root: &Path, smoke: bool) -> String {
     let cpu = out("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2", root);
-    let dirty = if out("git status --porcelain --untracked-files=no", root).is_empty() {
+    // bench/ is what this run writes: it does not make the measured code dirty.
+    let dirty = if out(
+        "git status --porcelain --untracked-files=no -- . ':!bench'",
+        root,
+    )
+    .is_empty()
+    {
         ""
     } else {
         " (with uncommitted changes)"
