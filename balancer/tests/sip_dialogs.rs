@@ -222,19 +222,26 @@ impl Growth {
         predict(&self.sel4, &self.four, id)
     }
 
-    /// Places the calls and adds the fourth backend once all are up, before
-    /// the first of them ends.
-    fn add_mid_call(&self, lab: &Lab, c: &Calls) -> Sipp {
-        let t0 = Instant::now();
-        let caller = lab.caller(c);
-        all_started(&caller, c.calls);
-        lab.cli(&["backend", "add", &self.four[3]]);
-        assert!(
-            t0.elapsed() < Duration::from_millis(c.pause_ms as u64 - 500),
-            "the backend must be added while every call is still up (before the first BYE)"
-        );
-        caller
+    /// Places the calls and adds the fourth backend while all are up.
+    fn add_mid_call(&self, lab: &mut Lab, c: &Calls) -> Sipp {
+        mid_call(lab, c, |lab| {
+            lab.cli(&["backend", "add", &self.four[3]]);
+        })
     }
+}
+
+/// Places the calls and, once all are up and before the first of them ends,
+/// does `act`; returns the caller, still running.
+fn mid_call(lab: &mut Lab, c: &Calls, act: impl FnOnce(&mut Lab)) -> Sipp {
+    let t0 = Instant::now();
+    let caller = lab.caller(c);
+    all_started(&caller, c.calls);
+    act(lab);
+    assert!(
+        t0.elapsed() < Duration::from_millis(c.pause_ms as u64 - 500),
+        "too slow: the change must come while every call is still up (before the first BYE)"
+    );
+    caller
 }
 
 /// Waits until a caller has started all its calls (their INVITEs are out).
@@ -302,10 +309,10 @@ fn calls_in_progress_stay_on_their_backend_when_one_is_added() {
         tag: "before",
         calls: CALLS,
         rate: 300,
-        pause_ms: 6000,
+        pause_ms: 8000,
         scenario: None,
     };
-    let early = g.add_mid_call(&lab, &before);
+    let early = g.add_mid_call(&mut lab, &before);
     let after = Calls {
         tag: "after",
         calls: CALLS,
@@ -345,12 +352,12 @@ fn a_drained_backend_finishes_its_calls_and_gets_no_new_ones() {
         tag: "before",
         calls: CALLS,
         rate: 300,
-        pause_ms: 5000,
+        pause_ms: 7000,
         scenario: None,
     };
-    let early = lab.caller(&before);
-    all_started(&early, CALLS);
-    lab.cli(&["backend", "drain", &v4(0)]);
+    let early = mid_call(&mut lab, &before, |lab| {
+        lab.cli(&["backend", "drain", &v4(0)]);
+    });
     let after = Calls {
         tag: "after",
         calls: CALLS,
@@ -393,12 +400,10 @@ fn a_backend_dying_mid_call_leaves_the_other_calls_alone() {
         tag: "before",
         calls: CALLS,
         rate: 300,
-        pause_ms: 5000,
+        pause_ms: 8000,
         scenario: None,
     };
-    let early = lab.caller(&before);
-    all_started(&early, CALLS);
-    lab.uas[2].take().unwrap().kill();
+    let early = mid_call(&mut lab, &before, |lab| lab.uas[2].take().unwrap().kill());
     // The balancer notices (two failed probes 200 ms apart) ...
     let end = Instant::now() + Duration::from_secs(10);
     loop {
@@ -651,10 +656,10 @@ fn evicted_dialogs_fall_back_to_the_table_and_only_moved_ones_break() {
         tag: "evict",
         calls: CALLS,
         rate: 500,
-        pause_ms: 7000,
+        pause_ms: 10000,
         scenario: None,
     };
-    let caller = g.add_mid_call(&lab, &c);
+    let caller = g.add_mid_call(&mut lab, &c);
     let out = caller.wait(Duration::from_secs(90));
     let logs = lab.backend_logs();
 
