@@ -75,8 +75,23 @@ pub struct NhEntry {
 
 pub const NEXTHOP_TTL_NS: u64 = 1_000_000_000;
 
+/// A backend slot's next hop: a copy of the NEXTHOP entry for the slot's
+/// address, found by an array lookup where NEXTHOP costs a hash lookup. Used
+/// while `addr` and `ingress` still match and the copied entry is valid, so it
+/// is never fresher or staler than NEXTHOP. Per CPU: written without locks.
+#[repr(C)]
+pub struct SlotHop {
+    pub addr: [u8; 16],
+    pub ingress: u32,
+    pub _pad: u32,
+    pub nh: NhEntry,
+}
+
 #[map]
 pub static NEXTHOP: LruHashMap<NhKey, NhEntry> = LruHashMap::with_max_entries(65536, 0);
+
+#[map]
+pub static SLOT_HOPS: PerCpuArray<SlotHop> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
 
 /// Verdict/reason counters.
 #[map]

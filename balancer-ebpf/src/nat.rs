@@ -14,7 +14,7 @@ use balancer_common::{
 };
 
 use crate::{
-    maps::{NEXTHOP, NEXTHOP_TTL_NS, SCRATCH, TX_PORTS},
+    maps::{NEXTHOP, NEXTHOP_TTL_NS, SCRATCH, SLOT_HOPS, TX_PORTS},
     parse::{ptr_at, Udp},
 };
 
@@ -35,6 +35,48 @@ pub enum Hop {
     Local,
     /// Anything else (no route, forwarding disabled, ...).
     Fail,
+}
+
+/// The next hop towards the backend in `slot` (address `dst`): from the slot's
+/// copy of the NEXTHOP entry while it holds, else from `next_hop`, whose entry
+/// is then copied for the slot.
+#[inline(always)]
+pub fn backend_hop(
+    ctx: &XdpContext,
+    slot: u32,
+    src: &Endpoint,
+    dst: &Endpoint,
+    tot_len: u16,
+) -> Hop {
+    let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let Some(c) = SLOT_HOPS.get_ptr_mut(slot) else {
+        return next_hop(ctx, src, dst, tot_len);
+    };
+    let c = unsafe { &mut *c };
+    if now < c.nh.expires && tot_len <= c.nh.max_len && c.ingress == ingress && c.addr == dst.addr {
+        return Hop::Ok {
+            ifindex: c.nh.ifindex,
+            smac: c.nh.smac,
+            dmac: c.nh.dmac,
+        };
+    }
+    let hop = next_hop(ctx, src, dst, tot_len);
+    if let Hop::Ok { .. } = hop {
+        // `next_hop` left its key in scratch memory.
+        if let Some(s) = SCRATCH.get_ptr_mut(0) {
+            if let Some(e) = unsafe { NEXTHOP.get(&(*s).nh_key) } {
+                c.addr = dst.addr;
+                c.ingress = ingress;
+                c.nh.expires = e.expires;
+                c.nh.ifindex = e.ifindex;
+                c.nh.smac = e.smac;
+                c.nh.dmac = e.dmac;
+                c.nh.max_len = e.max_len;
+            }
+        }
+    }
+    hop
 }
 
 /// Asks the kernel FIB for the next hop towards `dst` (through the cache).

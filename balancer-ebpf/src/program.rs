@@ -24,7 +24,7 @@ use crate::{
         add_traffic, count, AFFINITY, BACKENDS, BACKEND_STATS, FRAGS, MAGLEV, REVERSE, RR, SCRATCH,
         SERVICES, SERVICE_STATS, TRIVIAL, TX_PORTS,
     },
-    nat::{dec_ttl, forward, ip_len, next_hop, rewrite, rewrite_addr, ttl, Hop, Side},
+    nat::{backend_hop, dec_ttl, forward, ip_len, next_hop, rewrite, rewrite_addr, ttl, Hop, Side},
     parse::{parse, parse_fragment, ptr_at, Udp},
 };
 
@@ -130,13 +130,17 @@ fn dispatch(ctx: &XdpContext, u: &Udp, svc: Service, hash: u32) -> Result<u32, u
     }
     if svc.mode == MODE_DSR {
         // L2 direct server return: the backend holds the VIP; only MACs change.
-        return send(ctx, next_hop(ctx, &u.src, &target, ip_len(ctx, u.l3)), None);
+        return send(
+            ctx,
+            backend_hop(ctx, slot, &u.src, &target, ip_len(ctx, u.l3)),
+            None,
+        );
     }
     if ttl(ctx, u.family, u.l3)? <= 1 {
         return Err(reason::TTL_EXCEEDED);
     }
     rewrite(ctx, u, Side::Dst, &target)?;
-    let hop = next_hop(ctx, &u.src, &target, ip_len(ctx, u.l3));
+    let hop = backend_hop(ctx, slot, &u.src, &target, ip_len(ctx, u.l3));
     send(ctx, hop, Some((u.family, u.l3)))
 }
 

@@ -57,6 +57,7 @@ const MAPS: &[&str] = &[
     "MAGLEV",
     "TX_PORTS",
     "NEXTHOP",
+    "SLOT_HOPS",
     "STATS",
     "BACKEND_STATS",
     "SERVICE_STATS",
@@ -64,6 +65,7 @@ const MAPS: &[&str] = &[
     "TRIVIAL",
     "RR",
     "AFFINITY",
+    "FRAGS",
 ];
 
 /// A service as the kernel serves it now.
