@@ -103,13 +103,7 @@ fn main() {
     let d = daemon::Daemon::start(&bed.ns("lb"), &args);
 
     let calls = (a.rate as u64 * a.duration) as usize;
-    let c = Calls {
-        tag: "lab",
-        calls,
-        rate: a.rate,
-        pause_ms: a.call_length,
-        scenario: None,
-    };
+    let c = Calls::new("lab", calls, a.rate, a.call_length);
     let vip = format!("{}:5060", bed::VIP);
     println!(
         "placing {calls} calls ({} per second for {} s, {} ms each) from {} to {vip}; backend {} dies after {} s\n",

@@ -273,13 +273,7 @@ fn assert_all_completed(tag: &str, o: &sipp::Outcome, calls: usize) {
 fn every_message_of_thousands_of_sipp_calls_reaches_one_backend() {
     const CALLS: usize = 3000;
     let mut lab = Lab::new("sd", 3, 3, "", true);
-    let c = Calls {
-        tag: "integrity",
-        calls: CALLS,
-        rate: 500,
-        pause_ms: 200,
-        scenario: None,
-    };
+    let c = Calls::new("integrity", CALLS, 500, 200);
     let out = lab.caller(&c).wait(Duration::from_secs(120));
     let logs = lab.backend_logs();
     assert_all_completed("integrity", &out, CALLS);
@@ -305,21 +299,9 @@ fn calls_in_progress_stay_on_their_backend_when_one_is_added() {
     const CALLS: usize = 600;
     let mut lab = Lab::new("sa", 4, 3, "", true);
     let g = Growth::new();
-    let before = Calls {
-        tag: "before",
-        calls: CALLS,
-        rate: 300,
-        pause_ms: 8000,
-        scenario: None,
-    };
+    let before = Calls::new("before", CALLS, 300, 8000);
     let early = g.add_mid_call(&mut lab, &before);
-    let after = Calls {
-        tag: "after",
-        calls: CALLS,
-        rate: 300,
-        pause_ms: 200,
-        scenario: None,
-    };
+    let after = Calls::new("after", CALLS, 300, 200);
     let late = lab.caller(&after).wait(Duration::from_secs(60));
     let early = early.wait(Duration::from_secs(60));
     let logs = lab.backend_logs();
@@ -348,23 +330,11 @@ fn a_drained_backend_finishes_its_calls_and_gets_no_new_ones() {
     const CALLS: usize = 600;
     let mut lab = Lab::new("sn", 3, 3, "", true);
     let g = Growth::new();
-    let before = Calls {
-        tag: "before",
-        calls: CALLS,
-        rate: 300,
-        pause_ms: 7000,
-        scenario: None,
-    };
+    let before = Calls::new("before", CALLS, 300, 7000);
     let early = mid_call(&mut lab, &before, |lab| {
         lab.cli(&["backend", "drain", &v4(0)]);
     });
-    let after = Calls {
-        tag: "after",
-        calls: CALLS,
-        rate: 300,
-        pause_ms: 200,
-        scenario: None,
-    };
+    let after = Calls::new("after", CALLS, 300, 200);
     let late = lab.caller(&after).wait(Duration::from_secs(60));
     let early = early.wait(Duration::from_secs(60));
     let logs = lab.backend_logs();
@@ -396,13 +366,7 @@ fn a_backend_dying_mid_call_leaves_the_other_calls_alone() {
     let fast_health = "[health]\ninterval = \"200ms\"\ntimeout = \"200ms\"\nfall = 2\n";
     let mut lab = Lab::new("sk", 3, 3, fast_health, true);
     let g = Growth::new();
-    let before = Calls {
-        tag: "before",
-        calls: CALLS,
-        rate: 300,
-        pause_ms: 8000,
-        scenario: None,
-    };
+    let before = Calls::new("before", CALLS, 300, 8000);
     let early = mid_call(&mut lab, &before, |lab| lab.uas[2].take().unwrap().kill());
     // The balancer notices (two failed probes 200 ms apart) ...
     let end = Instant::now() + Duration::from_secs(10);
@@ -421,13 +385,7 @@ fn a_backend_dying_mid_call_leaves_the_other_calls_alone() {
         std::thread::sleep(Duration::from_millis(100));
     }
     // ... and new calls go to the living.
-    let after = Calls {
-        tag: "after",
-        calls: 300,
-        rate: 300,
-        pause_ms: 200,
-        scenario: None,
-    };
+    let after = Calls::new("after", 300, 300, 200);
     let late = lab.caller(&after).wait(Duration::from_secs(60));
     let early = early.wait(Duration::from_secs(60));
     let logs = lab.backend_logs();
@@ -469,13 +427,7 @@ fn calls_placed_by_backends_get_their_answers_back() {
     let tags: Vec<String> = (0..3).map(|i| format!("from-b{i}")).collect();
     let callers: Vec<Sipp> = (0..3)
         .map(|i| {
-            let c = Calls {
-                tag: &tags[i],
-                calls: CALLS,
-                rate: 100,
-                pause_ms: 500,
-                scenario: None,
-            };
+            let c = Calls::new(&tags[i], CALLS, 100, 500);
             let ip = bed::backend_ip(i).to_string();
             Sipp::uac(
                 &lab.bed.backend_ns(i),
@@ -652,13 +604,7 @@ fn evicted_dialogs_fall_back_to_the_table_and_only_moved_ones_break() {
     const CALLS: usize = 2500;
     let mut lab = Lab::new("se", 4, 3, "affinity_entries = 1024\n", true);
     let g = Growth::new();
-    let c = Calls {
-        tag: "evict",
-        calls: CALLS,
-        rate: 500,
-        pause_ms: 10000,
-        scenario: None,
-    };
+    let c = Calls::new("evict", CALLS, 500, 10000);
     let caller = g.add_mid_call(&mut lab, &c);
     let out = caller.wait(Duration::from_secs(90));
     let logs = lab.backend_logs();

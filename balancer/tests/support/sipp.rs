@@ -139,6 +139,20 @@ pub struct Calls<'a> {
     pub scenario: Option<&'a str>,
 }
 
+impl<'a> Calls<'a> {
+    /// `calls` calls, `rate` new ones per second, each up for `pause_ms`,
+    /// with sipp's built-in `uac` scenario.
+    pub fn new(tag: &'a str, calls: usize, rate: u32, pause_ms: u32) -> Calls<'a> {
+        Calls {
+            tag,
+            calls,
+            rate,
+            pause_ms,
+            scenario: None,
+        }
+    }
+}
+
 impl Sipp {
     fn spawn(ns: &str, name: &str, logs: &Logs, args: &[String]) -> Sipp {
         let log = logs.file(&format!("{name}.msg"));
