@@ -12,7 +12,7 @@
 #![allow(dead_code)]
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -403,31 +403,10 @@ pub fn dialogs(log: &[Logged], ids: &HashSet<String>) -> HashMap<String, Vec<Str
     out
 }
 
-/// The backend (index) that holds each Call-ID, checking that no Call-ID
-/// reached two backends: Call-ID -> (backend, its methods).
-pub fn holders(
-    per_backend: &[HashMap<String, Vec<String>>],
-) -> HashMap<String, (usize, Vec<String>)> {
-    let mut out: HashMap<String, (usize, Vec<String>)> = HashMap::new();
-    for (b, d) in per_backend.iter().enumerate() {
-        for (id, methods) in d {
-            if let Some((other, _)) = out.get(id) {
-                panic!("{id} reached backends {other} and {b}");
-            }
-            out.insert(id.clone(), (b, methods.clone()));
-        }
-    }
-    out
-}
-
 /// A complete dialog as a backend sees it: the INVITE (retransmissions
 /// allowed), the ACK, the BYE.
 pub fn complete(methods: &[String]) -> bool {
     methods.iter().any(|m| m == "INVITE")
         && methods.iter().any(|m| m == "ACK")
         && methods.iter().any(|m| m == "BYE")
-}
-
-pub fn exists(p: &str) -> bool {
-    Path::new(p).exists()
 }
