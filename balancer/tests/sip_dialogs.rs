@@ -222,12 +222,35 @@ impl Growth {
         predict(&self.sel4, &self.four, id)
     }
 
+    /// Adds the fourth backend.
+    fn add(&self, lab: &mut Lab) {
+        lab.cli(&["backend", "add", &self.four[3]]);
+    }
+
     /// Places the calls and adds the fourth backend while all are up.
     fn add_mid_call(&self, lab: &mut Lab, c: &Calls) -> Sipp {
-        mid_call(lab, c, |lab| {
-            lab.cli(&["backend", "add", &self.four[3]]);
-        })
+        mid_call(lab, c, |lab| self.add(lab))
     }
+}
+
+/// `calls` calls tagged `before`, each up for `pause_ms`; `act` while all are
+/// up; then as many short calls tagged `after`. Every call of both must
+/// complete. Returns the backends' logs.
+fn change_under_calls(
+    lab: &mut Lab,
+    calls: usize,
+    pause_ms: u32,
+    act: impl FnOnce(&mut Lab),
+) -> Vec<Vec<Logged>> {
+    let early = mid_call(lab, &Calls::new("before", calls, 300, pause_ms), act);
+    let late = lab
+        .caller(&Calls::new("after", calls, 300, 200))
+        .wait(Duration::from_secs(60));
+    let early = early.wait(Duration::from_secs(60));
+    let logs = lab.backend_logs();
+    assert_all_completed("calls in progress", &early, calls);
+    assert_all_completed("new calls", &late, calls);
+    logs
 }
 
 /// Places the calls and, once all are up and before the first of them ends,
@@ -299,14 +322,7 @@ fn calls_in_progress_stay_on_their_backend_when_one_is_added() {
     const CALLS: usize = 600;
     let mut lab = Lab::new("sa", 4, 3, "", true);
     let g = Growth::new();
-    let before = Calls::new("before", CALLS, 300, 8000);
-    let early = g.add_mid_call(&mut lab, &before);
-    let after = Calls::new("after", CALLS, 300, 200);
-    let late = lab.caller(&after).wait(Duration::from_secs(60));
-    let early = early.wait(Duration::from_secs(60));
-    let logs = lab.backend_logs();
-    assert_all_completed("calls in progress", &early, CALLS);
-    assert_all_completed("new calls", &late, CALLS);
+    let logs = change_under_calls(&mut lab, CALLS, 8000, |lab| g.add(lab));
 
     let ids = Sipp::call_ids("before", bed::CLIENT, CALLS);
     let moved = ids.iter().filter(|id| g.before(id) != g.after(id)).count();
@@ -330,16 +346,9 @@ fn a_drained_backend_finishes_its_calls_and_gets_no_new_ones() {
     const CALLS: usize = 600;
     let mut lab = Lab::new("sn", 3, 3, "", true);
     let g = Growth::new();
-    let before = Calls::new("before", CALLS, 300, 7000);
-    let early = mid_call(&mut lab, &before, |lab| {
+    let logs = change_under_calls(&mut lab, CALLS, 7000, |lab| {
         lab.cli(&["backend", "drain", &v4(0)]);
     });
-    let after = Calls::new("after", CALLS, 300, 200);
-    let late = lab.caller(&after).wait(Duration::from_secs(60));
-    let early = early.wait(Duration::from_secs(60));
-    let logs = lab.backend_logs();
-    assert_all_completed("calls in progress", &early, CALLS);
-    assert_all_completed("new calls", &late, CALLS);
 
     let ids = Sipp::call_ids("before", bed::CLIENT, CALLS);
     let per = check_dialogs(&where_seen(&logs, &ids), &ids, |id| g.before(id));
