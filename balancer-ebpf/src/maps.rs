@@ -108,6 +108,17 @@ pub static SERVICE_STATS: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(M
 #[map]
 pub static RR: PerCpuArray<u32> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
 
+/// The parse's results that differ by path (see `parse::join`).
+#[repr(C)]
+pub struct Joined {
+    pub l3: u32,
+    pub l4: u32,
+    pub family: u32,
+    pub payload_len: u32,
+    pub avail: u32,
+    pub first_fragment: u32,
+}
+
 /// Per-CPU working memory for the scanners: too big for the 512-byte BPF stack.
 #[repr(C)]
 pub struct Scratch {
@@ -124,6 +135,8 @@ pub struct Scratch {
     /// `next_hop`'s cache key and new entry, off its stack frame.
     pub nh_key: NhKey,
     pub nh_entry: NhEntry,
+    /// Where `parse::join` passes the parse's results through.
+    pub joined: Joined,
     pub buf: ScanBuf,
 }
 

@@ -14,6 +14,7 @@ use balancer_common::{
 };
 
 use crate::{
+    addr,
     maps::{NEXTHOP, NEXTHOP_TTL_NS, SCRATCH, SLOT_HOPS, TX_PORTS},
     parse::{ptr_at, Udp},
 };
@@ -54,7 +55,11 @@ pub fn backend_hop(
         return next_hop(ctx, src, dst, tot_len);
     };
     let c = unsafe { &mut *c };
-    if now < c.nh.expires && tot_len <= c.nh.max_len && c.ingress == ingress && c.addr == dst.addr {
+    if now < c.nh.expires
+        && tot_len <= c.nh.max_len
+        && c.ingress == ingress
+        && addr::eq(&c.addr, &dst.addr)
+    {
         return Hop::Ok {
             ifindex: c.nh.ifindex,
             smac: c.nh.smac,
@@ -66,7 +71,7 @@ pub fn backend_hop(
         // `next_hop` left its key in scratch memory.
         if let Some(s) = SCRATCH.get_ptr_mut(0) {
             if let Some(e) = unsafe { NEXTHOP.get(&(*s).nh_key) } {
-                c.addr = dst.addr;
+                addr::copy(&mut c.addr, &dst.addr);
                 c.ingress = ingress;
                 c.nh.expires = e.expires;
                 c.nh.ifindex = e.ifindex;
@@ -90,7 +95,7 @@ pub fn next_hop(ctx: &XdpContext, src: &Endpoint, dst: &Endpoint, tot_len: u16) 
     // Key and new entry live in per-CPU scratch memory: the combined stack of
     // the main path and this subprogram is limited to 512 bytes.
     let key = unsafe { &mut (*s).nh_key };
-    key.addr = dst.addr;
+    addr::copy(&mut key.addr, &dst.addr);
     key.ingress = unsafe { (*ctx.ctx).ingress_ifindex };
     key.family = dst.family as u32;
     let now = unsafe { bpf_ktime_get_coarse_ns() };
@@ -123,8 +128,8 @@ pub fn next_hop(ctx: &XdpContext, src: &Endpoint, dst: &Endpoint, tot_len: u16) 
         p.__bindgen_anon_4.ipv4_dst = word4(&dst.addr);
     } else {
         p.family = AF_INET6_FIB;
-        p.__bindgen_anon_3.ipv6_src = words(&src.addr);
-        p.__bindgen_anon_4.ipv6_dst = words(&dst.addr);
+        p.__bindgen_anon_3.ipv6_src = addr::words(&src.addr);
+        p.__bindgen_anon_4.ipv6_dst = addr::words(&dst.addr);
     }
     let rc = unsafe {
         fib_lookup(
@@ -163,16 +168,6 @@ pub fn next_hop(ctx: &XdpContext, src: &Endpoint, dst: &Endpoint, tot_len: u16) 
         BPF_FIB_LKUP_RET_NOT_FWDED => Hop::Local,
         _ => Hop::Fail,
     }
-}
-
-#[inline(always)]
-fn words(a: &[u8; 16]) -> [u32; 4] {
-    [
-        u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
-        u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
-        u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
-        u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
-    ]
 }
 
 /// TTL / hop limit of the packet.

@@ -372,8 +372,12 @@ fn key_of(ctx: &XdpContext, u: &Udp, svc: &Service) -> Result<Option<u32>, u32> 
     };
     if n > 0 {
         let off = (u.l4 + 8) as u32;
+        // The length masked into [1, SCAN_MAX] right at the call (a no-op here):
+        // 6.1's verifier does not learn `n >= 1` from `n > 0` and refuses a
+        // helper access that might be empty.
+        let n1 = ((n - 1) & (SCAN_MAX as u32 - 1)) + 1;
         let rc =
-            unsafe { bpf_xdp_load_bytes(ctx.ctx, off, (*s).buf.bytes.as_mut_ptr() as *mut _, n) };
+            unsafe { bpf_xdp_load_bytes(ctx.ctx, off, (*s).buf.bytes.as_mut_ptr() as *mut _, n1) };
         if rc == 0 {
             // Request-URI user, header scan and From/To URI: one state machine run
             // from one bpf_loop call site. `reset` only stores (the choice by
