@@ -36,6 +36,11 @@ pub fn socket_path(instance: &str) -> PathBuf {
     PathBuf::from(RUN_DIR).join(format!("{instance}.sock"))
 }
 
+/// Where the verifier's log goes when the kernel refuses the program.
+pub fn verifier_log_path(instance: &str) -> PathBuf {
+    PathBuf::from(RUN_DIR).join(format!("{instance}.verifier.log"))
+}
+
 pub fn pin_dir(instance: &str) -> PathBuf {
     PathBuf::from(PIN_ROOT).join(instance)
 }

@@ -17,9 +17,10 @@ use tokio::net::{UnixListener, UnixStream};
 
 use crate::config::{AdminState, Config};
 use crate::control::{self, Request, Response};
-use crate::dataplane::Dataplane;
+use crate::dataplane::{Dataplane, Rejected};
 use crate::health::{Health, Tracker};
 use crate::prober::{Event, Prober};
+use crate::requirements::{self, KernelError};
 use crate::route;
 use crate::spec::{endpoint, Algorithm, Mode};
 
@@ -31,6 +32,9 @@ pub struct Options {
     /// Leave programs, links and maps pinned when exiting.
     pub persist: bool,
     pub xdp_mode: XdpMode,
+    /// Where the verifier's log goes if the kernel refuses the program
+    /// (default: [`control::verifier_log_path`]).
+    pub verifier_log: Option<PathBuf>,
 }
 
 pub struct Daemon {
@@ -67,10 +71,18 @@ pub fn run(opts: Options) -> Result<()> {
     if opts.config.interfaces.is_empty() {
         bail!(crate::config::ConfigError::NoInterfaces);
     }
+    requirements::check()?;
+    let release = requirements::release();
+    if requirements::older_than_tested(&release) {
+        eprintln!(
+            "warning: kernel {release} is older than the oldest tested ({}): it has what the program uses, but is untested",
+            requirements::MINIMUM
+        );
+    }
     let _lock = instance_lock(&opts.instance)?;
     ensure_bpffs()?;
     let pins = control::pin_dir(&opts.instance);
-    let dp = Dataplane::open_with(Some(&pins), opts.config.affinity_entries)?;
+    let dp = open_dataplane(&opts, &pins)?;
     if dp.adopted_services() > 0 {
         eprintln!(
             "adopting the pinned data plane of an earlier run ({} services): traffic keeps flowing",
@@ -131,6 +143,37 @@ pub fn run(opts: Options) -> Result<()> {
         println!("detached");
     }
     Ok(())
+}
+
+/// Loads the data plane; a program the verifier refuses becomes one line, its
+/// whole log a file.
+fn open_dataplane(opts: &Options, pins: &Path) -> Result<Dataplane> {
+    let e = match Dataplane::open_with(Some(pins), opts.config.affinity_entries) {
+        Ok(dp) => return Ok(dp),
+        Err(e) => e,
+    };
+    let r = e.downcast::<Rejected>()?;
+    let log = opts
+        .verifier_log
+        .clone()
+        .unwrap_or_else(|| control::verifier_log_path(&opts.instance));
+    if let Some(dir) = log.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    std::fs::write(&log, &r.log).with_context(|| {
+        format!(
+            "the kernel's verifier rejected program {}; writing its log to {} failed",
+            r.program,
+            log.display()
+        )
+    })?;
+    Err(KernelError::Rejected {
+        release: requirements::release(),
+        program: r.program,
+        reason: requirements::rejection_reason(&r.log),
+        log,
+    }
+    .into())
 }
 
 impl Daemon {

@@ -22,7 +22,7 @@ use aya::{
     maps::{Array, DevMapHash, HashMap as BpfHashMap, Map, MapData, PerCpuArray, PerCpuValues},
     programs::{
         links::{FdLink, PinnedLink},
-        Xdp, XdpMode,
+        ProgramError, Xdp, XdpMode,
     },
     Ebpf, EbpfLoader,
 };
@@ -67,6 +67,15 @@ const MAPS: &[&str] = &[
     "AFFINITY",
     "FRAGS",
 ];
+
+/// The kernel's verifier refused one of the object's programs. One line (the
+/// instruction it stopped at and why); the whole log is in `log`.
+#[derive(Debug, thiserror::Error)]
+#[error("the kernel's verifier rejected program {program}: {}", crate::requirements::rejection_reason(.log))]
+pub struct Rejected {
+    pub program: String,
+    pub log: String,
+}
 
 /// A service as the kernel serves it now.
 #[derive(Debug, Clone)]
@@ -153,8 +162,19 @@ impl Dataplane {
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("program {name} missing from the object"))?
                 .try_into()?;
-            p.load()
-                .with_context(|| format!("the kernel rejected program {name}"))?;
+            match p.load() {
+                Ok(()) => {}
+                Err(ProgramError::LoadError { verifier_log, .. }) => {
+                    return Err(Rejected {
+                        program: name.to_string(),
+                        log: verifier_log.to_string(),
+                    }
+                    .into())
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| format!("loading program {name}"));
+                }
+            }
         }
         let mut dp = Dataplane {
             ebpf,

@@ -9,6 +9,7 @@ pub mod dispatcher;
 pub mod health;
 pub mod inspect;
 pub mod prober;
+pub mod requirements;
 pub mod route;
 pub mod select;
 pub mod spec;

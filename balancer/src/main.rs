@@ -33,8 +33,20 @@ enum Command {
     Inspect(cli::inspect::Args),
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+fn main() -> std::process::ExitCode {
+    // One line (the error and its causes, joined), as the README promises;
+    // anyhow's own report adds "Caused by:" lines and, with RUST_BACKTRACE,
+    // a backtrace.
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     let i = cli.instance;
     match cli.command {
         Command::Attach(a) => cli::attach::attach(&i, a),

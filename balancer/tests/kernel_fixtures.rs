@@ -67,7 +67,13 @@ fn bed_with(entries: u32) -> Bed {
     require_root();
     let (ns, cli, bk) = fixture_net("fx");
 
-    let mut dp = Dataplane::open_with(None, entries).expect("the verifier accepts the program");
+    let mut dp = Dataplane::open_with(None, entries).unwrap_or_else(|e| {
+        // A refusal is one line; the whole log is what a fix needs.
+        match e.downcast_ref::<balancer::dataplane::Rejected>() {
+            Some(r) => panic!("{r}\n{}", r.log),
+            None => panic!("loading the data plane: {e:#}"),
+        }
+    });
     let v4 = dp
         .install_service(&spec(
             "10.0.0.10:5060",
@@ -787,6 +793,11 @@ fn round_robin_walks_the_table() {
 /// next feature, still loads.
 #[test]
 fn verifier_budget_has_headroom() {
+    // The verifier gives up at 1,000,000 processed instructions; each kernel
+    // walks the program differently (6.12 once took 800k where 6.18 took
+    // 427k). At least 30% below the limit on every tested kernel: `cargo
+    // xtask kernels` runs this in a VM per kernel.
+    const LIMIT: u32 = 1_000_000;
     let mut bed = bed();
     let n = bed
         .dp
@@ -796,8 +807,12 @@ fn verifier_budget_has_headroom() {
         .unwrap()
         .verified_instruction_count()
         .expect("kernel reports verified instructions");
-    eprintln!("verifier processed {n} instructions");
-    assert!(n < 700_000, "verifier processed {n} instructions");
+    let release = balancer::requirements::release();
+    eprintln!("kernel {release}: the verifier processed {n} instructions");
+    assert!(
+        n <= LIMIT / 10 * 7,
+        "kernel {release}: the verifier processed {n} instructions, less than 30% below its limit of {LIMIT}"
+    );
 }
 
 // Dialog affinity (DESIGN.md section 3 item 5). The fixture bed's services start

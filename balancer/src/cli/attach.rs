@@ -59,6 +59,10 @@ struct Common {
     /// XDP attach mode: auto (native where the driver has it), native, generic.
     #[arg(long, default_value = "auto")]
     xdp_mode: String,
+    /// Where the kernel verifier's whole log goes if it refuses the program
+    /// (for a bug report); default /run/balancer/INSTANCE.verifier.log.
+    #[arg(long, value_name = "FILE")]
+    verifier_log: Option<PathBuf>,
 }
 
 pub fn attach(instance: &str, a: AttachArgs) -> Result<()> {
@@ -87,6 +91,7 @@ pub fn attach(instance: &str, a: AttachArgs) -> Result<()> {
         config,
         persist: a.common.persist,
         xdp_mode: parse_xdp_mode(&a.common.xdp_mode)?,
+        verifier_log: a.common.verifier_log,
     })
 }
 
@@ -98,5 +103,6 @@ pub fn run(instance: &str, a: RunArgs) -> Result<()> {
         config,
         persist: a.common.persist,
         xdp_mode: parse_xdp_mode(&a.common.xdp_mode)?,
+        verifier_log: a.common.verifier_log,
     })
 }
