@@ -16,8 +16,13 @@ const SECTIONS: &[(&str, &str, &str)] = &[
     ("HEALTH.md", "health", "BENCH_HEALTH"),
 ];
 
-pub fn run(root: &Path, smoke: bool) -> Result<()> {
+pub fn run(root: &Path, smoke: bool, only: Option<&str>) -> Result<()> {
     let dir = root.join("bench");
+    let known = |name: &str| SECTIONS.iter().any(|s| s.1 == name) || name == "verifier";
+    if let Some(name) = only.filter(|n| !known(n)) {
+        anyhow::bail!("no bench section {name}: dataplane, maglev, throughput, health, verifier");
+    }
+    let wanted = |name: &str| only.is_none_or(|o| o == name);
     if smoke {
         for (k, v) in [
             ("BENCH_TESTRUN_RUNS", "500"),
@@ -43,12 +48,21 @@ pub fn run(root: &Path, smoke: bool) -> Result<()> {
     ])?;
     std::env::set_var("LOADGEN_BIN", root.join("target/release/sip-loadgen"));
     std::env::set_var("BENCH_SVG", dir.join("throughput.svg"));
-    for (file, bench, var) in SECTIONS {
+    for (file, bench, var) in SECTIONS.iter().filter(|s| wanted(s.1)) {
         std::env::set_var(var, dir.join(file));
         super::cargo(&["bench", "-p", "balancer", "--bench", bench])?;
     }
+    if wanted("verifier") {
+        let verifier = verifier_section(smoke)?;
+        std::fs::write(dir.join(VERIFIER), verifier)?;
+    }
     let mut out = header(root, smoke);
-    for (file, _, _) in SECTIONS {
+    if let Some(name) = only {
+        out += &format!(
+            "- this run: only the {name} section; the others are as an earlier run left them (their own headers are not kept: see git log)\n"
+        );
+    }
+    for file in SECTIONS.iter().map(|s| s.0).chain([VERIFIER]) {
         let text = std::fs::read_to_string(dir.join(file))
             .with_context(|| format!("reading bench/{file}"))?;
         out.push('\n');
@@ -59,6 +73,79 @@ pub fn run(root: &Path, smoke: bool) -> Result<()> {
     std::fs::write(&path, out).with_context(|| format!("writing {}", path.display()))?;
     eprintln!("wrote {}", path.display());
     Ok(())
+}
+
+/// The verifier section's file in bench/.
+const VERIFIER: &str = "verifier.md";
+
+/// The `verifier` bench on the host and in a VM per supported kernel: the
+/// instructions each kernel's verifier processes and the time a load takes.
+fn verifier_section(smoke: bool) -> Result<String> {
+    let runs = if smoke { "1" } else { "5" };
+    let bin = crate::kernel_suite::binaries("bench", ["verifier"].into_iter())?["verifier"].clone();
+    let mut rows = Vec::new();
+    let host = Command::new(&bin)
+        .env("BENCH_VERIFIER_RUNS", runs)
+        .output()
+        .context("running the verifier bench")?;
+    if !host.status.success() {
+        anyhow::bail!(
+            "the verifier bench failed on the host: {}",
+            String::from_utf8_lossy(&host.stderr)
+        );
+    }
+    rows.push(("host", String::from_utf8_lossy(&host.stdout).into_owned()));
+    let root = crate::root().canonicalize()?;
+    for k in crate::kernels::KERNELS.iter().filter(|k| k.supported) {
+        let p = k.prepare()?;
+        let step = crate::vm::Step {
+            label: "verifier".into(),
+            argv: vec![bin.clone()],
+        };
+        let env = [
+            ("BENCH_VERIFIER_RUNS", runs.to_string()),
+            ("BENCH_VERIFIER_ROW", "/run/vm/out/row".to_string()),
+        ];
+        let out = crate::vm::run(
+            &p,
+            &root,
+            &[step],
+            &env,
+            std::time::Duration::from_secs(600),
+        )?;
+        let row = out
+            .outputs
+            .get("row")
+            .with_context(|| format!("the verifier bench left no result in the {} VM", p.name))?;
+        rows.push(("QEMU (TCG)", row.clone()));
+    }
+    Ok(verifier_table(&rows, runs))
+}
+
+fn verifier_table(rows: &[(&str, String)], runs: &str) -> String {
+    const LIMIT: u64 = 1_000_000;
+    let mut t = format!(
+        "# Verifier: instructions processed and load time per kernel
+
+The verifier's work for the `balancer` program (its limit is {LIMIT} instructions; `kernel_fixtures::verifier_budget_has_headroom` keeps every tested kernel at least 30% below it) and for the trivial baseline, and the wall time of a whole load (maps and both programs), median (min-max) of {runs}. VM rows run under QEMU's software CPU emulation: their times are many times those of real hardware, comparable with each other only.
+
+| kernel | where | `balancer` instructions | headroom | `xdp_trivial` | load time, ms |
+|---|---|---:|---:|---:|---|
+"
+    );
+    for (place, row) in rows {
+        let f: Vec<&str> = row.trim().split('\t').collect();
+        if f.len() < 6 {
+            continue;
+        }
+        let n: u64 = f[1].parse().unwrap_or(0);
+        let headroom = 100.0 * (LIMIT.saturating_sub(n)) as f64 / LIMIT as f64;
+        t += &format!(
+            "| {} | {place} | {} | {headroom:.0}% | {} | {} ({}-{}) |\n",
+            f[0], f[1], f[2], f[3], f[4], f[5]
+        );
+    }
+    t
 }
 
 /// A `# Title` first line becomes `## Title`.

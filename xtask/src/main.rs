@@ -4,7 +4,10 @@
 //! nothing but the Rust toolchain from rustup and this repository.
 
 mod bench;
+mod kernel_suite;
+mod kernels;
 mod setup;
+mod vm;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -25,11 +28,23 @@ enum Cmd {
     Setup,
     /// Build the balancer binary (release) with its embedded XDP object.
     Build,
-    /// Run every test: formatting, clippy, host tests, kernel fixtures, netns end-to-end.
+    /// Run every test: formatting, clippy, host tests, kernel fixtures, netns
+    /// end-to-end, then the eBPF tests again on each supported kernel under QEMU.
     Test {
-        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        /// Skip the VMs (the host's kernel only).
+        #[arg(long)]
+        host_only: bool,
+        /// Extra arguments for `cargo test` (e.g. a test name filter); with them
+        /// the VMs are skipped (`cargo xtask kernels` runs them alone).
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
+    },
+    /// The tests that touch the eBPF program (kernel fixtures, netns end-to-end,
+    /// hitless restart), inside QEMU booting each supported Debian kernel.
+    Kernels {
+        /// Only this kernel (6.1, 6.12); repeat for several. Default: all.
+        #[arg(long = "kernel")]
+        kernels: Vec<String>,
     },
     /// The lab demo: a netns topology, sipp calls through the balancer, a live per-backend table, a backend killed midway.
     // `--help` goes to the lab itself, which lists its knobs.
@@ -46,6 +61,10 @@ enum Cmd {
         /// Tiny durations: checks the harness end to end in about a minute.
         #[arg(long)]
         smoke: bool,
+        /// Run only this section (dataplane, maglev, throughput, health,
+        /// verifier); RESULTS.md keeps the others' last figures.
+        #[arg(long)]
+        only: Option<String>,
     },
 }
 
@@ -57,15 +76,26 @@ fn main() -> Result<()> {
             setup::run()?;
             cargo(&["build", "--release", "-p", "balancer"])
         }
-        Cmd::Test { args } => {
+        Cmd::Test { host_only, args } => {
             require_root("the tests load XDP programs and create network namespaces")?;
             setup::run()?;
             cargo(&["fmt", "--all", "--", "--check"])?;
             cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
             cargo(&["build", "-p", "balancer", "--bins"])?;
+            let vms = !host_only && args.is_empty();
             let mut a = vec!["test".to_string()];
             a.extend(args);
-            test(&a.iter().map(String::as_str).collect::<Vec<_>>())
+            test(&a.iter().map(String::as_str).collect::<Vec<_>>())?;
+            if vms {
+                kernel_suite::run(&[])?;
+            }
+            Ok(())
+        }
+        Cmd::Kernels { kernels } => {
+            require_root("the VMs share the host's root over 9p, which needs root")?;
+            setup::run()?;
+            cargo(&["build", "-p", "balancer", "--bins"])?;
+            kernel_suite::run(&kernels)
         }
         Cmd::Lab { args } => {
             require_root("the lab creates network namespaces and attaches XDP")?;
@@ -84,10 +114,10 @@ fn main() -> Result<()> {
             a.extend(args.iter().map(String::as_str));
             cargo(&a)
         }
-        Cmd::Bench { smoke } => {
+        Cmd::Bench { smoke, only } => {
             require_root("the benchmark loads XDP programs and makes network namespaces")?;
             setup::run()?;
-            bench::run(&root(), smoke)
+            bench::run(&root(), smoke, only.as_deref())
         }
     }
 }

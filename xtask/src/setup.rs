@@ -1,10 +1,11 @@
-//! `cargo xtask setup`: the toolchain recipe of DESIGN.md section 7, idempotent.
+//! `cargo xtask setup`: everything building and testing needs, idempotent.
 //!
 //! - Debian's rustc-web (with rust-src) linked into rustup as `balancer-bpf`, since
 //!   rustup cannot download nightly components on every machine; a nightly with
 //!   rust-src, where present, works as well and is used when there is no apt.
 //! - bpf-linker 0.13.0 built against Debian's LLVM 22.
 //! - iproute2 and ethtool for the test bed; bpffs mounted.
+//! - QEMU and what prepares Debian's kernel packages for the VM tests.
 
 use std::process::{Command, Stdio};
 
@@ -31,6 +32,14 @@ const PACKAGES: &[&str] = &[
     "sipsak",
     // The plain-Linux contender of the throughput bench (nft DNAT).
     "nftables",
+    // The VM tests on Debian's own kernels (`cargo xtask kernels`): QEMU, a
+    // static busybox for the initramfs, and what unpacks kernel packages.
+    "qemu-system-x86",
+    "busybox-static",
+    "cpio",
+    "kmod",
+    "xz-utils",
+    "zstd",
 ];
 
 pub fn run() -> Result<()> {
@@ -59,7 +68,7 @@ pub fn ebpf_toolchain() -> Option<String> {
         .then(|| TOOLCHAIN.to_string())
 }
 
-fn say(s: &str) {
+pub fn say(s: &str) {
     eprintln!("setup: {s}");
 }
 
@@ -79,7 +88,7 @@ fn quiet(cmd: &mut Command) -> bool {
         .unwrap_or(false)
 }
 
-fn run_cmd(cmd: &mut Command) -> Result<()> {
+pub fn run_cmd(cmd: &mut Command) -> Result<()> {
     let st = cmd.status().with_context(|| format!("running {cmd:?}"))?;
     if !st.success() {
         bail!("{cmd:?} failed ({st})");

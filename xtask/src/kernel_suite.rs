@@ -1,0 +1,152 @@
+//! `cargo xtask kernels` (and the last part of `cargo xtask test`): the tests
+//! that touch the eBPF program, run again inside a VM per supported kernel.
+//!
+//! - the kernel fixture suite: the real verifier, BPF_PROG_TEST_RUN, exact
+//!   output bytes and counters, and the verifier's headroom;
+//! - the netns end-to-end tests: `balancer attach` with real XDP on veth,
+//!   forwarding SIP by Call-ID, DSR and fragments;
+//! - the hitless restart: pinned maps adopted, the program replaced on its
+//!   link with `bpf_link_update`, not a datagram lost.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use crate::{kernels, vm};
+
+/// A step: label, test binary, its arguments.
+type Step = (&'static str, &'static str, &'static [&'static str]);
+
+/// What a supported kernel must pass.
+const SUPPORTED: &[Step] = &[
+    (
+        "requirements",
+        "kernel_requirements",
+        &["--exact", "this_kernel_has_what_the_data_plane_needs"],
+    ),
+    ("kernel fixtures", "kernel_fixtures", &["--test-threads=2"]),
+    ("netns end-to-end", "netns_e2e", &["--test-threads=1"]),
+    (
+        "hitless restart",
+        "control_plane",
+        &[
+            "--exact",
+            "a_crashed_daemon_restarts_without_losing_a_datagram",
+        ],
+    ),
+];
+
+/// What a kernel that is too old must show: a clear refusal.
+const UNSUPPORTED: &[Step] = &[(
+    "refused in one line",
+    "kernel_requirements",
+    &[
+        "--ignored",
+        "--exact",
+        "an_older_kernel_is_refused_in_one_line",
+    ],
+)];
+
+/// Longest a VM may run (the whole suite takes about 3 minutes per kernel).
+const TIMEOUT: Duration = Duration::from_secs(20 * 60);
+
+/// Runs the suite on `names` (all supported kernels when empty).
+pub fn run(names: &[String]) -> Result<()> {
+    let kernels: Vec<&'static kernels::Kernel> = if names.is_empty() {
+        kernels::KERNELS.iter().collect()
+    } else {
+        names
+            .iter()
+            .map(|n| kernels::find(n))
+            .collect::<Result<_>>()?
+    };
+    let binaries = binaries("test", SUPPORTED.iter().chain(UNSUPPORTED).map(|s| s.1))?;
+    let steps = |list: &[Step]| -> Vec<vm::Step> {
+        list.iter()
+            .map(|(label, bin, args)| vm::Step {
+                label: label.to_string(),
+                argv: std::iter::once(binaries[*bin].clone())
+                    .chain(args.iter().map(|a| a.to_string()))
+                    .chain(["--color".to_string(), "never".to_string()])
+                    .collect(),
+            })
+            .collect()
+    };
+    let root = crate::root().canonicalize()?;
+    let mut summary = Vec::new();
+    for k in kernels {
+        let p = k.prepare()?;
+        eprintln!(
+            "\n=== kernel {} ({}, {}) under QEMU ===",
+            p.name, p.package, p.release
+        );
+        let list = if k.supported { SUPPORTED } else { UNSUPPORTED };
+        let out = vm::run(
+            &p,
+            &root,
+            &steps(list),
+            &[("RUST_BACKTRACE", "1".into())],
+            TIMEOUT,
+        )?;
+        for (label, ok) in &out.steps {
+            summary.push(format!(
+                "kernel {:<5} {:<20} {}",
+                p.name,
+                label,
+                if *ok { "passed" } else { "FAILED" }
+            ));
+        }
+        summary.push(format!(
+            "kernel {:<5} ({}) took {} s",
+            p.name,
+            p.release,
+            out.elapsed.as_secs()
+        ));
+    }
+    eprintln!("\n{}", summary.join("\n"));
+    if summary.iter().any(|l| l.ends_with("FAILED")) {
+        bail!("tests failed on a supported kernel (see above)");
+    }
+    Ok(())
+}
+
+/// Builds the named integration tests (`kind` "test") or benchmarks ("bench")
+/// of the `balancer` crate and returns their executables by name.
+pub fn binaries<'a>(
+    kind: &str,
+    names: impl Iterator<Item = &'a str>,
+) -> Result<std::collections::HashMap<String, String>> {
+    let mut args = vec![kind, "--no-run", "--message-format=json", "-p", "balancer"];
+    let names: std::collections::BTreeSet<&str> = names.collect();
+    let flag = format!("--{kind}");
+    for n in &names {
+        args.extend([flag.as_str(), *n]);
+    }
+    let out = crate::cargo_cmd(&args)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("building the test binaries")?;
+    if !out.status.success() {
+        bail!("building the test binaries failed");
+    }
+    let mut found = std::collections::HashMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let (Some(name), Some(exe)) = (v["target"]["name"].as_str(), v["executable"].as_str())
+        else {
+            continue;
+        };
+        let kinds = v["target"]["kind"].as_array();
+        if names.contains(&name) && kinds.is_some_and(|k| k.iter().any(|k| k == kind)) {
+            found.insert(name.to_string(), exe.to_string());
+        }
+    }
+    for n in names {
+        if !found.contains_key(n) {
+            bail!("cargo built no {kind} binary {n}");
+        }
+    }
+    Ok(found)
+}
