@@ -25,7 +25,7 @@ use crate::{
         SERVICES, SERVICE_STATS, TRIVIAL, TX_PORTS,
     },
     nat::{backend_hop, dec_ttl, forward, ip_len, next_hop, rewrite, rewrite_addr, ttl, Hop, Side},
-    parse::{parse, parse_fragment, ptr_at, Udp},
+    parse::{join, parse, parse_fragment, ptr_at, Udp},
 };
 
 #[xdp]
@@ -43,7 +43,7 @@ pub fn balancer(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn try_balancer(ctx: &XdpContext) -> Result<u32, u32> {
     let u = match parse(ctx) {
-        Ok(u) => u,
+        Ok(u) => join(u)?,
         Err(reason::FRAGMENT) => return later_fragment(ctx),
         Err(r) => return Err(r),
     };
