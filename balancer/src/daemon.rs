@@ -555,7 +555,7 @@ fn ensure_bpffs() -> Result<()> {
     let fs = std::ffi::CString::new("bpf")?;
     if unsafe { libc::mount(fs.as_ptr(), root.as_ptr(), fs.as_ptr(), 0, std::ptr::null()) } != 0 {
         bail!(
-            "/sys/fs/bpf is not a bpffs and mounting one failed: {}",
+            "no bpffs at /sys/fs/bpf and mounting one failed ({}): mount it (mount -t bpf bpf /sys/fs/bpf), or give the container one",
             std::io::Error::last_os_error()
         );
     }
