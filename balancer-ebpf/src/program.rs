@@ -1,4 +1,4 @@
-//! Per-packet flow (DESIGN.md section 3): parse, service lookup or reverse NAT,
+//! Per-packet flow (README, "What the data plane does"): parse, service lookup or reverse NAT,
 //! key extraction, Maglev selection, rewrite, forward. Counters at every exit.
 
 use aya_ebpf::{

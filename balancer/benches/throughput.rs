@@ -1,5 +1,5 @@
-//! Delivered SIP datagrams per second through the netns bed (DESIGN.md section
-//! 6), for every contender on the same bed, with the same generator, in the
+//! Delivered SIP datagrams per second through the netns bed
+//! (`tests/support/bed.rs`), for every contender on the same bed, with the same generator, in the
 //! same run: `sip-loadgen send` in the client namespace (pinned to CPU 0) offers
 //! a mix of INVITE/OPTIONS/BYE/200 OK at a few rates and flat out; a
 //! `sip-loadgen sink` in each backend namespace (also on CPU 0) counts what

@@ -815,7 +815,7 @@ fn verifier_budget_has_headroom() {
     );
 }
 
-// Dialog affinity (DESIGN.md section 3 item 5). The fixture bed's services start
+// Dialog affinity (README, "What the data plane does"). The fixture bed's services start
 // with affinity off; these tests turn it on for the IPv4 service.
 
 const V4: &str = "10.0.0.10:5060";
@@ -1065,7 +1065,7 @@ fn idle_affinity_entries_expire() {
     assert!(moved > 20, "{moved}");
 }
 
-// IP fragments (DESIGN.md section 3 item 6): the first fragment is dispatched as
+// IP fragments (README, "What the data plane does"): the first fragment is dispatched as
 // usual and its decision remembered by (source, destination, identification);
 // the later ones, which carry no UDP header, follow it.
 

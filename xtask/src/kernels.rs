@@ -154,14 +154,23 @@ impl Kernel {
 
     /// Fetches (once) and prepares the newest package of the family.
     pub fn prepare(&'static self) -> Result<Prepared> {
-        let package = self.package()?;
-        let dir = cache_dir().join(&package);
+        let mut package = self.package()?;
+        let mut dir = cache_dir().join(&package);
         if !dir.join("ready").exists() {
             say(&format!(
                 "fetching {package} (kernel {}, for the VM tests)",
                 self.name
             ));
-            fetch(self.apt("apt-get")?, &package, &dir)?;
+            if let Err(e) = fetch(self.apt("apt-get")?, &package, &dir) {
+                // Old package lists name a version the archive no longer has.
+                say(&format!(
+                    "{e:#}: updating the package lists and trying again"
+                ));
+                run_cmd(self.apt("apt-get")?.args(["update", "-q"]))?;
+                package = self.package()?;
+                dir = cache_dir().join(&package);
+                fetch(self.apt("apt-get")?, &package, &dir)?;
+            }
         }
         let release = std::fs::read_to_string(dir.join("ready"))?
             .trim()

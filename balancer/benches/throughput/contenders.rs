@@ -212,7 +212,7 @@ fn mac(link_show: &str) -> [u8; 6] {
 /// dispatcher (`ds_select_dst("1", "0")`, hash over Call-ID, then `forward()`),
 /// no transaction module, probing off, on the VIP of the balancer namespace,
 /// pinned to the balancer's CPU. TLSF allocator and a 4 MB receive buffer
-/// (DESIGN.md section 6: twice the rate of the default allocator here).
+/// (on this bed, twice the rate Debian's default allocator gives).
 fn start_kamailio(bed: &Bed, children: u32) -> Running {
     let lb = bed.ns("lb");
     let dir = format!("/tmp/sipbench-kamailio-{}", bed.prefix);

@@ -1,4 +1,4 @@
-//! The netns test bed (DESIGN.md section 6): a client, the balancer host as a
+//! The netns test bed: a client, the balancer host as a
 //! gateway with a client-side and a backend-side interface, a switch (bridge)
 //! and N backends, each in a namespace of its own, joined by veth pairs. The
 //! client and backend ends send like wire hosts (`tx off`) and receive redirected
