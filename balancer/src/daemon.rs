@@ -17,10 +17,10 @@ use tokio::net::{UnixListener, UnixStream};
 
 use crate::config::{AdminState, Config};
 use crate::control::{self, Request, Response};
-use crate::dataplane::{Dataplane, Rejected};
+use crate::dataplane::Dataplane;
 use crate::health::{Health, Tracker};
 use crate::prober::{Event, Prober};
-use crate::requirements::{self, KernelError};
+use crate::requirements::{self, KernelError, Rejected};
 use crate::route;
 use crate::spec::{endpoint, Algorithm, Mode};
 
@@ -152,7 +152,7 @@ fn open_dataplane(opts: &Options, pins: &Path) -> Result<Dataplane> {
         Ok(dp) => return Ok(dp),
         Err(e) => e,
     };
-    let r = e.downcast::<Rejected>()?;
+    let rejected = e.downcast::<Rejected>()?;
     let log = opts
         .verifier_log
         .clone()
@@ -160,17 +160,15 @@ fn open_dataplane(opts: &Options, pins: &Path) -> Result<Dataplane> {
     if let Some(dir) = log.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
-    std::fs::write(&log, &r.log).with_context(|| {
-        format!(
-            "the kernel's verifier rejected program {}; writing its log to {} failed",
-            r.program,
+    if let Err(e) = std::fs::write(&log, &rejected.log) {
+        bail!(
+            "{rejected}; writing its whole log to {} failed: {e}",
             log.display()
-        )
-    })?;
+        );
+    }
     Err(KernelError::Rejected {
         release: requirements::release(),
-        program: r.program,
-        reason: requirements::rejection_reason(&r.log),
+        rejected,
         log,
     }
     .into())

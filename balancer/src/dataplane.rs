@@ -37,6 +37,7 @@ use balancer_common::{
 
 use crate::{
     config::{AdminState, Config, NoBackend, ServiceConfig, AFFINITY_IDLE},
+    requirements::Rejected,
     select::Selector,
     spec::{endpoint, Mode, ServiceSpec},
 };
@@ -67,15 +68,6 @@ const MAPS: &[&str] = &[
     "AFFINITY",
     "FRAGS",
 ];
-
-/// The kernel's verifier refused one of the object's programs. One line (the
-/// instruction it stopped at and why); the whole log is in `log`.
-#[derive(Debug, thiserror::Error)]
-#[error("the kernel's verifier rejected program {program}: {}", crate::requirements::rejection_reason(.log))]
-pub struct Rejected {
-    pub program: String,
-    pub log: String,
-}
 
 /// A service as the kernel serves it now.
 #[derive(Debug, Clone)]

@@ -82,13 +82,21 @@ pub enum KernelError {
     Missing { release: String, missing: Vec<Need> },
     #[error("loading BPF programs is not permitted here ({0}): run as root (or with CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON), outside a container that forbids bpf()")]
     NotPermitted(String),
-    #[error("the kernel's verifier ({release}) rejected program {program}: {reason}; the full verifier log is in {} (attach it to a bug report)", .log.display())]
+    #[error("{rejected} (kernel {release}); the whole verifier log is in {} (attach it to a bug report)", .log.display())]
     Rejected {
         release: String,
-        program: String,
-        reason: String,
+        rejected: Rejected,
         log: PathBuf,
     },
+}
+
+/// The kernel's verifier refused one of the object's programs: one line (the
+/// instruction it stopped at and why); the whole log is in `log`.
+#[derive(Debug, thiserror::Error)]
+#[error("the kernel's verifier rejected program {program}: {}", rejection_reason(.log))]
+pub struct Rejected {
+    pub program: String,
+    pub log: String,
 }
 
 fn list(missing: &[Need]) -> String {

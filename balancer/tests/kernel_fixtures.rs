@@ -69,7 +69,7 @@ fn bed_with(entries: u32) -> Bed {
 
     let mut dp = Dataplane::open_with(None, entries).unwrap_or_else(|e| {
         // A refusal is one line; the whole log is what a fix needs.
-        match e.downcast_ref::<balancer::dataplane::Rejected>() {
+        match e.downcast_ref::<balancer::requirements::Rejected>() {
             Some(r) => panic!("{r}\n{}", r.log),
             None => panic!("loading the data plane: {e:#}"),
         }

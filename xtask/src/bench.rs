@@ -82,7 +82,7 @@ const VERIFIER: &str = "verifier.md";
 /// instructions each kernel's verifier processes and the time a load takes.
 fn verifier_section(smoke: bool) -> Result<String> {
     let runs = if smoke { "1" } else { "5" };
-    let bin = crate::kernel_suite::binaries("bench", ["verifier"].into_iter())?["verifier"].clone();
+    let bin = crate::binaries("bench", ["verifier"].into_iter())?["verifier"].clone();
     let mut rows = Vec::new();
     let host = Command::new(&bin)
         .env("BENCH_VERIFIER_RUNS", runs)

@@ -187,3 +187,44 @@ fn cargo(args: &[&str]) -> Result<()> {
     }
     Ok(())
 }
+
+/// Builds the named integration tests (`kind` "test") or benchmarks ("bench")
+/// of the `balancer` crate and returns their executables by name.
+fn binaries<'a>(
+    kind: &str,
+    names: impl Iterator<Item = &'a str>,
+) -> Result<std::collections::HashMap<String, String>> {
+    let mut args = vec![kind, "--no-run", "--message-format=json", "-p", "balancer"];
+    let names: std::collections::BTreeSet<&str> = names.collect();
+    let flag = format!("--{kind}");
+    for n in &names {
+        args.extend([flag.as_str(), *n]);
+    }
+    let out = cargo_cmd(&args)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("building the {kind} binaries"))?;
+    if !out.status.success() {
+        bail!("building the {kind} binaries failed");
+    }
+    let mut found = std::collections::HashMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let (Some(name), Some(exe)) = (v["target"]["name"].as_str(), v["executable"].as_str())
+        else {
+            continue;
+        };
+        let kinds = v["target"]["kind"].as_array();
+        if names.contains(&name) && kinds.is_some_and(|k| k.iter().any(|k| k == kind)) {
+            found.insert(name.to_string(), exe.to_string());
+        }
+    }
+    for n in names {
+        if !found.contains_key(n) {
+            bail!("cargo built no {kind} binary {n}");
+        }
+    }
+    Ok(found)
+}
