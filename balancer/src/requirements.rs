@@ -193,7 +193,12 @@ pub fn rejection_reason(log: &str) -> String {
     }
     let mut s = parts.join(": ");
     if s.len() > 300 {
-        s.truncate(300);
+        // At a character boundary: truncating inside one would panic.
+        let cut = (0..=300)
+            .rev()
+            .find(|&i| s.is_char_boundary(i))
+            .unwrap_or(0);
+        s.truncate(cut);
         s.push_str("...");
     }
     s
@@ -253,5 +258,7 @@ processed 26257 insns (limit 1000000) max_states_per_insn 10 total_states 1254 p
             "BPF program is too large. Processed 1000001 insn"
         );
         assert_eq!(rejection_reason(""), "no verifier output");
+        let long = format!("{}é{}", "x".repeat(299), "y".repeat(50));
+        assert_eq!(rejection_reason(&long), format!("{}...", "x".repeat(299)));
     }
 }

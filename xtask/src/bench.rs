@@ -119,10 +119,10 @@ fn verifier_section(smoke: bool) -> Result<String> {
             .with_context(|| format!("the verifier bench left no result in the {} VM", p.name))?;
         rows.push(("QEMU (TCG)", row.clone()));
     }
-    Ok(verifier_table(&rows, runs))
+    verifier_table(&rows, runs)
 }
 
-fn verifier_table(rows: &[(&str, String)], runs: &str) -> String {
+fn verifier_table(rows: &[(&str, String)], runs: &str) -> Result<String> {
     const LIMIT: u64 = 1_000_000;
     let mut t = format!(
         "# Verifier: instructions processed and load time per kernel
@@ -135,17 +135,17 @@ The verifier's work for the `balancer` program (its limit is {LIMIT} instruction
     );
     for (place, row) in rows {
         let f: Vec<&str> = row.trim().split('\t').collect();
-        if f.len() < 6 {
-            continue;
-        }
-        let n: u64 = f[1].parse().unwrap_or(0);
+        let n: u64 = match (f.len(), f.get(1).map(|n| n.parse())) {
+            (6, Some(Ok(n))) => n,
+            _ => anyhow::bail!("the verifier bench printed {row:?} ({place})"),
+        };
         let headroom = 100.0 * (LIMIT.saturating_sub(n)) as f64 / LIMIT as f64;
         t += &format!(
             "| {} | {place} | {} | {headroom:.0}% | {} | {} ({}-{}) |\n",
             f[0], f[1], f[2], f[3], f[4], f[5]
         );
     }
-    t
+    Ok(t)
 }
 
 /// A `# Title` first line becomes `## Title`.
