@@ -12,9 +12,8 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use balancer::{
-    config::BackendConfig,
-    dataplane::{Dataplane, PROGRAM, TRIVIAL},
-    spec::{Mode, ServiceSpec},
+    kernel::{Dataplane, PROGRAM, TRIVIAL},
+    model::{BackendConfig, ServiceConfig},
 };
 use balancer_common::maps::TrivialTarget;
 use support::*;
@@ -109,15 +108,13 @@ fn main() {
     let (_ns, cli, bk) = fixture_net("bench");
 
     let mut dp = Dataplane::load().unwrap();
-    dp.install_service(&ServiceSpec {
-        vip: "10.0.0.10:5060".parse().unwrap(),
-        mode: Mode::Dnat,
-        table_size: 65537,
-        backends: ["10.0.2.11:5060", "10.0.2.12:5060", "10.0.2.13:5060"]
+    dp.install_service(ServiceConfig::with_backends(
+        "10.0.0.10:5060".parse().unwrap(),
+        ["10.0.2.11:5060", "10.0.2.12:5060", "10.0.2.13:5060"]
             .iter()
             .map(|b| b.parse().unwrap())
             .collect(),
-    })
+    ))
     .unwrap();
     dp.add_tx_port(cli).unwrap();
     dp.add_tx_port(bk).unwrap();

@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use balancer::{
-    config::{BackendConfig, Config, ServiceConfig},
-    dataplane::Dataplane,
+    health::Prober,
     health::{Health, HealthConfig, Params, Tracker},
-    prober::Prober,
+    kernel::Dataplane,
+    model::{BackendConfig, Config, ServiceConfig},
 };
 
 /// A SIP server stand-in on loopback: answers every request with 200, echoing
@@ -156,8 +156,8 @@ fn detection(dp: &mut Dataplane, h: HealthConfig, n: usize, base_port: u16) -> S
     let mut v = detect_ms.clone();
     format!(
         "| {} | {} | {} | {n} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |\n",
-        balancer::health::fmt_duration(params.interval),
-        balancer::health::fmt_duration(params.timeout),
+        balancer::model::fmt_duration(params.interval),
+        balancer::model::fmt_duration(params.timeout),
         params.fall,
         pct(&mut v, 0.0),
         pct(&mut v, 0.5),

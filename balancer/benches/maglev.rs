@@ -12,7 +12,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use balancer::{select::Selector, spec::BackendSpec};
+use balancer::{model::BackendConfig, select::Selector};
 
 struct Counting;
 
@@ -39,11 +39,13 @@ static ALLOC: Counting = Counting;
 
 const TABLE: u32 = 65537;
 
-fn backends(n: usize) -> Vec<BackendSpec> {
+fn backends(n: usize) -> Vec<BackendConfig> {
     (0..n)
-        .map(|i| BackendSpec {
-            addr: SocketAddr::from((Ipv4Addr::from(0x0a00_0000u32 + 256 + i as u32), 5060)),
-            weight: 1,
+        .map(|i| {
+            BackendConfig::new(SocketAddr::from((
+                Ipv4Addr::from(0x0a00_0000u32 + 256 + i as u32),
+                5060,
+            )))
         })
         .collect()
 }

@@ -359,10 +359,10 @@ fn cli_change_ms(instance: &str, backend: &str) -> [Vec<f64>; 3] {
         );
         out[0].push(t.elapsed().as_secs_f64() * 1e3);
         settle();
-        let r = balancer::control::call(
+        let r: balancer::control::protocol::Applied = balancer::control::call(
             instance,
             &balancer::control::Request::Apply {
-                ops: vec![balancer::control::Op::BackendWeight {
+                ops: vec![balancer::model::Op::BackendWeight {
                     service: None,
                     address: backend.parse().unwrap(),
                     weight: 1,
@@ -370,8 +370,8 @@ fn cli_change_ms(instance: &str, backend: &str) -> [Vec<f64>; 3] {
             },
         )
         .expect("control socket");
-        out[1].push(r["to_kernel_us"].as_f64().unwrap_or(f64::NAN) / 1e3);
-        out[2].push(r["total_us"].as_f64().unwrap_or(f64::NAN) / 1e3);
+        out[1].push(r.to_kernel_us as f64 / 1e3);
+        out[2].push(r.total_us as f64 / 1e3);
     }
     out
 }

@@ -12,7 +12,7 @@
 
 use std::time::Instant;
 
-use balancer::dataplane::{Dataplane, PROGRAM, TRIVIAL};
+use balancer::kernel::{Dataplane, PROGRAM, TRIVIAL};
 
 fn main() {
     assert!(
@@ -39,7 +39,7 @@ fn main() {
         insns = (count(PROGRAM), count(TRIVIAL));
     }
     ms.sort_by(f64::total_cmp);
-    let release = balancer::requirements::release();
+    let release = balancer::kernel::requirements::release();
     let row = format!(
         "{release}\t{}\t{}\t{:.0}\t{:.0}\t{:.0}\n",
         insns.0,

@@ -1,15 +1,21 @@
-//! User space of the SIP XDP balancer: loading and feeding the data plane,
-//! Maglev tables, interface discovery, message inspection.
+//! User space of the SIP XDP balancer. `docs/ARCHITECTURE.md` walks through the
+//! crates, a packet's path and a CLI change's path.
+//!
+//! - [`model`]: the configuration an operator writes and the edits the CLI sends;
+//! - [`kernel`]: loading the XDP object, planning the maps' contents from a
+//!   configuration and writing them;
+//! - [`health`]: SIP OPTIONS probes and the per-backend state machine;
+//! - [`control`]: the control socket's typed protocol and instance paths;
+//! - [`daemon`]: the long-running process that ties them together;
+//! - [`import`]: configurations from other balancers (Kamailio's dispatcher);
+//! - [`select`], [`inspect`]: what the kernel decides, predicted in user space.
 
-pub mod config;
 pub mod control;
 pub mod daemon;
-pub mod dataplane;
-pub mod dispatcher;
 pub mod health;
+pub mod import;
 pub mod inspect;
-pub mod prober;
-pub mod requirements;
+pub mod kernel;
+pub mod model;
 pub mod route;
 pub mod select;
-pub mod spec;

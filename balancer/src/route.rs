@@ -89,7 +89,7 @@ pub fn driver(name: &str) -> Option<String> {
             return None;
         }
     }
-    let end = info.driver.iter().position(|&b| b == 0).unwrap_or(32);
+    let end = memchr::memchr(0, &info.driver).unwrap_or(info.driver.len());
     Some(String::from_utf8_lossy(&info.driver[..end]).into_owned())
 }
 

@@ -8,12 +8,12 @@ use balancer_common::{
     maglev::{self, Member},
 };
 
-use crate::spec::BackendSpec;
+use crate::model::BackendConfig;
 
 /// A built Maglev table over a service's backends.
 #[derive(Clone, Debug)]
 pub struct Selector {
-    pub backends: Vec<BackendSpec>,
+    pub backends: Vec<BackendConfig>,
     /// Indices into `backends`.
     pub table: Vec<Option<usize>>,
 }
@@ -29,11 +29,11 @@ pub fn identity(a: &SocketAddr) -> Vec<u8> {
 }
 
 impl Selector {
-    pub fn build(backends: &[BackendSpec], size: u32) -> Result<Self, maglev::BuildError> {
+    pub fn build(backends: &[BackendConfig], size: u32) -> Result<Self, maglev::BuildError> {
         let members: Vec<Member> = backends
             .iter()
             .map(|b| Member {
-                id: identity(&b.addr),
+                id: identity(&b.address),
                 weight: b.weight,
             })
             .collect();
@@ -44,13 +44,13 @@ impl Selector {
     }
 
     /// The backend for a key hash.
-    pub fn pick(&self, hash: u32) -> Option<&BackendSpec> {
+    pub fn pick(&self, hash: u32) -> Option<&BackendConfig> {
         let i = maglev::index(hash, self.table.len() as u32) as usize;
         self.table[i].map(|b| &self.backends[b])
     }
 
     /// The backend for a Call-ID.
-    pub fn whereis(&self, call_id: &[u8]) -> Option<&BackendSpec> {
+    pub fn whereis(&self, call_id: &[u8]) -> Option<&BackendConfig> {
         self.pick(hash_bytes(call_id))
     }
 }

@@ -11,9 +11,9 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
 use balancer::{
-    dataplane::{Dataplane, PROGRAM},
+    kernel::{Dataplane, PROGRAM},
+    model::{Mode, ServiceConfig},
     select::Selector,
-    spec::{Mode, ServiceSpec},
 };
 use balancer_common::hash::{hash_addr, hash_bytes};
 use balancer_common::keys::message_dispatch;
@@ -49,12 +49,13 @@ struct Bed {
     _ns: Netns,
 }
 
-fn spec(vip: &str, mode: Mode, backends: &[&str]) -> ServiceSpec {
-    ServiceSpec {
-        vip: vip.parse().unwrap(),
+fn spec(vip: &str, mode: Mode, backends: &[&str]) -> ServiceConfig {
+    ServiceConfig {
         mode,
-        table_size: 65537,
-        backends: backends.iter().map(|b| b.parse().unwrap()).collect(),
+        ..ServiceConfig::with_backends(
+            vip.parse().unwrap(),
+            backends.iter().map(|b| b.parse().unwrap()).collect(),
+        )
     }
 }
 
@@ -69,13 +70,13 @@ fn bed_with(entries: u32) -> Bed {
 
     let mut dp = Dataplane::open_with(None, entries).unwrap_or_else(|e| {
         // A refusal is one line; the whole log is what a fix needs.
-        match e.downcast_ref::<balancer::requirements::Rejected>() {
+        match e.downcast_ref::<balancer::kernel::requirements::Rejected>() {
             Some(r) => panic!("{r}\n{}", r.log),
             None => panic!("loading the data plane: {e:#}"),
         }
     });
     let v4 = dp
-        .install_service(&spec(
+        .install_service(spec(
             "10.0.0.10:5060",
             Mode::Dnat,
             &["10.0.2.11:5060", "10.0.2.12:5060", "10.0.2.13:5060"],
@@ -84,7 +85,7 @@ fn bed_with(entries: u32) -> Bed {
         .selector
         .clone();
     let v6 = dp
-        .install_service(&spec(
+        .install_service(spec(
             "[fd00::10]:5060",
             Mode::Dnat,
             &[
@@ -97,7 +98,7 @@ fn bed_with(entries: u32) -> Bed {
         .selector
         .clone();
     let dsr = dp
-        .install_service(&spec(
+        .install_service(spec(
             "10.0.0.20:5060",
             Mode::Dsr,
             &["10.0.2.21:5060", "10.0.2.22:5060"],
@@ -186,7 +187,7 @@ fn assert_dnat(bed: &Bed, sent: &Frame, verdict: u32, out: &[u8], want: SocketAd
 }
 
 fn callid_target(sel: &Selector, id: &str) -> SocketAddr {
-    sel.whereis(id.as_bytes()).unwrap().addr
+    sel.whereis(id.as_bytes()).unwrap().address
 }
 
 #[test]
@@ -298,7 +299,7 @@ fn fallbacks_hash_the_source_and_are_counted() {
             2,
         ))
         .unwrap()
-        .addr;
+        .address;
     let stun = [
         0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
     ];
@@ -475,7 +476,7 @@ fn kernel_choice_equals_user_space_prediction_for_1000_call_ids() {
         let (v, out) = bed.run(&f.build(), bed.cli);
         assert_eq!(v, XDP_REDIRECT);
         let got = parse(&out).dst;
-        let want = bed.v4.pick(hash_bytes(id.as_bytes())).unwrap().addr.ip();
+        let want = bed.v4.pick(hash_bytes(id.as_bytes())).unwrap().address.ip();
         assert_eq!(got, want, "Call-ID {id}");
         *seen.entry(got).or_insert(0) += 1;
     }
@@ -486,13 +487,11 @@ fn kernel_choice_equals_user_space_prediction_for_1000_call_ids() {
 fn empty_service_drops_and_counts() {
     let mut bed = bed();
     // Weight 0 everywhere: the table is empty.
-    let s = ServiceSpec {
-        vip: "10.0.0.30:5060".parse().unwrap(),
-        mode: Mode::Dnat,
+    let s = ServiceConfig {
         table_size: 7,
-        backends: vec!["10.0.2.99:5060,weight=0".parse().unwrap()],
+        ..spec("10.0.0.30:5060", Mode::Dnat, &["10.0.2.99:5060,weight=0"])
     };
-    bed.dp.install_service(&s).unwrap();
+    bed.dp.install_service(s).unwrap();
     let f = Frame::udp(
         ip("10.0.1.2"),
         5060,
@@ -511,7 +510,7 @@ fn empty_service_drops_and_counts() {
         .iter_mut()
         .find(|s| s.vip.to_string() == "10.0.0.30:5060")
         .unwrap();
-    svc.no_backend = balancer::config::NoBackend::Pass;
+    svc.no_backend = balancer::model::NoBackend::Pass;
     bed.dp.sync(&c).unwrap();
     let frame = f.build();
     let (v, out, moved) = bed.run_counted(&frame, bed.cli);
@@ -667,7 +666,7 @@ fn check_algorithm(
             let (src, family) = src_key(f.src);
             let d = message_dispatch(payload, alg, &src, family);
             let sel = if v6 { &bed.v6 } else { &bed.v4 };
-            let want = sel.pick(d.hash).unwrap().addr;
+            let want = sel.pick(d.hash).unwrap().address;
             let (v, out, moved) = bed.run_counted(&f.build(), bed.cli);
             assert_dnat(bed, &f, v, &out, want);
             let why = reason::NAMES[d.reason as usize];
@@ -749,7 +748,7 @@ fn from_uri_keeps_a_callers_dialogs_together() {
         .v4
         .pick(hash_bytes(b"sip:alice@example.com"))
         .unwrap()
-        .addr;
+        .address;
     for i in 0..20 {
         let mut f = client_v4(&invite(&format!("Call-ID: call-{i}"), 0));
         f.sport = 5060 + i;
@@ -769,7 +768,7 @@ fn round_robin_walks_the_table() {
     let id = {
         let m: aya::maps::HashMap<aya::maps::MapData, Endpoint, Service> =
             program_map(&mut bed.dp, "SERVICES").try_into().unwrap();
-        m.get(&balancer::spec::endpoint(V4_VIP.parse().unwrap()), 0)
+        m.get(&balancer::kernel::endpoint(V4_VIP.parse().unwrap()), 0)
             .unwrap()
             .id
     };
@@ -778,7 +777,7 @@ fn round_robin_walks_the_table() {
     for k in 0..40u32 {
         // Same payload every time: only the counter decides.
         let f = client_v4(&invite("Call-ID: same-call", 0));
-        let want = bed.v4.pick(c0.wrapping_add(k)).unwrap().addr;
+        let want = bed.v4.pick(c0.wrapping_add(k)).unwrap().address;
         let (v, out, moved) = bed.run_counted(&f.build(), bed.cli);
         assert_dnat(&bed, &f, v, &out, want);
         assert_eq!(moved, ["redirect", "round_robin"], "datagram {k}");
@@ -807,7 +806,7 @@ fn verifier_budget_has_headroom() {
         .unwrap()
         .verified_instruction_count()
         .expect("kernel reports verified instructions");
-    let release = balancer::requirements::release();
+    let release = balancer::kernel::requirements::release();
     eprintln!("kernel {release}: the verifier processed {n} instructions");
     assert!(
         n <= LIMIT / 10 * 7,
@@ -821,7 +820,7 @@ fn verifier_budget_has_headroom() {
 const V4: &str = "10.0.0.10:5060";
 
 /// Changes the IPv4 service's configuration (affinity on) and syncs.
-fn change(bed: &mut Bed, f: impl Fn(&mut balancer::config::ServiceConfig)) {
+fn change(bed: &mut Bed, f: impl Fn(&mut balancer::model::ServiceConfig)) {
     let mut c = bed.dp.config().clone();
     let s = c
         .services
@@ -850,7 +849,7 @@ fn table_pick(bed: &Bed, id: &str) -> SocketAddr {
         .selector
         .whereis(id.as_bytes())
         .unwrap()
-        .addr
+        .address
 }
 
 fn addr(s: &str) -> SocketAddr {
@@ -861,7 +860,7 @@ fn ids(tag: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{tag}-{i}@10.0.1.2")).collect()
 }
 
-fn set_state(bed: &mut Bed, a: &str, st: balancer::config::AdminState) {
+fn set_state(bed: &mut Bed, a: &str, st: balancer::model::AdminState) {
     change(bed, |s| s.backend_mut(addr(a)).unwrap().state = st);
 }
 
@@ -873,7 +872,7 @@ fn dialogs_stay_on_their_backend_when_one_is_added() {
     let first: Vec<SocketAddr> = calls.iter().map(|id| sent_to(&mut bed, id)).collect();
     change(&mut bed, |s| {
         s.backends
-            .push(balancer::config::BackendConfig::new(addr("10.0.2.14:5060")))
+            .push(balancer::model::BackendConfig::new(addr("10.0.2.14:5060")))
     });
     let moved_by_table = calls
         .iter()
@@ -903,7 +902,7 @@ fn dialogs_stay_on_their_backend_when_one_is_added() {
 
 #[test]
 fn draining_keeps_dialogs_down_and_disabled_replace_them() {
-    use balancer::config::AdminState;
+    use balancer::model::AdminState;
     let mut bed = bed();
     change(&mut bed, |_| {});
     let calls = ids("drain", 300);
@@ -1017,7 +1016,7 @@ fn a_full_affinity_map_degrades_to_the_table_never_elsewhere() {
     let first: Vec<SocketAddr> = calls.iter().map(|id| sent_to(&mut bed, id)).collect();
     change(&mut bed, |s| {
         s.backends
-            .push(balancer::config::BackendConfig::new(addr("10.0.2.14:5060")))
+            .push(balancer::model::BackendConfig::new(addr("10.0.2.14:5060")))
     });
     let (mut kept, mut table) = (0, 0);
     for (id, b) in calls.iter().zip(&first) {
@@ -1049,7 +1048,7 @@ fn idle_affinity_entries_expire() {
     let first: Vec<SocketAddr> = calls.iter().map(|id| sent_to(&mut bed, id)).collect();
     change(&mut bed, |s| {
         s.backends
-            .push(balancer::config::BackendConfig::new(addr("10.0.2.14:5060")))
+            .push(balancer::model::BackendConfig::new(addr("10.0.2.14:5060")))
     });
     std::thread::sleep(std::time::Duration::from_millis(1100));
     let mut moved = 0;

@@ -7,7 +7,7 @@ mod support;
 
 use std::process::Command;
 
-use balancer::requirements;
+use balancer::kernel::requirements;
 use support::*;
 
 #[test]

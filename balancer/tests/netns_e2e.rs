@@ -13,7 +13,7 @@ mod peers;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
-use balancer::{select::Selector, spec::BackendSpec};
+use balancer::{model::BackendConfig, select::Selector};
 use rand::{distributions::Alphanumeric, Rng, SeedableRng};
 
 const CALLS: usize = 3000;
@@ -99,14 +99,14 @@ fn call_ids_stick_balance_and_replies_come_from_the_vip() {
 
     let seen: Vec<HashMap<String, u32>> =
         uas.iter().map(|u| u.seen.lock().unwrap().clone()).collect();
-    let specs: Vec<BackendSpec> = backends.iter().map(|b| b.parse().unwrap()).collect();
+    let specs: Vec<BackendConfig> = backends.iter().map(|b| b.parse().unwrap()).collect();
     let sel = Selector::build(&specs, 65537).unwrap();
     let mut per_backend = [0usize; 3];
     for id in &ids {
         let b = sole_holder(&seen, id, REPEATS);
         assert_eq!(
-            specs[b].addr,
-            sel.whereis(id.as_bytes()).unwrap().addr,
+            specs[b].address,
+            sel.whereis(id.as_bytes()).unwrap().address,
             "{id}: kernel and whereis agree"
         );
         per_backend[b] += 1;
@@ -201,13 +201,13 @@ fn fragmented_invites_arrive_whole_at_one_backend() {
     assert!(daemon.stop());
     let seen: Vec<HashMap<String, u32>> =
         uas.iter().map(|u| u.seen.lock().unwrap().clone()).collect();
-    let specs: Vec<BackendSpec> = backends.iter().map(|b| b.parse().unwrap()).collect();
+    let specs: Vec<BackendConfig> = backends.iter().map(|b| b.parse().unwrap()).collect();
     let sel = Selector::build(&specs, 65537).unwrap();
     for id in &ids {
         let b = sole_holder(&seen, id, 1);
         assert_eq!(
-            specs[b].addr,
-            sel.whereis(id.as_bytes()).unwrap().addr,
+            specs[b].address,
+            sel.whereis(id.as_bytes()).unwrap().address,
             "{id}"
         );
     }

@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use balancer::{
+    health::Prober,
     health::{HealthConfig, Outcome, Params},
-    prober::Prober,
 };
 
 /// A server on loopback that answers each request with `script(method, msg)`

@@ -17,7 +17,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use balancer::{select::Selector, spec::BackendSpec};
+use balancer::{model::BackendConfig, select::Selector};
 use sipp::{Calls, Logged, Logs, Sipp};
 
 const VIP: &str = "10.0.0.10:5060";
@@ -144,13 +144,13 @@ impl Drop for Lab {
 }
 
 fn selector(backends: &[String]) -> Selector {
-    let specs: Vec<BackendSpec> = backends.iter().map(|b| b.parse().unwrap()).collect();
+    let specs: Vec<BackendConfig> = backends.iter().map(|b| b.parse().unwrap()).collect();
     Selector::build(&specs, 65537).unwrap()
 }
 
 /// Index of the backend the table sends `id` to.
 fn predict(sel: &Selector, backends: &[String], id: &str) -> usize {
-    let a = sel.whereis(id.as_bytes()).unwrap().addr.to_string();
+    let a = sel.whereis(id.as_bytes()).unwrap().address.to_string();
     backends.iter().position(|b| *b == a).unwrap()
 }
 

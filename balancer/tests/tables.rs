@@ -5,8 +5,8 @@
 use std::net::SocketAddr;
 
 use balancer::{
-    config::{BackendConfig, Config, ServiceConfig},
-    dataplane::{remove_pins, Dataplane},
+    kernel::{remove_pins, Dataplane},
+    model::{BackendConfig, Config, ServiceConfig},
 };
 
 fn require_root() {

@@ -161,10 +161,7 @@ Call-ID: {slot}\r\nCSeq: 2 BYE\r\nUser-Agent: sip-loadgen/0.1\r\nContent-Length:
         ),
     };
     let bytes = text.into_bytes();
-    let slot = bytes
-        .windows(CALL_ID_LEN)
-        .position(|w| w == SLOT)
-        .expect("template has a Call-ID slot");
+    let slot = memchr::memmem::find(&bytes, SLOT).expect("template has a Call-ID slot");
     Template { kind, bytes, slot }
 }
 

@@ -11,7 +11,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use aya::programs::XdpMode;
-use balancer::dataplane::Dataplane;
+use balancer::kernel::Dataplane;
 use balancer_common::maps::TrivialTarget;
 
 use crate::bed::{self, Bed, VIP};

@@ -4,9 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use balancer::{
-    config::{Config, ServiceConfig},
     daemon::{self, parse_xdp_mode, Options},
-    spec::{parse_addr, Algorithm, BackendSpec, Mode},
+    model::{parse_addr, Algorithm, BackendConfig, Config, Mode, ServiceConfig},
 };
 use balancer_common::maglev::DEFAULT_TABLE;
 
@@ -24,7 +23,7 @@ pub struct AttachArgs {
     vip: Option<std::net::SocketAddr>,
     /// The service's backends, IP:PORT[,weight=N]; repeat the flag or list several.
     #[arg(long = "backend", num_args = 1.., requires = "vip")]
-    backends: Vec<BackendSpec>,
+    backends: Vec<BackendConfig>,
     /// dnat (rewrite destination, reverse-NAT replies) or dsr (rewrite MAC only).
     #[arg(long, default_value = "dnat")]
     mode: Mode,
@@ -77,7 +76,7 @@ pub fn attach(instance: &str, a: AttachArgs) -> Result<()> {
     };
     config.interfaces = a.ifaces;
     if let Some(vip) = a.vip {
-        let mut s = ServiceConfig::with_backends(vip, &a.backends);
+        let mut s = ServiceConfig::with_backends(vip, a.backends);
         s.mode = a.mode;
         s.algorithm = a.algorithm;
         s.table_size = a.table_size;

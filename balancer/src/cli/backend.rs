@@ -4,9 +4,9 @@ use std::net::SocketAddr;
 
 use anyhow::Result;
 use balancer::{
-    config::{AdminState, BackendConfig},
-    control::Op,
-    spec::parse_addr,
+    control::protocol::BackendStatus,
+    health::Health,
+    model::{parse_addr, AdminState, BackendConfig, Op},
 };
 
 #[derive(clap::Args)]
@@ -104,27 +104,20 @@ pub fn run(instance: &str, c: Command) -> Result<()> {
 }
 
 fn list(instance: &str, service: Option<SocketAddr>, json: bool) -> Result<()> {
-    let v = super::status(instance)?;
-    let want = service.map(|s| s.to_string());
-    let rows: Vec<serde_json::Value> = v["services"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|s| want.is_none() || s["vip"].as_str() == want.as_deref())
-        .flat_map(|s| s["backends"].as_array().cloned().unwrap_or_default())
-        .collect();
-    if let (Some(w), true) = (&want, rows.is_empty()) {
-        if !v["services"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|s| s["vip"].as_str() == Some(w))
-        {
-            anyhow::bail!("no service {w}");
+    let status = super::status(instance)?;
+    if let Some(vip) = service {
+        if !status.services.iter().any(|s| s.vip == vip) {
+            anyhow::bail!("no service {vip}");
         }
     }
+    let rows: Vec<&BackendStatus> = status
+        .services
+        .iter()
+        .filter(|s| service.is_none_or(|vip| s.vip == vip))
+        .flat_map(|s| &s.backends)
+        .collect();
     if json {
-        println!("{}", serde_json::Value::from(rows));
+        println!("{}", serde_json::to_string(&rows)?);
         return Ok(());
     }
     println!(
@@ -138,29 +131,26 @@ fn list(instance: &str, service: Option<SocketAddr>, json: bool) -> Result<()> {
         "bytes",
         "rtt ms last/avg/max"
     );
-    // serde_json's Display ignores widths: numbers are turned into strings first.
-    let ms = |v: &serde_json::Value| v.as_f64().map_or("-".to_string(), |m| format!("{m:.1}"));
+    let ms = |v: Option<f64>| v.map_or("-".to_string(), |m| format!("{m:.1}"));
     for b in rows {
         println!(
             "{:<24} {:<24} {:<9} {:>6} {:>8} {:>12} {:>14}  {:>20}",
-            b["address"].as_str().unwrap_or_default(),
-            b["service"].as_str().unwrap_or_default(),
-            b["state"].as_str().unwrap_or_default(),
-            b["weight"].to_string(),
-            b["priority"].to_string(),
-            b["packets"].to_string(),
-            b["bytes"].to_string(),
+            b.address.to_string(),
+            b.service.to_string(),
+            b.state.name(),
+            b.weight,
+            b.priority,
+            b.packets,
+            b.bytes,
             format!(
                 "{}/{}/{}",
-                ms(&b["rtt_last_ms"]),
-                ms(&b["rtt_avg_ms"]),
-                ms(&b["rtt_max_ms"])
+                ms(b.rtt_last_ms),
+                ms(b.rtt_avg_ms),
+                ms(b.rtt_max_ms)
             )
         );
-        if let Some(l) = b["last_probe"].as_str() {
-            if b["health"] != "up" {
-                println!("    last probe: {l}");
-            }
+        if let (Some(l), false) = (&b.last_probe, b.health == Health::Up) {
+            println!("    last probe: {l}");
         }
     }
     Ok(())

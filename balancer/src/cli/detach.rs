@@ -2,8 +2,8 @@
 
 use anyhow::Result;
 use balancer::{
-    control::{self, call, Request},
-    dataplane::remove_pins,
+    control::{self, call, protocol::Detached, Request},
+    kernel::remove_pins,
 };
 
 /// Stop the daemon and remove its programs, links, pins and socket. Works also
@@ -14,7 +14,7 @@ pub struct Args {}
 pub fn run(instance: &str, _a: Args) -> Result<()> {
     control::check_instance(instance)?;
     let pins = control::pin_dir(instance);
-    match call(instance, &Request::Detach) {
+    match call::<Detached>(instance, &Request::Detach) {
         // The daemon unpins and exits: its instance lock is free once it is gone.
         Ok(_) => wait_for_exit(instance),
         Err(e) if pins.exists() => eprintln!("{e:#}; removing the pinned data plane"),

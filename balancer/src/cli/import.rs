@@ -5,10 +5,8 @@ use std::net::SocketAddr;
 
 use anyhow::{bail, Context, Result};
 use balancer::{
-    config::{AdminState, BackendConfig, ServiceConfig},
-    control::Op,
-    dispatcher::{self, FLAG_DISABLED},
-    spec::{parse_addr, Algorithm, Mode},
+    import::kamailio::{self, FLAG_DISABLED},
+    model::{parse_addr, AdminState, Algorithm, BackendConfig, Mode, Op, ServiceConfig},
 };
 
 /// Create services and backends from Kamailio's dispatcher.list, all or nothing.
@@ -47,7 +45,7 @@ fn parse_map(s: &str) -> Result<(u32, SocketAddr), String> {
 
 pub fn run(instance: &str, a: Args) -> Result<()> {
     let text = std::fs::read_to_string(&a.file).with_context(|| format!("reading {}", a.file))?;
-    let dests = dispatcher::parse(&text).with_context(|| a.file.clone())?;
+    let dests = kamailio::parse(&text).with_context(|| a.file.clone())?;
     if dests.is_empty() {
         bail!("{}: no destinations", a.file);
     }
@@ -66,15 +64,13 @@ pub fn run(instance: &str, a: Args) -> Result<()> {
         let vip = match a.service {
             Some(v) => v,
             None => {
-                let v = super::status(instance)?;
-                let vips: Vec<String> = v["services"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|s| s["vip"].as_str().map(str::to_string))
+                let vips: Vec<SocketAddr> = super::status(instance)?
+                    .services
+                    .iter()
+                    .map(|s| s.vip)
                     .collect();
                 match vips.as_slice() {
-                    [one] => parse_addr(one)?,
+                    [one] => *one,
                     _ => bail!("name the service to import into with --service VIP:PORT"),
                 }
             }
@@ -86,15 +82,14 @@ pub fn run(instance: &str, a: Args) -> Result<()> {
             bail!("{}: there is no set {set}", a.file);
         }
     }
-    let existing: Vec<String> = super::status(instance)?["services"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|s| s["vip"].as_str().map(str::to_string))
+    let existing: Vec<SocketAddr> = super::status(instance)?
+        .services
+        .iter()
+        .map(|s| s.vip)
         .collect();
     let mut ops = Vec::new();
     for (set, vip) in &map {
-        if !existing.contains(&vip.to_string()) {
+        if !existing.contains(vip) {
             let mut s = ServiceConfig::new(*vip);
             s.algorithm = a.algorithm;
             s.mode = a.mode;

@@ -8,22 +8,23 @@ pub mod stats;
 pub mod whereis;
 
 use anyhow::Result;
-use balancer::control::{call, Op, Request};
-use serde_json::Value;
+use balancer::control::protocol::{Applied, Status};
+use balancer::control::{call, Request};
+use balancer::model::Op;
 
 /// Sends changes to the daemon and prints what it did.
 pub fn apply(instance: &str, ops: Vec<Op>, json: bool) -> Result<()> {
-    let v = call(instance, &Request::Apply { ops })?;
+    let a: Applied = call(instance, &Request::Apply { ops })?;
     if json {
-        println!("{v}");
+        println!("{}", serde_json::to_string(&a)?);
     } else {
-        for c in v["changes"].as_array().into_iter().flatten() {
-            println!("{}", c.as_str().unwrap_or_default());
+        for c in &a.changes {
+            println!("{c}");
         }
     }
     Ok(())
 }
 
-pub fn status(instance: &str) -> Result<Value> {
+pub fn status(instance: &str) -> Result<Status> {
     call(instance, &Request::Status)
 }

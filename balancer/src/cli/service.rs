@@ -4,9 +4,8 @@ use std::net::SocketAddr;
 
 use anyhow::Result;
 use balancer::{
-    config::ServiceConfig,
-    control::Op,
-    spec::{parse_addr, Algorithm, Mode},
+    control::protocol::ServiceRow,
+    model::{parse_addr, Algorithm, Mode, Op, ServiceConfig},
 };
 use balancer_common::maglev::DEFAULT_TABLE;
 
@@ -61,20 +60,10 @@ pub fn run(instance: &str, c: Command) -> Result<()> {
         }
         Command::Remove { vip } => super::apply(instance, vec![Op::ServiceRemove { vip }], false),
         Command::List { json } => {
-            let v = super::status(instance)?;
-            let rows: Vec<serde_json::Value> = v["services"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|s| {
-                    let mut s = s.clone();
-                    let n = s["backends"].as_array().map_or(0, |b| b.len());
-                    s["backends"] = n.into();
-                    s
-                })
-                .collect();
+            let status = super::status(instance)?;
+            let rows: Vec<ServiceRow> = status.services.iter().map(ServiceRow::from).collect();
             if json {
-                println!("{}", serde_json::Value::from(rows));
+                println!("{}", serde_json::to_string(&rows)?);
                 return Ok(());
             }
             println!(
@@ -84,13 +73,13 @@ pub fn run(instance: &str, c: Command) -> Result<()> {
             for s in rows {
                 println!(
                     "{:<28} {:<12} {:<5} {:>6} {:>8} {:>12} {:>14}",
-                    s["vip"].as_str().unwrap_or_default(),
-                    s["algorithm"].as_str().unwrap_or_default(),
-                    s["mode"].as_str().unwrap_or_default(),
-                    s["table_size"].to_string(),
-                    s["backends"].to_string(),
-                    s["packets"].to_string(),
-                    s["bytes"].to_string()
+                    s.vip.to_string(),
+                    s.algorithm.name(),
+                    s.mode.name(),
+                    s.table_size,
+                    s.backends,
+                    s.packets,
+                    s.bytes
                 );
             }
             Ok(())

@@ -1,7 +1,8 @@
 //! `balancer stats [--json]`
 
 use anyhow::Result;
-use balancer::control::{call, Request};
+use balancer::control::{call, protocol::Stats, Request};
+use balancer_common::maps::reason;
 
 /// Counters: per verdict/reason, per service, per backend.
 #[derive(clap::Args)]
@@ -12,35 +13,39 @@ pub struct Args {
 }
 
 pub fn run(instance: &str, a: Args) -> Result<()> {
-    let v = call(instance, &Request::Stats)?;
+    let s: Stats = call(instance, &Request::Stats)?;
     if a.json {
-        println!("{v}");
+        println!("{}", serde_json::to_string(&s)?);
         return Ok(());
     }
     println!("verdicts");
-    for (name, n) in v["reasons"].as_object().into_iter().flatten() {
-        println!("  {name:<20} {:>14}", n.to_string());
+    // In the kernel's order, which groups them by what happened.
+    for name in reason::NAMES {
+        if let Some(n) = s.reasons.get(name) {
+            println!("  {name:<20} {n:>14}");
+        }
     }
-    for s in v["services"].as_array().into_iter().flatten() {
+    let ms = |v: Option<f64>| v.map_or("-".to_string(), |m| format!("{m:.3}"));
+    for svc in &s.status.services {
         println!(
             "service {} ({}, {}): {} packets, {} bytes",
-            s["vip"].as_str().unwrap_or_default(),
-            s["algorithm"].as_str().unwrap_or_default(),
-            s["mode"].as_str().unwrap_or_default(),
-            s["packets"],
-            s["bytes"]
+            svc.vip,
+            svc.algorithm.name(),
+            svc.mode.name(),
+            svc.packets,
+            svc.bytes
         );
-        for b in s["backends"].as_array().into_iter().flatten() {
+        for b in &svc.backends {
             println!(
                 "  {:<28} {:<9} {:>12} packets {:>14} bytes  probe rtt avg {} ms, max {} ms, {} of {} probes failed",
-                b["address"].as_str().unwrap_or_default(),
-                b["state"].as_str().unwrap_or_default(),
-                b["packets"].to_string(),
-                b["bytes"].to_string(),
-                b["rtt_avg_ms"],
-                b["rtt_max_ms"],
-                b["probe_failures"],
-                b["probes"]
+                b.address.to_string(),
+                b.state.name(),
+                b.packets,
+                b.bytes,
+                ms(b.rtt_avg_ms),
+                ms(b.rtt_max_ms),
+                b.probe_failures,
+                b.probes
             );
         }
     }

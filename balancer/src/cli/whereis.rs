@@ -4,8 +4,8 @@ use std::net::SocketAddr;
 
 use anyhow::Result;
 use balancer::{
-    control::{call, Request},
-    spec::parse_addr,
+    control::{call, protocol::Whereis, Request},
+    model::parse_addr,
 };
 
 /// The backend the kernel picks right now for a Call-ID (or the service's key:
@@ -21,7 +21,7 @@ pub struct Args {
 }
 
 pub fn run(instance: &str, a: Args) -> Result<()> {
-    let v = call(
+    let w: Whereis = call(
         instance,
         &Request::Whereis {
             service: a.service,
@@ -29,9 +29,9 @@ pub fn run(instance: &str, a: Args) -> Result<()> {
         },
     )?;
     if a.json {
-        println!("{v}");
+        println!("{}", serde_json::to_string(&w)?);
     } else {
-        match v["backend"].as_str() {
+        match w.backend {
             Some(b) => println!("{b}"),
             None => println!("no backend (the service's table is empty)"),
         }

@@ -117,7 +117,7 @@ pub fn fixture_net(tag: &str) -> (Netns, u32, u32) {
 /// Runs `prog` once on `frame` as received on `ingress` (BPF_PROG_TEST_RUN with
 /// an `xdp_md` context); the output frame lands in `out`.
 pub fn run_xdp(
-    dp: &mut balancer::dataplane::Dataplane,
+    dp: &mut balancer::kernel::Dataplane,
     prog: &str,
     frame: &[u8],
     ingress: u32,
@@ -395,9 +395,9 @@ CSeq: 314159 INVITE\r\nContact: <sip:alice@10.0.1.2>\r\nContent-Type: applicatio
 // ---- maps of the loaded program, beside the Dataplane API ----
 
 /// A map of the loaded main program, found by name among the maps it uses.
-pub fn program_map(dp: &mut balancer::dataplane::Dataplane, name: &str) -> aya::maps::Map {
+pub fn program_map(dp: &mut balancer::kernel::Dataplane, name: &str) -> aya::maps::Map {
     let ids = dp
-        .program(balancer::dataplane::PROGRAM)
+        .program(balancer::kernel::PROGRAM)
         .unwrap()
         .info()
         .unwrap()
@@ -417,21 +417,21 @@ pub fn program_map(dp: &mut balancer::dataplane::Dataplane, name: &str) -> aya::
 /// by rewriting its SERVICES entry (`install_service` writes `ALG_CALL_ID` as
 /// long as `ServiceSpec` carries no algorithm).
 pub fn set_algorithm(
-    dp: &mut balancer::dataplane::Dataplane,
+    dp: &mut balancer::kernel::Dataplane,
     vip: std::net::SocketAddr,
     algorithm: u32,
 ) {
     use balancer_common::maps::{Endpoint, Service};
     let mut m: aya::maps::HashMap<aya::maps::MapData, Endpoint, Service> =
         program_map(dp, "SERVICES").try_into().unwrap();
-    let key = balancer::spec::endpoint(vip);
+    let key = balancer::kernel::endpoint(vip);
     let mut s = m.get(&key, 0).expect("service installed");
     s.algorithm = algorithm;
     m.insert(key, s, 0).unwrap();
 }
 
 /// The round-robin counter of service `id` on `cpu`.
-pub fn rr_counter(dp: &mut balancer::dataplane::Dataplane, id: u32, cpu: usize) -> u32 {
+pub fn rr_counter(dp: &mut balancer::kernel::Dataplane, id: u32, cpu: usize) -> u32 {
     let m: aya::maps::PerCpuArray<aya::maps::MapData, u32> =
         program_map(dp, "RR").try_into().unwrap();
     m.get(&id, 0).unwrap()[cpu]

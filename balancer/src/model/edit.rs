@@ -1,49 +1,11 @@
-//! The control socket: what the CLI asks the daemon, and the answers.
-//!
-//! One request per connection, one JSON line each way. The socket lives in
-//! `/run/balancer/INSTANCE.sock` with mode 0600 in a 0700 directory: only root
-//! talks to the daemon.
+//! Changes to a configuration, as the CLI sends them: applied to a copy, all or
+//! nothing.
 
-use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
-use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
-use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{AdminState, BackendConfig, Config, ConfigError, ServiceConfig};
-
-/// Where instances keep their socket and lock.
-pub const RUN_DIR: &str = "/run/balancer";
-/// Where instances pin their programs, links and maps.
-pub const PIN_ROOT: &str = "/sys/fs/bpf/balancer";
-
-pub fn check_instance(name: &str) -> Result<()> {
-    if name.is_empty()
-        || name.len() > 64
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    {
-        bail!("instance name `{name}`: use letters, digits, '-' and '_'");
-    }
-    Ok(())
-}
-
-pub fn socket_path(instance: &str) -> PathBuf {
-    PathBuf::from(RUN_DIR).join(format!("{instance}.sock"))
-}
-
-/// Where the verifier's log goes when the kernel refuses the program.
-pub fn verifier_log_path(instance: &str) -> PathBuf {
-    PathBuf::from(RUN_DIR).join(format!("{instance}.verifier.log"))
-}
-
-pub fn pin_dir(instance: &str) -> PathBuf {
-    PathBuf::from(PIN_ROOT).join(instance)
-}
+use super::{AdminState, BackendConfig, Config, ConfigError, ServiceConfig};
 
 /// One change to the configuration. A request carries a list of them, applied
 /// all or nothing.
@@ -138,8 +100,9 @@ impl Op {
     }
 }
 
-/// Applies `ops` to a copy of `c` and checks the result whole.
-pub fn plan(c: &Config, ops: &[Op]) -> Result<(Config, Vec<String>), ConfigError> {
+/// Applies `ops` to a copy of `c` and checks the result whole: the new
+/// configuration and what each change did, or the first error and nothing.
+pub fn apply(c: &Config, ops: &[Op]) -> Result<(Config, Vec<String>), ConfigError> {
     let mut next = c.clone();
     let mut said = Vec::new();
     for op in ops {
@@ -147,63 +110,6 @@ pub fn plan(c: &Config, ops: &[Op]) -> Result<(Config, Vec<String>), ConfigError
     }
     next.validate()?;
     Ok((next, said))
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(tag = "request", rename_all = "kebab-case")]
-pub enum Request {
-    /// Changes, all or nothing.
-    Apply { ops: Vec<Op> },
-    /// Services and backends with their counters.
-    Status,
-    /// The backend the live kernel table picks for a key.
-    Whereis {
-        service: Option<SocketAddr>,
-        key: String,
-    },
-    /// Verdict counters and traffic.
-    Stats,
-    /// Detach everywhere, remove the pins and exit.
-    Detach,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Response {
-    pub ok: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    #[serde(default)]
-    pub data: serde_json::Value,
-}
-
-/// Sends one request to the instance's daemon and returns its answer's data.
-pub fn call(instance: &str, req: &Request) -> Result<serde_json::Value> {
-    check_instance(instance)?;
-    let path = socket_path(instance);
-    let mut s = UnixStream::connect(&path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => anyhow!(
-            "no balancer daemon for instance `{instance}` ({}): start one with `balancer attach` or `balancer run`",
-            path.display()
-        ),
-        std::io::ErrorKind::PermissionDenied => {
-            anyhow!("{}: permission denied (only root may control the balancer)", path.display())
-        }
-        _ => anyhow!("connecting to {}: {e}", path.display()),
-    })?;
-    s.set_read_timeout(Some(Duration::from_secs(60)))?;
-    let mut line = serde_json::to_string(req)?;
-    line.push('\n');
-    s.write_all(line.as_bytes())?;
-    let mut answer = String::new();
-    BufReader::new(&s)
-        .read_line(&mut answer)
-        .context("reading the daemon's answer")?;
-    let r: Response = serde_json::from_str(&answer)
-        .with_context(|| format!("the daemon's answer is not understood: {answer}"))?;
-    if !r.ok {
-        bail!("{}", r.error.unwrap_or_else(|| "failed".into()));
-    }
-    Ok(r.data)
 }
 
 #[cfg(test)]
@@ -231,10 +137,10 @@ mod tests {
                 backend: BackendConfig::new("[fd00::1]:5060".parse().unwrap()),
             },
         ];
-        let e = plan(&c, &ops).unwrap_err();
+        let e = apply(&c, &ops).unwrap_err();
         assert!(matches!(e, ConfigError::Family { .. }), "{e}");
         assert_eq!(c, base());
-        let (next, said) = plan(&c, &ops[..1]).unwrap();
+        let (next, said) = apply(&c, &ops[..1]).unwrap();
         assert_eq!(next.services[0].backends.len(), 2);
         assert!(said[0].contains("10.0.2.12:5060"));
     }
@@ -246,7 +152,7 @@ mod tests {
             service: None,
             backend: BackendConfig::new("10.0.2.11:5060".parse().unwrap()),
         };
-        assert!(plan(&c, &[dup])
+        assert!(apply(&c, &[dup])
             .unwrap_err()
             .to_string()
             .contains("10.0.2.11:5060"));
@@ -255,7 +161,7 @@ mod tests {
             address: "10.0.2.11:5060".parse().unwrap(),
         };
         assert_eq!(
-            plan(&c, &[unknown]).unwrap_err().to_string(),
+            apply(&c, &[unknown]).unwrap_err().to_string(),
             "no service 10.0.0.99:5060"
         );
     }

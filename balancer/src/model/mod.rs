@@ -17,113 +17,29 @@
 //! Every change is made on a copy, checked whole by [`Config::validate`], and only
 //! then applied and saved, so nothing ever half-applies.
 
+pub(crate) mod duration;
+pub mod edit;
+mod error;
+mod kinds;
+mod service;
+
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
-
-use balancer_common::maglev::{is_prime, DEFAULT_TABLE, MAX_TABLE};
-use balancer_common::maps::{AFFINITY_ENTRIES, MAX_BACKENDS, MAX_SERVICES};
-use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
+use balancer_common::maglev::{is_prime, MAX_TABLE};
+use balancer_common::maps::{AFFINITY_ENTRIES, MAX_BACKENDS, MAX_SERVICES};
+use serde::{Deserialize, Serialize};
+
 use crate::health::{HealthConfig, Params};
-use crate::spec::{Algorithm, Mode};
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum ConfigError {
-    #[error("{0}")]
-    Syntax(String),
-    #[error("service {0} exists already")]
-    ServiceExists(SocketAddr),
-    #[error("no service {0}")]
-    NoService(SocketAddr),
-    #[error("there is no service yet: add one with `balancer service add VIP:PORT`")]
-    NoServices,
-    #[error("there are {0} services: say which one with --service VIP:PORT")]
-    WhichService(usize),
-    #[error("backend {0} is already in service {1}")]
-    BackendExists(SocketAddr, SocketAddr),
-    #[error("service {1} has no backend {0}")]
-    NoBackend(SocketAddr, SocketAddr),
-    #[error("backend {backend} is {bfam}, service {vip} is {vfam}")]
-    Family {
-        backend: SocketAddr,
-        bfam: &'static str,
-        vip: SocketAddr,
-        vfam: &'static str,
-    },
-    #[error("backend {0} is in DNAT services {1} and {2}: its replies could not be told apart")]
-    SharedDnatBackend(SocketAddr, SocketAddr, SocketAddr),
-    #[error("{0} is both a service VIP and a backend")]
-    VipIsBackend(SocketAddr),
-    #[error("service {vip}: table size {size} must be a prime from 3 to {MAX_TABLE}")]
-    TableSize { vip: SocketAddr, size: u32 },
-    #[error("backend {0}: weight {1} is over 65535")]
-    Weight(SocketAddr, u32),
-    #[error("at most {MAX_SERVICES} services")]
-    TooManyServices,
-    #[error("at most {MAX_BACKENDS} distinct backends")]
-    TooManyBackends,
-    #[error("no interfaces: say which interface clients reach the VIPs on")]
-    NoInterfaces,
-    #[error("interface name `{0}` is not valid")]
-    Interface(String),
-    #[error("backend {0}: {1}")]
-    Health(SocketAddr, String),
-    #[error("[health]: {0}")]
-    GlobalHealth(String),
-    #[error("affinity_entries {0} must be from 1024 to 16777216")]
-    AffinityEntries(u32),
-}
+pub use duration::{fmt_duration, parse_duration};
+pub use edit::Op;
+pub use error::ConfigError;
+pub use kinds::{AdminState, Algorithm, Mode, NoBackend};
+pub use service::{parse_addr, BackendConfig, ServiceConfig};
 
-impl ConfigError {
-    /// The address the error is about, to point at its line in a file.
-    fn subject(&self) -> Option<String> {
-        use ConfigError::*;
-        match self {
-            ServiceExists(a) | VipIsBackend(a) | Weight(a, _) => Some(a.to_string()),
-            BackendExists(a, _) | SharedDnatBackend(a, _, _) => Some(a.to_string()),
-            Family { backend, .. } => Some(backend.to_string()),
-            TableSize { vip, .. } => Some(vip.to_string()),
-            Interface(i) => Some(i.clone()),
-            Health(_, e) | GlobalHealth(e) => e.split('`').nth(1).map(str::to_string),
-            _ => None,
-        }
-    }
-}
-
-/// Administrative state of a backend, set by the operator and never by probes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AdminState {
-    /// Takes new dialogs.
-    #[default]
-    Active,
-    /// Takes no new dialogs; its existing traffic still reaches it.
-    Draining,
-    /// Admin down: out of the table.
-    Disabled,
-}
-
-impl AdminState {
-    pub fn name(self) -> &'static str {
-        match self {
-            AdminState::Active => "active",
-            AdminState::Draining => "draining",
-            AdminState::Disabled => "disabled",
-        }
-    }
-}
-
-fn one() -> u32 {
-    1
-}
-fn yes() -> bool {
-    true
-}
-fn is_true(b: &bool) -> bool {
-    *b
-}
 fn default_affinity_entries() -> u32 {
     AFFINITY_ENTRIES
 }
@@ -133,147 +49,6 @@ fn is_default_affinity_entries(n: &u32) -> bool {
 
 /// Default idle timeout of a dialog's affinity entry.
 pub const AFFINITY_IDLE: Duration = Duration::from_secs(12 * 3600);
-fn default_table() -> u32 {
-    DEFAULT_TABLE
-}
-fn is_default<T: Default + PartialEq>(v: &T) -> bool {
-    *v == T::default()
-}
-fn is_one(w: &u32) -> bool {
-    *w == 1
-}
-fn is_default_table(t: &u32) -> bool {
-    *t == DEFAULT_TABLE
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BackendConfig {
-    pub address: SocketAddr,
-    #[serde(default = "one", skip_serializing_if = "is_one")]
-    pub weight: u32,
-    /// For `algorithm = "priority"`: only the usable backends with the highest
-    /// priority take traffic (Kamailio: higher value, higher priority).
-    #[serde(default, skip_serializing_if = "is_default")]
-    pub priority: i32,
-    #[serde(default, skip_serializing_if = "is_default")]
-    pub state: AdminState,
-    /// Overrides of the service's and the global health-check settings.
-    #[serde(default, skip_serializing_if = "HealthConfig::is_empty")]
-    pub health: HealthConfig,
-}
-
-impl BackendConfig {
-    pub fn new(address: SocketAddr) -> Self {
-        BackendConfig {
-            address,
-            weight: 1,
-            priority: 0,
-            state: AdminState::Active,
-            health: HealthConfig::default(),
-        }
-    }
-}
-
-/// What a service does with datagrams when no backend can take them (all down,
-/// drained, disabled or weight 0).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum NoBackend {
-    /// Drop them, counted `no_backend`: clients retransmit and fail over.
-    #[default]
-    Drop,
-    /// Hand them to the balancer host's own stack, counted `no_backend_pass`
-    /// (for a local fallback SIP server on the VIP).
-    Pass,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServiceConfig {
-    pub vip: SocketAddr,
-    #[serde(default)]
-    pub algorithm: Algorithm,
-    #[serde(default)]
-    pub mode: Mode,
-    #[serde(default = "default_table", skip_serializing_if = "is_default_table")]
-    pub table_size: u32,
-    #[serde(default, skip_serializing_if = "is_default")]
-    pub no_backend: NoBackend,
-    /// Dialog affinity: every message of a dialog to the backend its first one
-    /// reached, whatever changes in the table meanwhile.
-    #[serde(default = "yes", skip_serializing_if = "is_true")]
-    pub affinity: bool,
-    /// Affinity entries idle longer than this are ignored (default 12h, like
-    /// Kamailio's dialog timeout).
-    #[serde(
-        default,
-        with = "crate::health::opt_duration",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub affinity_idle: Option<Duration>,
-    #[serde(default, skip_serializing_if = "HealthConfig::is_empty")]
-    pub health: HealthConfig,
-    #[serde(default, rename = "backend", skip_serializing_if = "Vec::is_empty")]
-    pub backends: Vec<BackendConfig>,
-}
-
-impl ServiceConfig {
-    pub fn new(vip: SocketAddr) -> Self {
-        ServiceConfig {
-            vip,
-            algorithm: Algorithm::default(),
-            mode: Mode::default(),
-            table_size: DEFAULT_TABLE,
-            no_backend: NoBackend::Drop,
-            affinity: true,
-            affinity_idle: None,
-            health: HealthConfig::default(),
-            backends: Vec::new(),
-        }
-    }
-
-    /// A service with these backends (`IP:PORT[,weight=N]` from a command line).
-    pub fn with_backends(vip: SocketAddr, backends: &[crate::spec::BackendSpec]) -> Self {
-        ServiceConfig {
-            backends: backends
-                .iter()
-                .map(|b| BackendConfig {
-                    weight: b.weight,
-                    ..BackendConfig::new(b.addr)
-                })
-                .collect(),
-            ..ServiceConfig::new(vip)
-        }
-    }
-
-    pub fn backend_mut(&mut self, addr: SocketAddr) -> Result<&mut BackendConfig, ConfigError> {
-        let vip = self.vip;
-        self.backends
-            .iter_mut()
-            .find(|b| b.address == addr)
-            .ok_or(ConfigError::NoBackend(addr, vip))
-    }
-
-    /// The backends that take new dialogs, in configuration order: active, not
-    /// down by health checks, weighted, and for `priority` only the highest
-    /// priority among those (so a lower one takes over when they all fail).
-    pub fn members(&self, down: &HashSet<SocketAddr>) -> Vec<&BackendConfig> {
-        let usable: Vec<&BackendConfig> = self
-            .backends
-            .iter()
-            .filter(|b| b.state == AdminState::Active && b.weight > 0 && !down.contains(&b.address))
-            .collect();
-        if self.algorithm != Algorithm::Priority {
-            return usable;
-        }
-        let top = usable.iter().map(|b| b.priority).max();
-        usable
-            .into_iter()
-            .filter(|b| Some(b.priority) == top)
-            .collect()
-    }
-}
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -458,7 +233,7 @@ impl Config {
     }
 }
 
-fn family(a: &SocketAddr) -> &'static str {
+pub(crate) fn family(a: &SocketAddr) -> &'static str {
     if a.is_ipv4() {
         "IPv4"
     } else {

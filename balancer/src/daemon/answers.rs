@@ -1,0 +1,173 @@
+//! The daemon's answers to the control socket's requests, as the typed
+//! structs of [`crate::control::protocol`].
+
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use balancer_common::hash::{hash_addr, hash_bytes};
+
+use super::Daemon;
+use crate::control::protocol::{
+    Applied, BackendState, BackendStatus, ServiceStatus, Stats, Status, Whereis,
+};
+use crate::health::Health;
+use crate::kernel::endpoint;
+use crate::model::{self, Algorithm, Op};
+
+impl Daemon {
+    /// All or nothing: edit a copy, attach and sync, save; on a failure after
+    /// the kernel changed, sync back to the previous configuration.
+    pub(super) fn apply(&mut self, ops: &[Op]) -> Result<Applied> {
+        let prev = self.dp.config().clone();
+        let (next, said) = model::edit::apply(&prev, ops)?;
+        // A removed backend's health is forgotten: added again, it starts up.
+        let keep: HashSet<SocketAddr> = next
+            .services
+            .iter()
+            .flat_map(|s| s.backends.iter().map(|b| b.address))
+            .collect();
+        self.health.retain(|a, _| keep.contains(a));
+        self.dp.set_down(self.down_set());
+        let result = self
+            .ensure_interfaces(&next)
+            .and_then(|_| self.dp.sync(&next))
+            .and_then(|r| {
+                next.save(&self.opts.config_path)
+                    .with_context(|| format!("writing {}", self.opts.config_path.display()))?;
+                Ok(r)
+            });
+        let report = match result {
+            Ok(r) => r,
+            Err(e) => {
+                if let Err(e2) = self.dp.sync(&prev) {
+                    eprintln!("error: restoring the previous state failed too: {e2:#}");
+                }
+                return Err(e);
+            }
+        };
+        for s in &said {
+            eprintln!(
+                "{s} (in the kernel after {:.2} ms)",
+                report.to_kernel.as_secs_f64() * 1e3
+            );
+        }
+        self.update_probes()?;
+        Ok(Applied {
+            changes: said,
+            tables: report.tables,
+            to_kernel_us: report.to_kernel.as_micros() as u64,
+            total_us: report.total.as_micros() as u64,
+        })
+    }
+
+    pub(super) fn status(&self) -> Result<Status> {
+        let mut services = Vec::new();
+        for (vip, live) in self.dp.live() {
+            let t = self.dp.service_traffic(live.id)?;
+            let mut backends = Vec::new();
+            for b in &live.config.backends {
+                let member = live
+                    .selector
+                    .backends
+                    .iter()
+                    .any(|m| m.address == b.address);
+                backends.push(self.backend_status(*vip, b, member)?);
+            }
+            let c = &live.config;
+            services.push(ServiceStatus {
+                vip: *vip,
+                algorithm: c.algorithm,
+                mode: c.mode,
+                no_backend: c.no_backend,
+                affinity: c.affinity,
+                table_size: c.table_size,
+                packets: t.packets,
+                bytes: t.bytes,
+                backends,
+            });
+        }
+        Ok(Status {
+            instance: self.opts.instance.clone(),
+            interfaces: self.ifaces.clone(),
+            config: self.opts.config_path.clone(),
+            health_rebuilds: self.health_rebuilds,
+            services,
+        })
+    }
+
+    fn backend_status(
+        &self,
+        vip: SocketAddr,
+        b: &model::BackendConfig,
+        member: bool,
+    ) -> Result<BackendStatus> {
+        let traffic = match self.dp.slot_of(b.address) {
+            Some(s) => self.dp.backend_traffic(s)?,
+            None => Default::default(),
+        };
+        let t = self.health.get(&b.address);
+        let health = t.map_or(Health::Up, |t| t.health);
+        // Milliseconds with microsecond resolution.
+        let ms = |d: Option<Duration>| d.map(|d| (d.as_secs_f64() * 1e6).round() / 1e3);
+        Ok(BackendStatus {
+            address: b.address,
+            service: vip,
+            state: BackendState::of(b.state, health, member),
+            health,
+            weight: b.weight,
+            priority: b.priority,
+            packets: traffic.packets,
+            bytes: traffic.bytes,
+            rtt_last_ms: ms(t.and_then(|t| t.rtt.last)),
+            rtt_avg_ms: ms(t.and_then(|t| t.rtt.avg())),
+            rtt_max_ms: ms(t.map(|t| t.rtt.max).filter(|m| !m.is_zero())),
+            probes: t.map_or(0, |t| t.probes),
+            probe_failures: t.map_or(0, |t| t.failures),
+            last_probe: t.and_then(|t| t.last.as_ref()).map(|o| o.to_string()),
+        })
+    }
+
+    pub(super) fn stats(&self) -> Result<Stats> {
+        let reasons = self
+            .dp
+            .stats()?
+            .into_iter()
+            .map(|(name, n)| (name.to_string(), n))
+            .collect();
+        Ok(Stats {
+            status: self.status()?,
+            reasons,
+        })
+    }
+
+    /// The live kernel table's answer, with the kernel's own hash functions.
+    pub(super) fn whereis(&self, service: Option<SocketAddr>, key: &str) -> Result<Whereis> {
+        let c = self.dp.config();
+        let vip = c.resolve(service)?;
+        let alg = c.service(vip)?.algorithm;
+        let hash = match alg {
+            Algorithm::RoundRobin => {
+                bail!("service {vip} is round-robin: the backend depends on the turn, not on a key")
+            }
+            Algorithm::Source => {
+                let ip: IpAddr = key.parse().map_err(|_| {
+                    anyhow!("service {vip} hashes the source address: `{key}` is not an IP address")
+                })?;
+                let e = endpoint(SocketAddr::new(ip, 0));
+                hash_addr(&e.addr, e.family)
+            }
+            _ => hash_bytes(key.trim().as_bytes()),
+        };
+        let (backend, via) = self.dp.lookup(vip, hash)?;
+        Ok(Whereis {
+            service: vip,
+            algorithm: alg,
+            key: key.to_string(),
+            hash: format!("{hash:08x}"),
+            backend,
+            via,
+        })
+    }
+}

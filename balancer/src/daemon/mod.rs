@@ -1,0 +1,260 @@
+//! The long-running daemon: owns the data plane and the configuration, answers
+//! the control socket, writes every change back to the configuration file.
+
+mod answers;
+mod host;
+mod interfaces;
+mod probes;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use aya::programs::XdpMode;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::control::protocol::{Detached, Reply};
+use crate::control::{self, Request, Response};
+use crate::health::{Prober, Tracker};
+use crate::kernel::requirements::{self, KernelError, Rejected};
+use crate::kernel::Dataplane;
+use crate::model::{Config, ConfigError, Mode};
+use host::{ensure_bpffs, instance_lock, warn_forwarding, RemoveOnDrop};
+
+pub struct Options {
+    pub instance: String,
+    /// Read at start, written after every change.
+    pub config_path: PathBuf,
+    pub config: Config,
+    /// Leave programs, links and maps pinned when exiting.
+    pub persist: bool,
+    pub xdp_mode: XdpMode,
+    /// Where the verifier's log goes if the kernel refuses the program
+    /// (default: [`control::verifier_log_path`]).
+    pub verifier_log: Option<PathBuf>,
+}
+
+pub struct Daemon {
+    opts: Options,
+    dp: Dataplane,
+    /// Interfaces the program is attached to, in order.
+    ifaces: Vec<String>,
+    /// Egress interface of each backend address, as `ip route get` said.
+    routes: HashMap<IpAddr, String>,
+    /// Probe state per backend address.
+    health: HashMap<SocketAddr, Tracker>,
+    prober: Option<Prober>,
+    /// Table rebuilds caused by health changes (churn shows here).
+    health_rebuilds: u64,
+}
+
+enum Exit {
+    Signal,
+    Detach,
+}
+
+pub fn parse_xdp_mode(s: &str) -> Result<XdpMode> {
+    Ok(match s {
+        "auto" => XdpMode::Default,
+        "native" => XdpMode::Driver,
+        "generic" => XdpMode::Skb,
+        m => bail!("--xdp-mode {m}: expected auto, native or generic"),
+    })
+}
+
+/// Runs until SIGINT/SIGTERM or `balancer detach`.
+pub fn run(opts: Options) -> Result<()> {
+    control::check_instance(&opts.instance)?;
+    if opts.config.interfaces.is_empty() {
+        bail!(ConfigError::NoInterfaces);
+    }
+    requirements::check()?;
+    let release = requirements::release();
+    if requirements::older_than_tested(&release) {
+        eprintln!(
+            "warning: kernel {release} is older than the oldest tested ({}): it has what the program uses, but is untested",
+            requirements::MINIMUM
+        );
+    }
+    let _lock = instance_lock(&opts.instance)?;
+    ensure_bpffs()?;
+    let pins = control::pin_dir(&opts.instance);
+    let dp = open_dataplane(&opts, &pins)?;
+    if dp.adopted_services() > 0 {
+        eprintln!(
+            "adopting the pinned data plane of an earlier run ({} services): traffic keeps flowing",
+            dp.adopted_services()
+        );
+    }
+    let mut d = Daemon {
+        opts,
+        dp,
+        ifaces: Vec::new(),
+        routes: HashMap::new(),
+        health: HashMap::new(),
+        prober: None,
+        health_rebuilds: 0,
+    };
+    let config = d.opts.config.clone();
+    if let Err(e) = d
+        .ensure_interfaces(&config)
+        .and_then(|_| d.dp.sync(&config))
+    {
+        if !d.opts.persist {
+            let _ = d.dp.unpin();
+        }
+        return Err(e);
+    }
+    config
+        .save(&d.opts.config_path)
+        .with_context(|| format!("writing {}", d.opts.config_path.display()))?;
+    if config.services.iter().any(|s| s.mode == Mode::Dnat) {
+        warn_forwarding(config.services.iter().any(|s| s.vip.is_ipv4()));
+    }
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let exit = match rt.block_on(d.serve()) {
+        Ok(e) => e,
+        Err(e) => {
+            if !d.opts.persist {
+                let _ = d.dp.unpin();
+            }
+            return Err(e);
+        }
+    };
+    for (name, n) in d.dp.stats()? {
+        if n > 0 {
+            eprintln!("{name:>20} {n}");
+        }
+    }
+    if d.opts.persist && matches!(exit, Exit::Signal) {
+        println!(
+            "exiting; the data plane stays attached ({}): the next start adopts it",
+            control::pin_dir(&d.opts.instance).display()
+        );
+    } else {
+        d.dp.unpin()?;
+        drop(d.dp); // detaches every link this process holds
+        println!("detached");
+    }
+    Ok(())
+}
+
+/// Loads the data plane; a program the verifier refuses becomes one line, its
+/// whole log a file.
+fn open_dataplane(opts: &Options, pins: &Path) -> Result<Dataplane> {
+    let e = match Dataplane::open_with(Some(pins), opts.config.affinity_entries) {
+        Ok(dp) => return Ok(dp),
+        Err(e) => e,
+    };
+    let rejected = e.downcast::<Rejected>()?;
+    let log = opts
+        .verifier_log
+        .clone()
+        .unwrap_or_else(|| control::verifier_log_path(&opts.instance));
+    if let Some(dir) = log.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    if let Err(e) = std::fs::write(&log, &rejected.log) {
+        bail!(
+            "{rejected}; writing its whole log to {} failed: {e}",
+            log.display()
+        );
+    }
+    Err(KernelError::Rejected {
+        release: requirements::release(),
+        rejected,
+        log,
+    }
+    .into())
+}
+
+impl Daemon {
+    async fn serve(&mut self) -> Result<Exit> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let path = control::socket_path(&self.opts.instance);
+        let _ = std::fs::remove_file(&path); // stale: we hold the instance lock
+        let listener =
+            UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        let _socket = RemoveOnDrop(path.clone());
+
+        let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+        self.prober = Some(Prober::new(tx).await?);
+        self.update_probes()?;
+        // Let the first probe round go out before saying ready: it resolves the
+        // backends' neighbour entries.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let c = self.dp.config();
+        println!(
+            "ready: instance {} serving {} services, {} backends on {} (control: {})",
+            self.opts.instance,
+            c.services.len(),
+            c.services.iter().map(|s| s.backends.len()).sum::<usize>(),
+            self.ifaces.join(", "),
+            path.display()
+        );
+        use std::io::Write;
+        std::io::stdout().flush()?;
+
+        let mut term = signal(SignalKind::terminate())?;
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => return Ok(Exit::Signal),
+                _ = term.recv() => return Ok(Exit::Signal),
+                Some(ev) = events.recv() => self.on_probe(ev),
+                conn = listener.accept() => {
+                    let Ok((stream, _)) = conn else { continue };
+                    if self.converse(stream).await {
+                        return Ok(Exit::Detach);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Answers one request; returns whether it asked the daemon to detach.
+    async fn converse(&mut self, stream: UnixStream) -> bool {
+        let (r, mut w) = stream.into_split();
+        let mut line = String::new();
+        let read = tokio::time::timeout(
+            Duration::from_secs(5),
+            BufReader::new(r).read_line(&mut line),
+        )
+        .await;
+        if !matches!(read, Ok(Ok(n)) if n > 0) {
+            return false;
+        }
+        let (resp, detach) = match serde_json::from_str::<Request>(&line) {
+            Ok(Request::Detach) => (
+                Response::ok(Reply::Detached(Detached { detached: true })),
+                true,
+            ),
+            Ok(req) => match self.handle(req) {
+                Ok(v) => (Response::ok(v), false),
+                Err(e) => (Response::error(format!("{e:#}")), false),
+            },
+            Err(e) => (Response::error(format!("bad request: {e}")), false),
+        };
+        let mut out = serde_json::to_string(&resp).unwrap_or_default();
+        out.push('\n');
+        let _ = w.write_all(out.as_bytes()).await;
+        detach
+    }
+
+    fn handle(&mut self, req: Request) -> Result<Reply> {
+        Ok(match req {
+            Request::Apply { ops } => Reply::Applied(self.apply(&ops)?),
+            Request::Status => Reply::Status(self.status()?),
+            Request::Whereis { service, key } => Reply::Whereis(self.whereis(service, &key)?),
+            Request::Stats => Reply::Stats(self.stats()?),
+            Request::Detach => unreachable!("handled by converse"),
+        })
+    }
+}

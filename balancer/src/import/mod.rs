@@ -1,0 +1,3 @@
+//! Configurations written for other SIP balancers, turned into ours.
+
+pub mod kamailio;

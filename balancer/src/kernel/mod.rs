@@ -1,0 +1,325 @@
+//! The loaded XDP object and the maps user space feeds.
+//!
+//! [`Dataplane::sync`] makes the kernel serve a [`Config`]: [`plan`] computes
+//! what the maps must hold (backend slots, reverse-NAT entries, one Maglev table
+//! per service, the service entries) and [`apply`] writes the difference. Tables
+//! are double-buffered: a change writes the idle half and flips the service's
+//! `active` field with one map update, then waits an RCU grace period before
+//! anything the old half referred to may be reused, so no packet ever sees a
+//! half-written table or a recycled slot.
+//!
+//! With a pin directory, every map and link lives in bpffs, so a restarted daemon
+//! adopts them (the old program keeps forwarding until the new one replaces it
+//! atomically on the same link) and a crashed one leaves the data plane running.
+
+mod apply;
+mod attach;
+pub mod plan;
+mod read;
+pub mod requirements;
+mod table;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, Context, Result};
+use aya::{
+    maps::{Array, HashMap as BpfHashMap, Map, MapData},
+    programs::{ProgramError, Xdp},
+    Ebpf, EbpfLoader,
+};
+use balancer_common::maps::{
+    Backend, Endpoint, Service, AFFINITY_ENTRIES, AF_INET, AF_INET6, IPPROTO_UDP, MAX_BACKENDS,
+};
+
+use crate::{
+    model::{Config, ServiceConfig},
+    select::Selector,
+};
+use requirements::Rejected;
+use table::TableMap;
+
+pub use apply::{Installed, SyncReport};
+pub use plan::{plan, Held, Holdings, MapContents, PlanError};
+pub use read::Via;
+
+/// The compiled XDP object, built by `build.rs` with aya-build.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/balancer"));
+
+/// The main program's name in the object.
+pub const PROGRAM: &str = "balancer";
+/// The benchmark baseline's name in the object.
+pub const TRIVIAL: &str = "xdp_trivial";
+
+/// Every map of the object: all of them are pinned when the data plane persists.
+const MAPS: &[&str] = &[
+    "SERVICES",
+    "REVERSE",
+    "BACKENDS",
+    "MAGLEV",
+    "TX_PORTS",
+    "NEXTHOP",
+    "SLOT_HOPS",
+    "STATS",
+    "BACKEND_STATS",
+    "SERVICE_STATS",
+    "SCRATCH",
+    "TRIVIAL",
+    "RR",
+    "AFFINITY",
+    "FRAGS",
+];
+
+/// A service as the kernel serves it now.
+#[derive(Debug, Clone)]
+pub struct Live {
+    pub id: u32,
+    pub config: ServiceConfig,
+    pub selector: Selector,
+    /// Backend slot per table entry, as written to the active half.
+    pub table: Vec<u32>,
+    pub kernel: Service,
+}
+
+pub struct Dataplane {
+    ebpf: Ebpf,
+    pins: Option<PathBuf>,
+    live: BTreeMap<SocketAddr, Live>,
+    /// Kernel backend slot of every configured backend address.
+    slots: HashMap<SocketAddr, u32>,
+    /// What each used slot holds in `BACKENDS`.
+    backend_vals: HashMap<u32, Backend>,
+    /// Services found pinned at start and not yet matched with the configuration.
+    adopted: HashMap<SocketAddr, Service>,
+    tx_ports: HashSet<u32>,
+    /// Links this process holds (not pinned): dropping them detaches.
+    attached: Vec<String>,
+    config: Config,
+    /// Backends the health checks hold down: out of every table.
+    down: HashSet<SocketAddr>,
+    table_map: Option<TableMap>,
+}
+
+impl Dataplane {
+    /// Loads the object and both programs into the kernel (this is where the
+    /// verifier runs). Maps are private to this process.
+    pub fn load() -> Result<Self> {
+        Self::open(None)
+    }
+
+    /// Like [`load`](Self::load), with every map pinned under `pins`; maps already
+    /// pinned there are adopted with their contents.
+    pub fn open(pins: Option<&Path>) -> Result<Self> {
+        Self::open_with(pins, AFFINITY_ENTRIES)
+    }
+
+    /// Like [`open`](Self::open), with the affinity map sized for `entries`
+    /// dialogs (a pinned map that exists keeps its size).
+    pub fn open_with(pins: Option<&Path>, entries: u32) -> Result<Self> {
+        raise_memlock();
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries("AFFINITY", entries);
+        let paths: Vec<(&str, PathBuf)> = match pins {
+            Some(dir) => {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating pin directory {}", dir.display()))?;
+                MAPS.iter().map(|m| (*m, dir.join(m))).collect()
+            }
+            None => Vec::new(),
+        };
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(OBJECT).context("loading the XDP object")?;
+        for name in [PROGRAM, TRIVIAL] {
+            let p: &mut Xdp = ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("program {name} missing from the object"))?
+                .try_into()?;
+            match p.load() {
+                Ok(()) => {}
+                Err(ProgramError::LoadError { verifier_log, .. }) => {
+                    return Err(Rejected {
+                        program: name.to_string(),
+                        log: verifier_log.to_string(),
+                    }
+                    .into())
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| format!("loading program {name}"));
+                }
+            }
+        }
+        let mut dp = Dataplane {
+            ebpf,
+            pins: pins.map(Path::to_path_buf),
+            live: BTreeMap::new(),
+            slots: HashMap::new(),
+            backend_vals: HashMap::new(),
+            adopted: HashMap::new(),
+            tx_ports: HashSet::new(),
+            attached: Vec::new(),
+            config: Config::default(),
+            down: HashSet::new(),
+            table_map: None,
+        };
+        dp.adopt()?;
+        Ok(dp)
+    }
+
+    /// Reads back what pinned maps already hold: services and backend slots.
+    fn adopt(&mut self) -> Result<()> {
+        let mut adopted = HashMap::new();
+        let services: BpfHashMap<&MapData, Endpoint, Service> = self.map_ref("SERVICES")?;
+        for kv in services.iter() {
+            let (vip, svc) = kv?;
+            adopted.insert(socket_addr(&vip), svc);
+        }
+        let (mut slots, mut vals) = (HashMap::new(), HashMap::new());
+        let backends: Array<&MapData, Backend> = self.map_ref("BACKENDS")?;
+        for slot in 0..MAX_BACKENDS {
+            let b = backends.get(&slot, 0)?;
+            if b.family != 0 {
+                let e = Endpoint {
+                    addr: b.addr,
+                    port: b.port,
+                    family: b.family,
+                    proto: 0,
+                };
+                slots.insert(socket_addr(&e), slot);
+                vals.insert(slot, b);
+            }
+        }
+        self.adopted = adopted;
+        self.slots = slots;
+        self.backend_vals = vals;
+        Ok(())
+    }
+
+    /// Whether this data plane found services of an earlier run in its pins.
+    pub fn adopted_services(&self) -> usize {
+        self.adopted.len()
+    }
+
+    pub fn program(&mut self, name: &str) -> Result<&mut Xdp> {
+        Ok(self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("no program {name}"))?
+            .try_into()?)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn live(&self) -> &BTreeMap<SocketAddr, Live> {
+        &self.live
+    }
+
+    /// Sets which backends health checks hold down; takes effect at the next
+    /// [`sync`](Self::sync).
+    pub fn set_down(&mut self, down: HashSet<SocketAddr>) {
+        self.down = down;
+    }
+
+    pub fn slot_of(&self, addr: SocketAddr) -> Option<u32> {
+        self.slots.get(&addr).copied()
+    }
+
+    /// What the kernel holds now, for [`plan`].
+    pub fn holdings(&self) -> Holdings {
+        let live = self.live.iter().map(|(vip, l)| {
+            let held = Held {
+                entry: l.kernel,
+                table: Some(l.table.clone()),
+            };
+            (*vip, held)
+        });
+        let adopted = self.adopted.iter().map(|(vip, s)| {
+            let held = Held {
+                entry: *s,
+                table: None,
+            };
+            (*vip, held)
+        });
+        Holdings {
+            slots: self.slots.clone(),
+            services: live.chain(adopted).collect(),
+        }
+    }
+
+    fn map<'a, T>(&'a mut self, name: &str) -> Result<T>
+    where
+        T: TryFrom<&'a mut Map, Error = aya::maps::MapError>,
+    {
+        let m = self
+            .ebpf
+            .map_mut(name)
+            .ok_or_else(|| anyhow!("no map {name}"))?;
+        T::try_from(m).with_context(|| format!("map {name}"))
+    }
+
+    fn map_ref<'a, T>(&'a self, name: &str) -> Result<T>
+    where
+        T: TryFrom<&'a Map, Error = aya::maps::MapError>,
+    {
+        let m = self
+            .ebpf
+            .map(name)
+            .ok_or_else(|| anyhow!("no map {name}"))?;
+        T::try_from(m).with_context(|| format!("map {name}"))
+    }
+}
+
+/// Removes a pin directory and everything in it (bpffs: unlinking a pin drops
+/// the kernel's reference).
+pub fn remove_pins(dir: &Path) -> Result<()> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// The kernel's key for an address: IPv4 in the first four bytes, port in
+/// network order.
+pub fn endpoint(a: SocketAddr) -> Endpoint {
+    let mut addr = [0u8; 16];
+    let family = match a.ip() {
+        IpAddr::V4(v4) => {
+            addr[..4].copy_from_slice(&v4.octets());
+            AF_INET
+        }
+        IpAddr::V6(v6) => {
+            addr = v6.octets();
+            AF_INET6
+        }
+    };
+    Endpoint {
+        addr,
+        port: a.port().to_be(),
+        family,
+        proto: IPPROTO_UDP,
+    }
+}
+
+pub fn socket_addr(e: &Endpoint) -> SocketAddr {
+    let port = u16::from_be(e.port);
+    match e.family {
+        AF_INET6 => SocketAddr::from((e.addr, port)),
+        _ => {
+            debug_assert!(e.family == AF_INET || e.family == 0);
+            SocketAddr::from(([e.addr[0], e.addr[1], e.addr[2], e.addr[3]], port))
+        }
+    }
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.
+fn raise_memlock() {
+    let r = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &r) };
+}

@@ -1,0 +1,478 @@
+//! What the kernel's maps must hold to serve a configuration, computed without
+//! touching the kernel: a pure function of the configuration, the backends the
+//! probes hold down, and what the kernel already holds (slots and service ids
+//! are kept across changes, so that a change moves nothing it does not have to).
+//! [`apply`](super::apply) writes the difference.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+
+use balancer_common::maglev::BuildError;
+use balancer_common::maps::{
+    Backend, Endpoint, Reverse, Service, BACKEND_STICKY, MAX_BACKENDS, MAX_SERVICES, NO_BACKEND,
+    SERVICE_AFFINITY, SERVICE_PASS_NO_BACKEND,
+};
+
+use super::endpoint;
+use crate::model::{AdminState, Config, Mode, NoBackend, ServiceConfig, AFFINITY_IDLE};
+use crate::select::Selector;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PlanError {
+    #[error("at most {MAX_BACKENDS} backends")]
+    TooManyBackends,
+    #[error("at most {MAX_SERVICES} services")]
+    TooManyServices,
+    #[error("service {0}: {1}")]
+    Table(SocketAddr, BuildError),
+}
+
+/// A service the kernel serves now.
+#[derive(Clone, Debug)]
+pub struct Held {
+    pub entry: Service,
+    /// The slots of its active table half; `None` when unknown (a service
+    /// adopted from an earlier run's pins), which forces a rewrite.
+    pub table: Option<Vec<u32>>,
+}
+
+/// What the kernel holds now, as far as planning needs it.
+#[derive(Clone, Debug, Default)]
+pub struct Holdings {
+    /// The backend slot of every address that has one.
+    pub slots: HashMap<SocketAddr, u32>,
+    pub services: HashMap<SocketAddr, Held>,
+}
+
+/// One service as it must be served.
+#[derive(Clone, Debug)]
+pub struct ServicePlan {
+    pub config: ServiceConfig,
+    pub selector: Selector,
+    /// Backend slot per table entry ([`NO_BACKEND`] where the table is empty).
+    pub table: Vec<u32>,
+    /// The service entry; when `write`, `active` names the idle half the table
+    /// goes to, and the entry's update makes it live.
+    pub entry: Service,
+    /// Whether table and entry must be written (new or changed).
+    pub write: bool,
+    /// A new service id: its counters start from zero.
+    pub fresh: bool,
+}
+
+/// Everything the maps must hold.
+#[derive(Clone, Debug, Default)]
+pub struct MapContents {
+    /// The slot of every configured backend address.
+    pub slots: HashMap<SocketAddr, u32>,
+    /// Slots taken by new addresses (their counters start from zero).
+    pub new_slots: Vec<u32>,
+    /// Slots of addresses no longer configured: cleared after a grace period.
+    pub freed_slots: Vec<u32>,
+    pub backends: BTreeMap<u32, Backend>,
+    pub reverse: HashMap<Endpoint, Reverse>,
+    pub services: BTreeMap<SocketAddr, ServicePlan>,
+    /// Served now, not configured any more.
+    pub gone: Vec<SocketAddr>,
+}
+
+impl MapContents {
+    /// Services whose table and entry must be written.
+    pub fn writes(&self) -> usize {
+        self.services.values().filter(|s| s.write).count()
+    }
+}
+
+/// The maps' contents that serve `next` (already validated), with `down` held
+/// out of every table, given what the kernel holds now.
+pub fn plan(
+    next: &Config,
+    down: &HashSet<SocketAddr>,
+    now: &Holdings,
+) -> Result<MapContents, PlanError> {
+    let mut out = MapContents::default();
+    backends(next, down, now, &mut out)?;
+    let ids = service_ids(next, now)?;
+    out.reverse = reverse(next, &ids, &out.slots);
+    for s in &next.services {
+        let p = service(s, ids[&s.vip], down, &out.slots, now.services.get(&s.vip))?;
+        out.services.insert(s.vip, p);
+    }
+    out.gone = now
+        .services
+        .keys()
+        .filter(|v| !out.services.contains_key(v))
+        .copied()
+        .collect();
+    out.gone.sort();
+    Ok(out)
+}
+
+/// Slots (old addresses keep theirs, new ones take the lowest free ones in
+/// address order) and each slot's entry. Dialogs stay on a backend that some
+/// service has active or draining and that is not down (`BACKEND_STICKY`).
+fn backends(
+    next: &Config,
+    down: &HashSet<SocketAddr>,
+    now: &Holdings,
+    out: &mut MapContents,
+) -> Result<(), PlanError> {
+    let mut wanted: HashSet<SocketAddr> = HashSet::new();
+    let mut admin_up: HashSet<SocketAddr> = HashSet::new();
+    for b in next.services.iter().flat_map(|s| &s.backends) {
+        wanted.insert(b.address);
+        if matches!(b.state, AdminState::Active | AdminState::Draining) {
+            admin_up.insert(b.address);
+        }
+    }
+    let mut new_addrs: Vec<SocketAddr> = Vec::new();
+    for a in &wanted {
+        match now.slots.get(a) {
+            Some(s) => {
+                out.slots.insert(*a, *s);
+            }
+            None => new_addrs.push(*a),
+        }
+    }
+    new_addrs.sort();
+    let used: HashSet<u32> = now.slots.values().copied().collect();
+    let mut free = (0..MAX_BACKENDS).filter(|s| !used.contains(s));
+    for a in new_addrs {
+        let slot = free.next().ok_or(PlanError::TooManyBackends)?;
+        out.slots.insert(a, slot);
+        out.new_slots.push(slot);
+    }
+    out.freed_slots = now
+        .slots
+        .iter()
+        .filter(|(a, _)| !wanted.contains(a))
+        .map(|(_, s)| *s)
+        .collect();
+    out.freed_slots.sort();
+    for (a, slot) in &out.slots {
+        let e = endpoint(*a);
+        let sticky = admin_up.contains(a) && !down.contains(a);
+        out.backends.insert(
+            *slot,
+            Backend {
+                addr: e.addr,
+                port: e.port,
+                family: e.family,
+                flags: if sticky { BACKEND_STICKY } else { 0 },
+            },
+        );
+    }
+    Ok(())
+}
+
+/// Service ids: kept by VIP, new services take the lowest free id.
+fn service_ids(next: &Config, now: &Holdings) -> Result<HashMap<SocketAddr, u32>, PlanError> {
+    let mut taken: HashSet<u32> = now.services.values().map(|h| h.entry.id).collect();
+    let mut ids = HashMap::new();
+    for s in &next.services {
+        let id = match now.services.get(&s.vip) {
+            Some(h) => h.entry.id,
+            None => {
+                let id = (0..MAX_SERVICES)
+                    .find(|i| !taken.contains(i))
+                    .ok_or(PlanError::TooManyServices)?;
+                taken.insert(id);
+                id
+            }
+        };
+        ids.insert(s.vip, id);
+    }
+    Ok(ids)
+}
+
+/// Reverse NAT for every DNAT backend, whatever its state: replies of draining
+/// and disabled backends still come from the VIP. With affinity, what they send
+/// also teaches the data plane their dialogs.
+fn reverse(
+    next: &Config,
+    ids: &HashMap<SocketAddr, u32>,
+    slots: &HashMap<SocketAddr, u32>,
+) -> HashMap<Endpoint, Reverse> {
+    let mut out = HashMap::new();
+    for s in next.services.iter().filter(|s| s.mode == Mode::Dnat) {
+        let learn = s.affinity && s.algorithm.learns();
+        for b in &s.backends {
+            out.insert(
+                endpoint(b.address),
+                Reverse {
+                    vip: endpoint(s.vip),
+                    service: ids[&s.vip],
+                    slot: slots[&b.address],
+                    algorithm: s.algorithm.raw(),
+                    learn: learn as u32,
+                },
+            );
+        }
+    }
+    out
+}
+
+/// The service's table over its members and its entry. An unchanged service
+/// keeps its active half and is not written.
+fn service(
+    s: &ServiceConfig,
+    id: u32,
+    down: &HashSet<SocketAddr>,
+    slots: &HashMap<SocketAddr, u32>,
+    held: Option<&Held>,
+) -> Result<ServicePlan, PlanError> {
+    let members: Vec<_> = s.members(down).into_iter().cloned().collect();
+    let selector =
+        Selector::build(&members, s.table_size).map_err(|e| PlanError::Table(s.vip, e))?;
+    let table: Vec<u32> = selector
+        .table
+        .iter()
+        .map(|e| e.map_or(NO_BACKEND, |i| slots[&members[i].address]))
+        .collect();
+    let mut entry = Service {
+        id,
+        table_size: s.table_size,
+        active: 0,
+        mode: s.mode.raw(),
+        algorithm: s.algorithm.raw(),
+        flags: match s.no_backend {
+            NoBackend::Drop => 0,
+            NoBackend::Pass => SERVICE_PASS_NO_BACKEND,
+        } | if s.affinity { SERVICE_AFFINITY } else { 0 },
+        affinity_idle: s.affinity_idle.unwrap_or(AFFINITY_IDLE).as_secs() as u32,
+    };
+    let (write, fresh) = match held {
+        None => (true, true),
+        Some(h) => {
+            entry.active = h.entry.active;
+            let same = h.table.as_ref() == Some(&table) && h.entry == entry;
+            if !same {
+                entry.active = 1 - h.entry.active;
+            }
+            (!same, false)
+        }
+    };
+    Ok(ServicePlan {
+        config: s.clone(),
+        selector,
+        table,
+        entry,
+        write,
+        fresh,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(services: &[(&str, &[&str])]) -> Config {
+        let mut c = Config {
+            interfaces: vec!["eth0".into()],
+            ..Config::default()
+        };
+        for (vip, backends) in services {
+            c.services.push(ServiceConfig::with_backends(
+                vip.parse().unwrap(),
+                backends.iter().map(|b| b.parse().unwrap()).collect(),
+            ));
+        }
+        c.validate().unwrap();
+        c
+    }
+
+    /// What the kernel holds after `p` is applied.
+    fn held(p: &MapContents) -> Holdings {
+        Holdings {
+            slots: p.slots.clone(),
+            services: p
+                .services
+                .iter()
+                .map(|(v, s)| {
+                    (
+                        *v,
+                        Held {
+                            entry: s.entry,
+                            table: Some(s.table.clone()),
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    const VIP: &str = "10.0.0.10:5060";
+    const B: [&str; 3] = ["10.0.2.11:5060", "10.0.2.12:5060", "10.0.2.13:5060"];
+
+    #[test]
+    fn a_first_plan_writes_everything_from_slot_zero() {
+        let p = plan(&config(&[(VIP, &B)]), &HashSet::new(), &Holdings::default()).unwrap();
+        let s = &p.services[&addr(VIP)];
+        assert!(s.write && s.fresh);
+        assert_eq!(s.entry.id, 0);
+        assert_eq!(s.entry.active, 0);
+        assert_eq!(p.new_slots, vec![0, 1, 2]);
+        // Slots in address order.
+        for (i, b) in B.iter().enumerate() {
+            assert_eq!(p.slots[&addr(b)], i as u32);
+            assert_eq!(p.backends[&(i as u32)].flags, BACKEND_STICKY);
+        }
+        // Every entry of the table names one of the three slots, each about a third.
+        let mut per = [0usize; 3];
+        for e in &s.table {
+            per[*e as usize] += 1;
+        }
+        let third = s.table.len() / 3;
+        assert!(
+            per.iter().all(|n| n.abs_diff(third) < third / 50),
+            "{per:?}"
+        );
+        assert_eq!(p.reverse.len(), 3);
+        let r = p.reverse[&endpoint(addr(B[1]))];
+        assert_eq!((r.service, r.slot, r.learn), (0, 1, 1));
+        assert!(p.gone.is_empty() && p.freed_slots.is_empty());
+    }
+
+    #[test]
+    fn nothing_changed_writes_nothing() {
+        let c = config(&[(VIP, &B)]);
+        let first = plan(&c, &HashSet::new(), &Holdings::default()).unwrap();
+        let again = plan(&c, &HashSet::new(), &held(&first)).unwrap();
+        assert_eq!(again.writes(), 0);
+        assert!(again.new_slots.is_empty() && again.freed_slots.is_empty());
+        assert_eq!(again.services[&addr(VIP)].entry.active, 0);
+    }
+
+    #[test]
+    fn a_change_goes_to_the_idle_half_and_keeps_ids_and_slots() {
+        let first = plan(&config(&[(VIP, &B)]), &HashSet::new(), &Holdings::default()).unwrap();
+        // B[0] removed, a new backend added: the others keep their slots, the new
+        // one takes the lowest free slot only after the old one is freed.
+        let next = config(&[(VIP, &[B[1], B[2], "10.0.2.14:5060"])]);
+        let p = plan(&next, &HashSet::new(), &held(&first)).unwrap();
+        let s = &p.services[&addr(VIP)];
+        assert!(s.write && !s.fresh);
+        assert_eq!(s.entry.active, 1);
+        assert_eq!(s.entry.id, 0);
+        assert_eq!(p.slots[&addr(B[1])], 1);
+        assert_eq!(p.slots[&addr(B[2])], 2);
+        assert_eq!(p.slots[&addr("10.0.2.14:5060")], 3);
+        assert_eq!(p.new_slots, vec![3]);
+        assert_eq!(p.freed_slots, vec![0]);
+        assert!(!p.backends.contains_key(&0));
+        assert!(!s.table.contains(&0));
+        // The next change flips back.
+        let p2 = plan(&config(&[(VIP, &B[1..])]), &HashSet::new(), &held(&p)).unwrap();
+        assert_eq!(p2.services[&addr(VIP)].entry.active, 0);
+    }
+
+    #[test]
+    fn down_backends_leave_the_table_and_lose_stickiness() {
+        let c = config(&[(VIP, &B)]);
+        let down: HashSet<SocketAddr> = [addr(B[2])].into();
+        let p = plan(&c, &down, &Holdings::default()).unwrap();
+        let s = &p.services[&addr(VIP)];
+        assert!(!s.table.contains(&2));
+        assert!(s.table.contains(&0) && s.table.contains(&1));
+        assert_eq!(p.backends[&2].flags, 0);
+        assert_eq!(p.backends[&0].flags, BACKEND_STICKY);
+        // Still reverse-NATed: its replies must come from the VIP.
+        assert!(p.reverse.contains_key(&endpoint(addr(B[2]))));
+    }
+
+    #[test]
+    fn draining_keeps_dialogs_disabled_does_not() {
+        let mut c = config(&[(VIP, &B)]);
+        c.services[0].backends[0].state = AdminState::Draining;
+        c.services[0].backends[1].state = AdminState::Disabled;
+        let p = plan(&c, &HashSet::new(), &Holdings::default()).unwrap();
+        let s = &p.services[&addr(VIP)];
+        assert!(s.table.iter().all(|e| *e == 2));
+        assert_eq!(p.backends[&0].flags, BACKEND_STICKY);
+        assert_eq!(p.backends[&1].flags, 0);
+    }
+
+    #[test]
+    fn an_empty_service_fills_its_table_with_no_backend() {
+        let c = config(&[(VIP, &[])]);
+        let p = plan(&c, &HashSet::new(), &Holdings::default()).unwrap();
+        let s = &p.services[&addr(VIP)];
+        assert!(s.table.iter().all(|e| *e == NO_BACKEND));
+        assert_eq!(s.table.len(), s.entry.table_size as usize);
+    }
+
+    #[test]
+    fn entry_fields_follow_the_configuration() {
+        let mut c = config(&[(VIP, &B)]);
+        let s = &mut c.services[0];
+        s.mode = Mode::Dsr;
+        s.no_backend = NoBackend::Pass;
+        s.affinity = false;
+        s.affinity_idle = Some(std::time::Duration::from_secs(90));
+        s.algorithm = crate::model::Algorithm::RequestUri;
+        let p = plan(&c, &HashSet::new(), &Holdings::default()).unwrap();
+        let e = p.services[&addr(VIP)].entry;
+        assert_eq!(e.mode, Mode::Dsr.raw());
+        assert_eq!(e.flags, SERVICE_PASS_NO_BACKEND);
+        assert_eq!(e.affinity_idle, 90);
+        assert_eq!(e.algorithm, crate::model::Algorithm::RequestUri.raw());
+        // DSR backends answer clients directly: nothing to reverse.
+        assert!(p.reverse.is_empty());
+        let c = config(&[(VIP, &B)]);
+        let p = plan(&c, &HashSet::new(), &Holdings::default()).unwrap();
+        let e = p.services[&addr(VIP)].entry;
+        assert_eq!(e.flags, SERVICE_AFFINITY);
+        assert_eq!(e.affinity_idle as u64, AFFINITY_IDLE.as_secs());
+    }
+
+    #[test]
+    fn removed_services_are_gone_and_ids_are_reused_lowest_first() {
+        let two = config(&[(VIP, &B[..1]), ("10.0.0.11:5060", &B[1..2])]);
+        let first = plan(&two, &HashSet::new(), &Holdings::default()).unwrap();
+        assert_eq!(first.services[&addr("10.0.0.11:5060")].entry.id, 1);
+        let one = config(&[("10.0.0.11:5060", &B[1..2])]);
+        let p = plan(&one, &HashSet::new(), &held(&first)).unwrap();
+        assert_eq!(p.gone, vec![addr(VIP)]);
+        assert_eq!(p.services[&addr("10.0.0.11:5060")].entry.id, 1);
+        assert!(!p.services[&addr("10.0.0.11:5060")].write);
+        let back = config(&[("10.0.0.11:5060", &B[1..2]), ("10.0.0.12:5060", &B[..1])]);
+        let p2 = plan(&back, &HashSet::new(), &held(&p)).unwrap();
+        assert_eq!(p2.services[&addr("10.0.0.12:5060")].entry.id, 0);
+        assert!(p2.services[&addr("10.0.0.12:5060")].fresh);
+    }
+
+    #[test]
+    fn adopted_services_are_rewritten_into_their_idle_half() {
+        let c = config(&[(VIP, &B)]);
+        let first = plan(&c, &HashSet::new(), &Holdings::default()).unwrap();
+        let mut h = held(&first);
+        let svc = h.services.get_mut(&addr(VIP)).unwrap();
+        svc.table = None;
+        svc.entry.active = 1;
+        let p = plan(&c, &HashSet::new(), &h).unwrap();
+        let s = &p.services[&addr(VIP)];
+        assert!(s.write && !s.fresh);
+        assert_eq!(s.entry.active, 0);
+        assert_eq!(s.table, first.services[&addr(VIP)].table);
+    }
+
+    #[test]
+    fn too_many_backends_is_an_error_not_a_panic() {
+        let mut h = Holdings::default();
+        for i in 0..MAX_BACKENDS {
+            h.slots.insert(
+                SocketAddr::from(([10, 1, (i >> 8) as u8, i as u8], 5060)),
+                i,
+            );
+        }
+        let c = config(&[(VIP, &B[..1])]);
+        assert_eq!(
+            plan(&c, &HashSet::new(), &h).unwrap_err(),
+            PlanError::TooManyBackends
+        );
+    }
+}
