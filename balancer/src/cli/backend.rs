@@ -100,7 +100,7 @@ pub fn run(instance: &str, c: Command) -> Result<()> {
         },
         Command::List { service, json } => return list(instance, service, json),
     };
-    super::apply(instance, vec![op], false)
+    super::apply(instance, vec![op])
 }
 
 fn list(instance: &str, service: Option<SocketAddr>, json: bool) -> Result<()> {

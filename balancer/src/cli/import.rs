@@ -129,5 +129,5 @@ pub fn run(instance: &str, a: Args) -> Result<()> {
     if !skipped.is_empty() {
         eprintln!("note: sets {skipped:?} of {} are not imported", a.file);
     }
-    super::apply(instance, ops, false)
+    super::apply(instance, ops)
 }

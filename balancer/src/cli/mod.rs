@@ -13,14 +13,10 @@ use balancer::control::{call, Request};
 use balancer::model::Op;
 
 /// Sends changes to the daemon and prints what it did.
-pub fn apply(instance: &str, ops: Vec<Op>, json: bool) -> Result<()> {
+pub fn apply(instance: &str, ops: Vec<Op>) -> Result<()> {
     let a: Applied = call(instance, &Request::Apply { ops })?;
-    if json {
-        println!("{}", serde_json::to_string(&a)?);
-    } else {
-        for c in &a.changes {
-            println!("{c}");
-        }
+    for c in &a.changes {
+        println!("{c}");
     }
     Ok(())
 }

@@ -56,9 +56,9 @@ pub fn run(instance: &str, c: Command) -> Result<()> {
             service.algorithm = algorithm;
             service.mode = mode;
             service.table_size = table_size;
-            super::apply(instance, vec![Op::ServiceAdd { service }], false)
+            super::apply(instance, vec![Op::ServiceAdd { service }])
         }
-        Command::Remove { vip } => super::apply(instance, vec![Op::ServiceRemove { vip }], false),
+        Command::Remove { vip } => super::apply(instance, vec![Op::ServiceRemove { vip }]),
         Command::List { json } => {
             let status = super::status(instance)?;
             let rows: Vec<ServiceRow> = status.services.iter().map(ServiceRow::from).collect();
