@@ -5,9 +5,6 @@
 //! sets the runs per message (default 20000). A benchmark: it measures, it does
 //! not judge.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -17,7 +14,7 @@ use balancer::{
     spec::{Mode, ServiceSpec},
 };
 use balancer_common::maps::TrivialTarget;
-use support::*;
+use balancer_test_support::{netns::*, packet::*, sip::*, xdp::*};
 
 fn runs() -> usize {
     std::env::var("BENCH_TESTRUN_RUNS")

@@ -3,17 +3,11 @@
 //! operator would. Thousands of INVITEs with random Call-IDs, each sent several
 //! times: stickiness, balance, agreement with user space, reverse NAT.
 
-#[path = "support/bed.rs"]
-mod bed;
-#[path = "support/daemon.rs"]
-mod daemon;
-#[path = "support/peers.rs"]
-mod peers;
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use balancer::{select::Selector, spec::BackendSpec};
+use balancer_test_support::{bed, daemon, peers};
 use rand::{distributions::Alphanumeric, Rng, SeedableRng};
 
 const CALLS: usize = 3000;

@@ -6,19 +6,13 @@
 //! Expected backends come from the balancer's own code (`Selector`), so a
 //! misrouted message is found even when the call happens to survive it.
 
-#[path = "support/bed.rs"]
-mod bed;
-#[path = "support/daemon.rs"]
-mod daemon;
-#[path = "support/sipp.rs"]
-mod sipp;
-
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use balancer::{select::Selector, spec::BackendSpec};
-use sipp::{Calls, Logged, Logs, Sipp};
+use balancer_test_support::sipp::{self, Calls, Logged, Logs, Sipp};
+use balancer_test_support::{bed, daemon};
 
 const VIP: &str = "10.0.0.10:5060";
 

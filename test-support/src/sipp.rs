@@ -1,5 +1,5 @@
 //! Real SIP peers for the bed: `sipp` (Debian's sip-tester) as backends (UAS,
-//! scenario `tests/sipp/uas.xml`, which also answers the balancer's OPTIONS) and
+//! scenario `sipp/uas.xml`, which also answers the balancer's OPTIONS) and
 //! as callers (UAC: the built-in `uac` scenario, INVITE 100 180 200 ACK pause BYE
 //! 200, or `uac_big.xml`). Backends log every message (`-trace_msg`), which the
 //! tests read back per Call-ID; callers report their totals (`-trace_stat`) and
@@ -9,15 +9,15 @@
 //! test knows every Call-ID before the calls start and can predict, with the
 //! balancer's own code, which backend each one goes to.
 
-#![allow(dead_code)]
-
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// A scenario file of `sipp/` beside this crate (an absolute path, fixed when
+/// the crate is compiled, so it holds for tests, benches and the lab alike).
 pub fn scenario(name: &str) -> String {
-    format!("{}/tests/sipp/{name}", env!("CARGO_MANIFEST_DIR"))
+    format!("{}/sipp/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
 /// A directory for one test's sipp logs, removed on drop unless the test failed

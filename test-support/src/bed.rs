@@ -4,15 +4,10 @@
 //! client and backend ends send like wire hosts (`tx off`) and receive redirected
 //! frames like NICs (`gro on`). Everything is deleted on drop.
 
-#![allow(dead_code)]
-
 use std::net::Ipv4Addr;
 use std::process::Command;
 
-fn sh(cmd: &str) {
-    let st = Command::new("sh").arg("-c").arg(cmd).status().expect("sh");
-    assert!(st.success(), "bed command failed: {cmd}");
-}
+use crate::netns::sh;
 
 pub struct Bed {
     pub prefix: String,

@@ -16,8 +16,6 @@
 //!   without it kamailio answers the Via port (5060 when there is none), so a
 //!   probe from an ephemeral port hears nothing. Probes should put `;rport` in Via.
 
-#![allow(dead_code)]
-
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
@@ -65,7 +63,6 @@ const MARK: &str = "KTEST ";
 pub struct Kamailio {
     netns: String,
     listen: SocketAddr,
-    behaviour: Behaviour,
     dir: String,
     cfg: String,
     child: Option<Child>,
@@ -152,7 +149,7 @@ pub fn config(listen: SocketAddr, behaviour: &Behaviour) -> String {
     };
     format!(
         r#"#!KAMAILIO
-# Written by balancer/tests/support/kamailio.rs
+# Written by test-support/src/kamailio.rs
 debug=0
 log_stderror=yes
 log_color=no
@@ -222,7 +219,6 @@ impl Kamailio {
         let mut k = Kamailio {
             netns: netns.to_string(),
             listen,
-            behaviour,
             dir,
             cfg,
             child: None,
