@@ -4,6 +4,7 @@
 //! one `balancer` library both see).
 //!
 //! - [`bed`]: the netns test bed (client, balancer host, switch, backends);
+//! - [`binomial`]: how far a hash's spread may stray from the weights;
 //! - [`daemon`]: the balancer binary run in the bed, and its CLI;
 //! - [`peers`], [`kamailio`], [`sipp`]: SIP peers, from minimal UDP ones to real
 //!   servers and callers (the sipp scenarios are in `sipp/` beside this crate);
@@ -12,6 +13,7 @@
 //!   run with BPF_PROG_TEST_RUN.
 
 pub mod bed;
+pub mod binomial;
 pub mod daemon;
 pub mod kamailio;
 pub mod netns;
