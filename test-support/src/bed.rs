@@ -35,6 +35,26 @@ pub fn config_path(instance: &str) -> String {
     format!("/tmp/balancer-test-{instance}.toml")
 }
 
+/// A counter of the `Udp:` lines of /proc/net/snmp in namespace `ns`, e.g.
+/// `RcvbufErrors`: datagrams the kernel dropped at a full socket.
+pub fn udp_counter(ns: &str, name: &str) -> u64 {
+    let o = Command::new("ip")
+        .args(["netns", "exec", ns, "cat", "/proc/net/snmp"])
+        .output()
+        .expect("ip netns exec");
+    let text = String::from_utf8_lossy(&o.stdout);
+    let mut udp = text.lines().filter(|l| l.starts_with("Udp: "));
+    let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
+        panic!("no Udp lines in /proc/net/snmp of {ns}: {text}");
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == name)
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or_else(|| panic!("no Udp counter {name} in {ns}: {names}"))
+}
+
 impl Bed {
     pub fn ns(&self, role: &str) -> String {
         format!("{}-{role}", self.prefix)
