@@ -56,6 +56,7 @@ struct Log {
     options: u32,
     cancels: u32,
     acks: u32,
+    byes: u32,
 }
 
 const MARK: &str = "KTEST ";
@@ -278,6 +279,7 @@ impl Kamailio {
                         "OPTIONS" => l.options += 1,
                         "CANCEL" => l.cancels += 1,
                         "ACK" => l.acks += 1,
+                        "BYE" => l.byes += 1,
                         _ => {}
                     }
                 }
@@ -353,6 +355,10 @@ impl Kamailio {
         self.log.lock().unwrap().acks
     }
 
+    pub fn byes_seen(&self) -> u32 {
+        self.log.lock().unwrap().byes
+    }
+
     /// Forgets what was seen so far.
     pub fn clear(&self) {
         let mut l = self.log.lock().unwrap();
@@ -360,6 +366,7 @@ impl Kamailio {
         l.options = 0;
         l.cancels = 0;
         l.acks = 0;
+        l.byes = 0;
     }
 
     /// Everything kamailio wrote so far.
