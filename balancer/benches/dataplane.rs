@@ -5,9 +5,6 @@
 //! sets the runs per message (default 20000). A benchmark: it measures, it does
 //! not judge.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -16,7 +13,7 @@ use balancer::{
     model::{BackendConfig, ServiceConfig},
 };
 use balancer_common::maps::TrivialTarget;
-use support::*;
+use balancer_test_support::{netns::*, packet::*, sip::*, xdp::*};
 
 fn runs() -> usize {
     std::env::var("BENCH_TESTRUN_RUNS")

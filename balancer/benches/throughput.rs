@@ -1,5 +1,5 @@
 //! Delivered SIP datagrams per second through the netns bed
-//! (`tests/support/bed.rs`), for every contender on the same bed, with the same generator, in the
+//! (`test-support/src/bed.rs`), for every contender on the same bed, with the same generator, in the
 //! same run: `sip-loadgen send` in the client namespace (pinned to CPU 0) offers
 //! a mix of INVITE/OPTIONS/BYE/200 OK at a few rates and flat out; a
 //! `sip-loadgen sink` in each backend namespace (also on CPU 0) counts what
@@ -14,12 +14,8 @@
 //! BENCH_THROUGHPUT and BENCH_SVG name the Markdown section and the plot.
 //! A benchmark: it measures, it does not judge.
 
-#[path = "../tests/support/bed.rs"]
-mod bed;
 #[path = "throughput/contenders.rs"]
 mod contenders;
-#[path = "../tests/support/daemon.rs"]
-mod daemon;
 #[path = "throughput/report.rs"]
 mod report;
 
@@ -28,6 +24,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use balancer_test_support::{bed, daemon};
 use contenders::{Contender, BACKENDS};
 
 /// CPU the generator and the sinks run on (the "other machines").

@@ -6,19 +6,13 @@
 //! calls run, kills one backend midway to show failover, and cleans everything
 //! up on exit or Ctrl-C.
 
-#[path = "../tests/support/bed.rs"]
-mod bed;
-#[path = "../tests/support/daemon.rs"]
-mod daemon;
-#[path = "../tests/support/sipp.rs"]
-mod sipp;
-
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Seek, SeekFrom};
 use std::time::{Duration, Instant};
 
+use balancer_test_support::sipp::{self, Calls, Logs, Sipp};
+use balancer_test_support::{bed, daemon};
 use clap::Parser;
-use sipp::{Calls, Logs, Sipp};
 
 /// SIP XDP balancer lab: a whole gateway in network namespaces, real SIP calls.
 #[derive(Parser)]

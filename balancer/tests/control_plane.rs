@@ -1,19 +1,13 @@
 //! The daemon and its CLI, end to end in the netns bed: changes while traffic
 //! flows, a crash and hitless restart, bad input refused whole.
 
-#[path = "support/bed.rs"]
-mod bed;
-#[path = "support/daemon.rs"]
-mod daemon;
-#[path = "support/peers.rs"]
-mod peers;
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::time::Duration;
 
-use daemon::{cli, cli_ok, Daemon};
+use balancer_test_support::daemon::{cli, cli_ok, Daemon};
+use balancer_test_support::{bed, daemon, peers};
 use serde_json::Value;
 
 fn require_root() {

@@ -3,21 +3,13 @@
 //! a backend dies and comes back, answers 503, answers too late, flaps; then all
 //! die.
 
-#[path = "support/bed.rs"]
-mod bed;
-#[path = "support/daemon.rs"]
-mod daemon;
-#[path = "support/kamailio.rs"]
-mod kamailio;
-#[path = "support/peers.rs"]
-mod peers;
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use daemon::{cli_ok, Daemon};
-use kamailio::{Behaviour, Kamailio};
+use balancer_test_support::daemon::{cli_ok, Daemon};
+use balancer_test_support::kamailio::{Behaviour, Kamailio};
+use balancer_test_support::{bed, peers};
 use serde_json::Value;
 
 const INTERVAL: Duration = Duration::from_millis(200);

@@ -5,8 +5,6 @@
 //! namespace of its own whose routes and static neighbours make the FIB answers
 //! (and so the MACs) known.
 
-mod support;
-
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
@@ -21,8 +19,8 @@ use balancer_common::maps::{
     reason, Endpoint, Service, ALG_CALL_ID, ALG_FROM_URI, ALG_REQUEST_URI, ALG_ROUND_ROBIN,
     ALG_SOURCE, ALG_TO_URI,
 };
+use balancer_test_support::{netns::*, packet::*, sip::*, xdp::*};
 use rand::{distributions::Alphanumeric, Rng, SeedableRng};
-use support::*;
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;

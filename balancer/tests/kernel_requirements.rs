@@ -3,12 +3,10 @@
 //! kernels`), and an older kernel refused in one line that names what it lacks
 //! (run by `cargo xtask kernels` in a VM booting Debian 11's 5.10).
 
-mod support;
-
 use std::process::Command;
 
 use balancer::kernel::requirements;
-use support::*;
+use balancer_test_support::netns::*;
 
 #[test]
 fn this_kernel_has_what_the_data_plane_needs() {

@@ -3,17 +3,11 @@
 //! operator would. Thousands of INVITEs with random Call-IDs, each sent several
 //! times: stickiness, balance, agreement with user space, reverse NAT.
 
-#[path = "support/bed.rs"]
-mod bed;
-#[path = "support/daemon.rs"]
-mod daemon;
-#[path = "support/peers.rs"]
-mod peers;
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use balancer::{model::BackendConfig, select::Selector};
+use balancer_test_support::{bed, binomial, daemon, peers};
 use rand::{distributions::Alphanumeric, Rng, SeedableRng};
 
 const CALLS: usize = 3000;
@@ -29,6 +23,23 @@ fn sole_holder(seen: &[HashMap<String, u32>], id: &str, copies: u32) -> usize {
     assert_eq!(seen[b][id], copies, "{id}: every copy reached backend {b}");
     b
 }
+
+/// Checks that the calls per backend are what the weights predict for that
+/// many keys (see `binomial`).
+fn assert_balanced(specs: &[BackendConfig], per_backend: &[usize]) {
+    let calls: usize = per_backend.iter().sum();
+    let weights: Vec<u32> = specs.iter().map(|s| s.weight).collect();
+    for (b, p) in binomial::shares(&weights).into_iter().enumerate() {
+        let want = binomial::range(calls, p);
+        assert!(
+            want.contains(&per_backend[b]),
+            "backend {b} (weight {}) got {} of {calls} calls, a fair spread gives {want:?}: {per_backend:?}",
+            specs[b].weight,
+            per_backend[b]
+        );
+    }
+}
+
 const REPEATS: u32 = 3;
 
 /// A bed of three backends answering on port 5060, and `balancer attach` in
@@ -111,13 +122,7 @@ fn call_ids_stick_balance_and_replies_come_from_the_vip() {
         );
         per_backend[b] += 1;
     }
-    for (b, n) in per_backend.iter().enumerate() {
-        let share = *n as f64 / CALLS as f64;
-        assert!(
-            (share - 1.0 / 3.0).abs() < 0.03,
-            "backend {b} got {share:.3} of the calls: {per_backend:?}"
-        );
-    }
+    assert_balanced(&specs, &per_backend);
     assert!(
         answers.wrong_source.is_empty(),
         "answers not from the VIP: {:?}",
@@ -160,10 +165,19 @@ fn dsr_backends_answer_from_the_vip_themselves() {
     assert!(daemon.stop());
     let seen: Vec<HashMap<String, u32>> =
         uas.iter().map(|u| u.seen.lock().unwrap().clone()).collect();
+    let specs: Vec<BackendConfig> = backends.iter().map(|b| b.parse().unwrap()).collect();
+    let sel = Selector::build(&specs, 65537).unwrap();
+    let mut per_backend = [0usize; 3];
     for id in &ids {
-        sole_holder(&seen, id, 2);
+        let b = sole_holder(&seen, id, 2);
+        assert_eq!(
+            specs[b].address,
+            sel.whereis(id.as_bytes()).unwrap().address,
+            "{id}: kernel and whereis agree"
+        );
+        per_backend[b] += 1;
     }
-    assert!(seen.iter().all(|s| s.len() > 50), "all backends used");
+    assert_balanced(&specs, &per_backend);
     assert!(answers.wrong_source.is_empty());
     assert_eq!(answers.by_call_id.values().sum::<u32>(), 600);
 }

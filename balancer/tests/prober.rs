@@ -3,16 +3,19 @@
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use balancer::{
     health::Prober,
     health::{HealthConfig, Outcome, Params},
 };
 
+/// Every request a scripted server got, in order.
+type Log = Arc<Mutex<Vec<String>>>;
+
 /// A server on loopback that answers each request with `script(method, msg)`
 /// (a list of status lines to send back) and records every request it got.
-fn server(script: fn(&str) -> Vec<u16>) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+fn server(script: fn(&str) -> Vec<u16>) -> (SocketAddr, Log) {
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     let addr = sock.local_addr().unwrap();
     let log = Arc::new(Mutex::new(Vec::new()));
@@ -54,8 +57,14 @@ fn server(script: fn(&str) -> Vec<u16>) -> (SocketAddr, Arc<Mutex<Vec<String>>>)
     (addr, log)
 }
 
-/// One probe of `backend` with `params`; returns its outcome.
-fn probe_once(backend: SocketAddr, params: Params) -> Outcome {
+/// One probe of `backend` with `params`; returns its outcome once the prober
+/// is done with it and `log` holds the `requests` requests of its call.
+///
+/// The deep check ends its call in a task of its own after the verdict: done
+/// when the runtime is back to the prober's own tasks (receivers and the
+/// probe loop). The requests are then sent; their arrival at the server is
+/// awaited too. Both with a deadline, polled: no sleep long enough "usually".
+fn probe_once(backend: SocketAddr, params: Params, log: &Log, requests: usize) -> Outcome {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -63,11 +72,22 @@ fn probe_once(backend: SocketAddr, params: Params) -> Outcome {
     rt.block_on(async {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let mut p = Prober::new(tx).await.unwrap();
+        let metrics = tokio::runtime::Handle::current().metrics();
+        // The receivers, and the probe loop `update` starts.
+        let own_tasks = metrics.num_alive_tasks() + 1;
         p.update(&[(backend, params)]);
         let ev = rx.recv().await.unwrap();
         assert_eq!(ev.backend, backend);
-        // Give the deep check time to end its call.
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while metrics.num_alive_tasks() > own_tasks || call(log).len() < requests {
+            assert!(
+                Instant::now() < deadline,
+                "after 5 s, {} tasks of the prober are alive ({own_tasks} when idle) and the server got {:?} of {requests} requests",
+                metrics.num_alive_tasks(),
+                call(log)
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         ev.outcome
     })
 }
@@ -82,9 +102,27 @@ fn params(method: &str) -> Params {
     .unwrap()
 }
 
-fn methods(log: &Arc<Mutex<Vec<String>>>) -> Vec<String> {
-    log.lock()
-        .unwrap()
+/// The requests of the first call the server saw (a later probe, one interval
+/// on, is another call).
+fn call(log: &Log) -> Vec<String> {
+    let log = log.lock().unwrap();
+    let call_id = |m: &str| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("Call-ID:"))
+            .map(|v| v.trim().to_string())
+    };
+    let Some(first) = log.first().and_then(|m| call_id(m)) else {
+        return Vec::new();
+    };
+    log.iter()
+        .filter(|m| call_id(m).as_ref() == Some(&first))
+        .cloned()
+        .collect()
+}
+
+/// The methods of [`call`]'s requests.
+fn methods(log: &Log) -> Vec<String> {
+    call(log)
         .iter()
         .map(|m| m.split(' ').next().unwrap().to_string())
         .collect()
@@ -93,7 +131,7 @@ fn methods(log: &Arc<Mutex<Vec<String>>>) -> Vec<String> {
 #[test]
 fn options_answered_and_refused() {
     let (ok, log) = server(|_| vec![200]);
-    let o = probe_once(ok, params("OPTIONS"));
+    let o = probe_once(ok, params("OPTIONS"), &log, 1);
     assert!(matches!(o, Outcome::Reply { code: 200, .. }), "{o:?}");
     let req = log.lock().unwrap()[0].clone();
     assert!(
@@ -102,12 +140,15 @@ fn options_answered_and_refused() {
     );
     assert!(req.contains(";rport\r\n") && req.contains("\r\nCSeq: "));
 
-    let (busy, _) = server(|_| vec![503]);
-    let o = probe_once(busy, params("OPTIONS"));
+    let (busy, log) = server(|_| vec![503]);
+    let o = probe_once(busy, params("OPTIONS"), &log, 1);
     assert!(matches!(o, Outcome::Reply { code: 503, .. }), "{o:?}");
 
-    let (silent, _) = server(|_| vec![]);
-    assert_eq!(probe_once(silent, params("OPTIONS")), Outcome::Timeout);
+    let (silent, log) = server(|_| vec![]);
+    assert_eq!(
+        probe_once(silent, params("OPTIONS"), &log, 1),
+        Outcome::Timeout
+    );
 }
 
 #[test]
@@ -117,10 +158,10 @@ fn the_deep_check_cancels_a_ringing_call() {
         "CANCEL" => vec![200, 487],
         _ => vec![],
     });
-    let o = probe_once(addr, params("INVITE"));
+    let o = probe_once(addr, params("INVITE"), &log, 3);
     assert!(matches!(o, Outcome::Reply { code: 180, .. }), "{o:?}");
     assert_eq!(methods(&log), ["INVITE", "CANCEL", "ACK"]);
-    let m = log.lock().unwrap().clone();
+    let m = call(&log);
     assert!(m[0].contains("Content-Type: application/sdp\r\n"));
     assert!(
         m[2].contains("To: <") && m[2].contains(";tag=srv"),
@@ -135,7 +176,7 @@ fn the_deep_check_hangs_up_an_answered_call_and_fails_a_dead_dialplan() {
         "INVITE" | "BYE" => vec![200],
         _ => vec![],
     });
-    let o = probe_once(addr, params("INVITE"));
+    let o = probe_once(addr, params("INVITE"), &log, 3);
     assert!(matches!(o, Outcome::Reply { code: 200, .. }), "{o:?}");
     assert_eq!(methods(&log), ["INVITE", "ACK", "BYE"]);
 
@@ -143,7 +184,7 @@ fn the_deep_check_hangs_up_an_answered_call_and_fails_a_dead_dialplan() {
         "INVITE" => vec![100, 503],
         _ => vec![],
     });
-    let o = probe_once(dead, params("INVITE"));
+    let o = probe_once(dead, params("INVITE"), &log, 2);
     assert!(matches!(o, Outcome::Reply { code: 503, .. }), "{o:?}");
     assert!(!params("INVITE").accepts(503));
     assert_eq!(methods(&log), ["INVITE", "ACK"]);

@@ -252,6 +252,33 @@ mod tests {
     fn call_ids_are_distinct_and_fixed_width() {
         let ids: std::collections::HashSet<_> = (0..10_000).map(call_id).collect();
         assert_eq!(ids.len(), 10_000);
+        // The array type fixes the byte count; fixed width means more: the
+        // whole slot is Call-ID, in the same layout for every number (24 hex
+        // digits, zero-padded, then the host), never a shorter id padded out.
+        let mut zero_led = 0;
+        for id in &ids {
+            let (hex, host) = id.split_at(24);
+            assert!(
+                hex.iter().all(|b| b.is_ascii_hexdigit()) && host == b"@lg.test",
+                "{}",
+                String::from_utf8_lossy(id)
+            );
+            zero_led += (hex[0] == b'0') as usize;
+        }
+        // A sixteenth of the ids start with a zero digit: the padding is used.
+        assert!(zero_led > 0, "no id needed padding");
+        // And the balancer reads all of it wherever the slot sits.
+        let (t, l, o) = addrs();
+        let mut buf = vec![0u8; 2048];
+        for kind in Kind::ALL {
+            let tpl = template(kind, t, l, o);
+            for id in &ids {
+                let n = tpl.fill(id, &mut buf);
+                assert_eq!(n, tpl.bytes.len(), "{}", kind.name());
+                let got = balancer_common::callid::call_id(&buf[..n]);
+                assert_eq!(got, Some(&id[..]), "{}", kind.name());
+            }
+        }
     }
 
     #[test]

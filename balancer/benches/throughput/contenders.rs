@@ -14,8 +14,8 @@ use aya::programs::XdpMode;
 use balancer::kernel::Dataplane;
 use balancer_common::maps::TrivialTarget;
 
-use crate::bed::{self, Bed, VIP};
-use crate::daemon::Daemon;
+use balancer_test_support::bed::{self, Bed, VIP};
+use balancer_test_support::daemon::Daemon;
 
 pub const BACKENDS: usize = 3;
 

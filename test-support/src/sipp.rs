@@ -1,5 +1,5 @@
 //! Real SIP peers for the bed: `sipp` (Debian's sip-tester) as backends (UAS,
-//! scenario `tests/sipp/uas.xml`, which also answers the balancer's OPTIONS) and
+//! scenario `sipp/uas.xml`, which also answers the balancer's OPTIONS) and
 //! as callers (UAC: the built-in `uac` scenario, INVITE 100 180 200 ACK pause BYE
 //! 200, or `uac_big.xml`). Backends log every message (`-trace_msg`), which the
 //! tests read back per Call-ID; callers report their totals (`-trace_stat`) and
@@ -9,15 +9,15 @@
 //! test knows every Call-ID before the calls start and can predict, with the
 //! balancer's own code, which backend each one goes to.
 
-#![allow(dead_code)]
-
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// A scenario file of `sipp/` beside this crate (an absolute path, fixed when
+/// the crate is compiled, so it holds for tests, benches and the lab alike).
 pub fn scenario(name: &str) -> String {
-    format!("{}/tests/sipp/{name}", env!("CARGO_MANIFEST_DIR"))
+    format!("{}/sipp/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
 /// A directory for one test's sipp logs, removed on drop unless the test failed
@@ -64,48 +64,103 @@ impl Logged {
     pub fn method(&self) -> &str {
         self.first.split(' ').next().unwrap_or("")
     }
+
+    /// The method of the CSeq header (`INVITE` in `CSeq: 1 INVITE`).
+    pub fn cseq_method(&self) -> Option<&str> {
+        header(&self.text, &["CSeq"]).and_then(|v| v.split_whitespace().nth(1))
+    }
 }
 
+/// The value of the first header of the message's head named one of `names`.
+fn header<'a>(msg: &'a str, names: &[&str]) -> Option<&'a str> {
+    msg.lines()
+        .take_while(|l| !l.trim().is_empty())
+        .find_map(|l| {
+            let (n, value) = l.split_once(':')?;
+            let n = n.trim();
+            names
+                .iter()
+                .any(|want| n.eq_ignore_ascii_case(want))
+                .then(|| value.trim())
+        })
+}
+
+/// The line that opens each block of a `-trace_msg` log, before the time.
+const SEPARATOR: &str = "----------------------------------------------- ";
+
 /// Reads a `-trace_msg` log: blocks that start with a line of dashes and the
-/// time, then `UDP message received [N] bytes :` or `UDP message sent (N bytes):`.
+/// time, then `UDP message received [N] bytes :` or `UDP message sent (N
+/// bytes):`, then the message. A missing file or a block that is not that
+/// fails the test, naming the file: skipping what does not parse would show
+/// a test fewer messages than there were, and a check of where they went
+/// could pass on nothing.
 pub fn read_message_log(path: &str) -> Vec<Logged> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let mut out = Vec::new();
-    for block in text.split("\n----------------------------------------------- ") {
-        let mut lines = block.splitn(3, '\n');
-        let (_time, what, rest) = match (lines.next(), lines.next(), lines.next()) {
-            (Some(t), Some(w), Some(r)) => (t, w, r),
-            _ => continue,
-        };
-        let received = what.starts_with("UDP message received");
-        if !received && !what.starts_with("UDP message sent") {
-            continue;
-        }
-        let digits: String = what
-            .chars()
-            .skip_while(|c| !c.is_ascii_digit())
-            .take_while(|c| c.is_ascii_digit())
-            .collect();
-        let msg = rest.trim_start_matches(['\r', '\n']);
-        let first = msg.lines().next().unwrap_or("").trim().to_string();
-        let call_id = msg
-            .lines()
-            .find_map(|l| {
-                let (name, value) = l.split_once(':')?;
-                let name = name.trim();
-                (name.eq_ignore_ascii_case("call-id") || name == "i")
-                    .then(|| value.trim().to_string())
-            })
-            .unwrap_or_default();
-        out.push(Logged {
-            received,
-            bytes: digits.parse().unwrap_or(0),
-            first,
-            call_id,
-            text: msg.to_string(),
-        });
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("sipp message log {path}: {e}"));
+    parse_message_log(&text).unwrap_or_else(|e| panic!("sipp message log {path}: {e}"))
+}
+
+fn parse_message_log(text: &str) -> Result<Vec<Logged>, String> {
+    if text.is_empty() {
+        return Ok(Vec::new());
     }
-    out
+    let body = text
+        .strip_prefix(SEPARATOR)
+        .ok_or_else(|| format!("does not start with a separator line: {:?}", opening(text)))?;
+    body.split(&format!("\n{SEPARATOR}"))
+        .enumerate()
+        .map(|(i, block)| {
+            parse_block(block).map_err(|e| format!("message {}: {e}: {:?}", i + 1, opening(block)))
+        })
+        .collect()
+}
+
+fn parse_block(block: &str) -> Result<Logged, String> {
+    let mut lines = block.splitn(3, '\n');
+    let (Some(time), Some(what), Some(rest)) = (lines.next(), lines.next(), lines.next()) else {
+        return Err("fewer than three lines".into());
+    };
+    if !time.starts_with(|c: char| c.is_ascii_digit()) {
+        return Err(format!("no time after the separator: {time:?}"));
+    }
+    let (received, bytes) = if let Some(r) = what.strip_prefix("UDP message received [") {
+        (true, r.strip_suffix("] bytes :"))
+    } else if let Some(r) = what.strip_prefix("UDP message sent (") {
+        (false, r.strip_suffix(" bytes):"))
+    } else {
+        return Err(format!(
+            "neither a received nor a sent UDP message: {what:?}"
+        ));
+    };
+    let bytes = bytes
+        .and_then(|b| b.parse().ok())
+        .ok_or_else(|| format!("no byte count in {what:?}"))?;
+    let msg = rest.trim_start_matches(['\r', '\n']);
+    let first = msg.lines().next().unwrap_or("").trim().to_string();
+    if first.is_empty() {
+        return Err("an empty message".into());
+    }
+    let call_id = header(msg, &["Call-ID", "i"])
+        .filter(|v| !v.is_empty())
+        .ok_or("no Call-ID")?
+        .to_string();
+    Ok(Logged {
+        received,
+        bytes,
+        first,
+        call_id,
+        text: msg.to_string(),
+    })
+}
+
+/// The first line or so of `text`, for error messages.
+fn opening(text: &str) -> &str {
+    let end = text
+        .char_indices()
+        .map(|(i, _)| i)
+        .nth(120)
+        .unwrap_or(text.len());
+    &text[..end]
 }
 
 /// A sipp process in a network namespace, stopped on drop.
@@ -162,6 +217,10 @@ impl Sipp {
             .args(["netns", "exec", ns, "sipp"])
             .args(args)
             .args(["-nostdin", "-trace_msg", "-message_file", &log])
+            // Socket buffers of 4 MiB (as far as net.core.rmem_max allows): a
+            // sipp without CPU for a moment (the bed shares two cores) finds
+            // what arrived meanwhile instead of the kernel dropping it.
+            .args(["-buff_size", "4194304"])
             .args(["-trace_stat", "-stf", &stat, "-fd", "1"])
             .args(["-trace_calldebug", "-calldebug_file", &calldebug])
             .args([
@@ -279,16 +338,40 @@ impl Sipp {
             exit: status.code().unwrap_or(-1),
             ..Outcome::default()
         };
-        let (succ, fail) = last_stat(&self.stat);
-        o.successful = succ;
-        o.failed = fail;
-        o.failed_ids = failed_call_ids(&self.calldebug);
+        let v = stat_fields(&self.stat, &["SuccessfulCall(C)", "FailedCall(C)"])
+            .unwrap_or_else(|e| panic!("sipp {}: statistics {}: {e}", self.name, self.stat));
+        (o.successful, o.failed) = (v[0], v[1]);
+        let text = std::fs::read_to_string(&self.calldebug).unwrap_or_else(|e| {
+            panic!(
+                "sipp {}: call-debug file {}: {e}",
+                self.name, self.calldebug
+            )
+        });
+        o.failed_ids = failed_call_ids(&text).unwrap_or_else(|e| {
+            panic!(
+                "sipp {}: call-debug file {}: {e}",
+                self.name, self.calldebug
+            )
+        });
+        // The file names each failed call once: fewer names than failures
+        // means it was not read right, and "which calls failed" would be
+        // answered with fewer than there were.
+        assert_eq!(
+            o.failed_ids.len() as u64,
+            o.failed,
+            "sipp {}: {} failed calls in its statistics, {} named in its call-debug file {}",
+            self.name,
+            o.failed,
+            o.failed_ids.len(),
+            self.calldebug
+        );
         o
     }
 
     /// Current totals of a running sipp (written every second): created, current,
     /// successful and failed calls.
     pub fn progress(&self) -> Option<[u64; 4]> {
+        // None until sipp has written its first line.
         stat_fields(
             &self.stat,
             &[
@@ -298,6 +381,7 @@ impl Sipp {
                 "FailedCall(C)",
             ],
         )
+        .ok()
         .map(|v| [v[0], v[1], v[2], v[3]])
     }
 
@@ -360,32 +444,59 @@ fn wait_for_port(ns: &str, port: u16) {
     panic!("sipp did not open port {port} in {ns}");
 }
 
-fn stat_fields(path: &str, names: &[&str]) -> Option<Vec<u64>> {
-    let text = std::fs::read_to_string(path).ok()?;
+/// The named columns of the last line of a `-trace_stat` file (`;`-separated,
+/// a header line first).
+fn stat_fields(path: &str, names: &[&str]) -> Result<Vec<u64>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
     let mut lines = text.lines().filter(|l| !l.trim().is_empty());
-    let header: Vec<&str> = lines.next()?.split(';').collect();
-    let last: Vec<&str> = lines.next_back()?.split(';').collect();
+    let header: Vec<&str> = lines.next().ok_or("empty")?.split(';').collect();
+    let last: Vec<&str> = lines
+        .next_back()
+        .ok_or("no line after the header")?
+        .split(';')
+        .collect();
     names
         .iter()
         .map(|n| {
-            let i = header.iter().position(|h| h == n)?;
-            last.get(i)?.trim().parse().ok()
+            let i = header
+                .iter()
+                .position(|h| h == n)
+                .ok_or_else(|| format!("no column {n}"))?;
+            let v = last.get(i).ok_or_else(|| format!("no value for {n}"))?;
+            v.trim().parse().map_err(|_| format!("{n} is {v:?}"))
         })
         .collect()
 }
 
-fn last_stat(path: &str) -> (u64, u64) {
-    stat_fields(path, &["SuccessfulCall(C)", "FailedCall(C)"])
-        .map(|v| (v[0], v[1]))
-        .unwrap_or((0, 0))
-}
+const CALLDEBUG_HEAD: &str = "Call debugging information for call ";
 
-fn failed_call_ids(path: &str) -> HashSet<String> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    text.lines()
-        .filter_map(|l| l.strip_prefix("Call debugging information for call "))
-        .map(|s| s.trim_end_matches(':').to_string())
-        .collect()
+/// The Call-IDs a `-trace_calldebug` file names: one entry per failed call, a
+/// line of dashes, then `Call debugging information for call ID:`, then the
+/// call's history. An entry of another shape is an error, not a call that did
+/// not fail.
+fn failed_call_ids(text: &str) -> Result<HashSet<String>, String> {
+    let is_rule = |l: &str| l.len() >= 40 && l.bytes().all(|b| b == b'-');
+    let mut ids = HashSet::new();
+    let mut lines = text.lines();
+    let mut entries = 0;
+    while let Some(l) = lines.next() {
+        if is_rule(l) {
+            let next = lines.next().unwrap_or("");
+            let id = next
+                .strip_prefix(CALLDEBUG_HEAD)
+                .and_then(|s| s.strip_suffix(':'))
+                .filter(|id| !id.is_empty())
+                .ok_or_else(|| format!("a rule followed by {next:?}, not `{CALLDEBUG_HEAD}ID:`"))?;
+            ids.insert(id.to_string());
+            entries += 1;
+        } else if l.starts_with(CALLDEBUG_HEAD) {
+            return Err(format!("{l:?} without the rule before it"));
+        }
+    }
+    if entries == 0 && !text.trim().is_empty() {
+        return Err(format!("no entry in {:?}", opening(text)));
+    }
+    Ok(ids)
 }
 
 /// Per backend, the received requests of the dialogs with Call-IDs in `ids`:
@@ -409,4 +520,72 @@ pub fn complete(methods: &[String]) -> bool {
     methods.iter().any(|m| m == "INVITE")
         && methods.iter().any(|m| m == "ACK")
         && methods.iter().any(|m| m == "BYE")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two blocks as sipp 3.6 writes them with `-trace_msg`.
+    const LOG: &str =
+        "----------------------------------------------- 2026-11-30 04:40:57.049547\n\
+UDP message received [497] bytes :\n\n\
+INVITE sip:service@127.0.0.1:5060 SIP/2.0\n\
+Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-18985-1-0\n\
+Call-ID: t-1@h\n\
+CSeq: 1 INVITE\n\
+Content-Length: 0\n\n\n\
+----------------------------------------------- 2026-11-30 04:40:57.049673\n\
+UDP message sent (231 bytes):\n\n\
+SIP/2.0 100 Trying\n\
+i: t-1@h\n\
+CSeq: 1 INVITE\n\
+Content-Length: 0\n\n\n";
+
+    #[test]
+    fn a_message_log_is_read_block_by_block() {
+        let m = parse_message_log(LOG).unwrap();
+        assert_eq!(m.len(), 2);
+        assert!(m[0].received && m[0].bytes == 497 && m[0].method() == "INVITE");
+        assert!(!m[1].received && m[1].bytes == 231 && m[1].first == "SIP/2.0 100 Trying");
+        assert!(m.iter().all(|m| m.call_id == "t-1@h"));
+        assert_eq!(m[1].cseq_method(), Some("INVITE"));
+        assert!(parse_message_log("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_message_log_of_another_shape_is_an_error() {
+        for bad in [
+            LOG.replace("UDP message sent (231 bytes):", "UDP msg sent 231:"),
+            LOG.replace("[497] bytes :", "[497 bytes]:"),
+            LOG.replace("i: t-1@h\n", ""),
+            format!("sipp v3.7\n{LOG}"),
+        ] {
+            assert!(parse_message_log(&bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_call_debug_file_names_each_failed_call() {
+        let entry = |id: &str| {
+            format!(
+                "{}\n{CALLDEBUG_HEAD}{id}:\n2026-11-30\t04:40:57.463357\t1796013657.463357 Starting call {id}\n\n",
+                "-".repeat(79)
+            )
+        };
+        let text = entry("f-1@h") + &entry("f-2@h");
+        let ids = failed_call_ids(&text).unwrap();
+        assert_eq!(
+            ids,
+            HashSet::from(["f-1@h".to_string(), "f-2@h".to_string()])
+        );
+        assert!(failed_call_ids("").unwrap().is_empty());
+        for bad in [
+            text.replace(CALLDEBUG_HEAD, "Debugging call "),
+            text.replace(&"-".repeat(79), ""),
+            "something else\n".to_string(),
+        ] {
+            assert!(failed_call_ids(&bad).is_err(), "{bad}");
+        }
+    }
 }

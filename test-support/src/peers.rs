@@ -2,8 +2,6 @@
 //! a 200 carrying the same Call-ID and records what it saw, and a client that
 //! sends INVITEs and collects the answers.
 
-#![allow(dead_code)]
-
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;

@@ -4,27 +4,46 @@
 //! a private mount namespace with a fresh /sys, where bpffs pins would vanish with
 //! the process and hitless restarts could not be tested.
 
-#![allow(dead_code)]
-
 use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-/// `BALANCER_BIN`, else the binary cargo built for these tests, else the one next
-/// to the running example (`target/<profile>/examples/..`).
-pub fn balancer_bin() -> String {
-    if let Ok(b) = std::env::var("BALANCER_BIN") {
-        return b;
-    }
-    if let Some(b) = option_env!("CARGO_BIN_EXE_balancer") {
-        return b.to_string();
-    }
+/// The balancer binary: `BALANCER_BIN` if set; else `CARGO_BIN_EXE_balancer`,
+/// which cargo sets when it runs an integration test or a bench (`cargo test`,
+/// `cargo bench`), naming the binary it built for that very run; else the
+/// `balancer` in the profile directory of the running executable, which is
+/// where cargo puts it beside the test and bench executables (`deps/`) and
+/// examples (`examples/`): that covers a test binary run by itself (the VMs of
+/// `cargo xtask kernels`) and the lab example (`cargo xtask lab` builds the
+/// binary first). This crate cannot use `env!("CARGO_BIN_EXE_balancer")`: cargo
+/// only sets it when compiling the balancer package's own tests.
+pub fn balancer_bin() -> PathBuf {
+    let bin = std::env::var_os("BALANCER_BIN")
+        .or_else(|| std::env::var_os("CARGO_BIN_EXE_balancer"))
+        .map(PathBuf::from)
+        .unwrap_or_else(beside_this_executable);
+    assert!(
+        bin.is_file(),
+        "no balancer binary at {} (build it with `cargo build -p balancer`, or set BALANCER_BIN)",
+        bin.display()
+    );
+    bin
+}
+
+/// `target/<profile>/balancer` for an executable in `target/<profile>/deps/`
+/// or `target/<profile>/examples/` (or in `target/<profile>/` itself).
+fn beside_this_executable() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    exe.parent()
-        .and_then(|d| d.parent())
-        .map(|d| d.join("balancer").display().to_string())
-        .expect("target dir")
+    let mut dir = exe.parent().expect("the executable's directory");
+    if matches!(
+        dir.file_name().and_then(|n| n.to_str()),
+        Some("deps" | "examples")
+    ) {
+        dir = dir.parent().expect("the profile directory");
+    }
+    dir.join("balancer")
 }
 
 pub struct Daemon {

@@ -4,15 +4,10 @@
 //! client and backend ends send like wire hosts (`tx off`) and receive redirected
 //! frames like NICs (`gro on`). Everything is deleted on drop.
 
-#![allow(dead_code)]
-
 use std::net::Ipv4Addr;
 use std::process::Command;
 
-fn sh(cmd: &str) {
-    let st = Command::new("sh").arg("-c").arg(cmd).status().expect("sh");
-    assert!(st.success(), "bed command failed: {cmd}");
-}
+use crate::netns::sh;
 
 pub struct Bed {
     pub prefix: String,
@@ -38,6 +33,26 @@ pub fn backend_ip6(i: usize) -> String {
 /// Where a test instance keeps its configuration file.
 pub fn config_path(instance: &str) -> String {
     format!("/tmp/balancer-test-{instance}.toml")
+}
+
+/// A counter of the `Udp:` lines of /proc/net/snmp in namespace `ns`, e.g.
+/// `RcvbufErrors`: datagrams the kernel dropped at a full socket.
+pub fn udp_counter(ns: &str, name: &str) -> u64 {
+    let o = Command::new("ip")
+        .args(["netns", "exec", ns, "cat", "/proc/net/snmp"])
+        .output()
+        .expect("ip netns exec");
+    let text = String::from_utf8_lossy(&o.stdout);
+    let mut udp = text.lines().filter(|l| l.starts_with("Udp: "));
+    let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
+        panic!("no Udp lines in /proc/net/snmp of {ns}: {text}");
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == name)
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or_else(|| panic!("no Udp counter {name} in {ns}: {names}"))
 }
 
 impl Bed {

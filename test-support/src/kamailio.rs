@@ -16,8 +16,6 @@
 //!   without it kamailio answers the Via port (5060 when there is none), so a
 //!   probe from an ephemeral port hears nothing. Probes should put `;rport` in Via.
 
-#![allow(dead_code)]
-
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
@@ -58,6 +56,7 @@ struct Log {
     options: u32,
     cancels: u32,
     acks: u32,
+    byes: u32,
 }
 
 const MARK: &str = "KTEST ";
@@ -65,7 +64,6 @@ const MARK: &str = "KTEST ";
 pub struct Kamailio {
     netns: String,
     listen: SocketAddr,
-    behaviour: Behaviour,
     dir: String,
     cfg: String,
     child: Option<Child>,
@@ -152,7 +150,7 @@ pub fn config(listen: SocketAddr, behaviour: &Behaviour) -> String {
     };
     format!(
         r#"#!KAMAILIO
-# Written by balancer/tests/support/kamailio.rs
+# Written by test-support/src/kamailio.rs
 debug=0
 log_stderror=yes
 log_color=no
@@ -222,7 +220,6 @@ impl Kamailio {
         let mut k = Kamailio {
             netns: netns.to_string(),
             listen,
-            behaviour,
             dir,
             cfg,
             child: None,
@@ -282,6 +279,7 @@ impl Kamailio {
                         "OPTIONS" => l.options += 1,
                         "CANCEL" => l.cancels += 1,
                         "ACK" => l.acks += 1,
+                        "BYE" => l.byes += 1,
                         _ => {}
                     }
                 }
@@ -357,6 +355,10 @@ impl Kamailio {
         self.log.lock().unwrap().acks
     }
 
+    pub fn byes_seen(&self) -> u32 {
+        self.log.lock().unwrap().byes
+    }
+
     /// Forgets what was seen so far.
     pub fn clear(&self) {
         let mut l = self.log.lock().unwrap();
@@ -364,6 +366,7 @@ impl Kamailio {
         l.options = 0;
         l.cancels = 0;
         l.acks = 0;
+        l.byes = 0;
     }
 
     /// Everything kamailio wrote so far.

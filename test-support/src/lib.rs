@@ -1,0 +1,24 @@
+//! What the balancer's integration tests, benchmarks and lab example share: a
+//! dev-dependency of `balancer`, which it depends on in turn (Cargo allows that
+//! cycle for dev-dependencies; integration tests, benches and examples link the
+//! one `balancer` library both see).
+//!
+//! - [`bed`]: the netns test bed (client, balancer host, switch, backends);
+//! - [`binomial`]: how far a hash's spread may stray from the weights;
+//! - [`daemon`]: the balancer binary run in the bed, and its CLI;
+//! - [`peers`], [`kamailio`], [`sipp`]: SIP peers, from minimal UDP ones to real
+//!   servers and callers (the sipp scenarios are in `sipp/` beside this crate);
+//! - [`netns`], [`packet`], [`sip`], [`xdp`]: the kernel fixtures' namespace,
+//!   frames built and parsed byte by byte, SIP messages, and the loaded program
+//!   run with BPF_PROG_TEST_RUN.
+
+pub mod bed;
+pub mod binomial;
+pub mod daemon;
+pub mod kamailio;
+pub mod netns;
+pub mod packet;
+pub mod peers;
+pub mod sip;
+pub mod sipp;
+pub mod xdp;

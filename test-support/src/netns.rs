@@ -1,0 +1,113 @@
+//! Network namespaces that clean up after themselves, shell commands that must
+//! succeed, and the namespace the kernel fixture tests and the data plane
+//! benchmark run their program in.
+
+use std::os::fd::AsRawFd;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+pub fn sh(cmd: &str) {
+    let st = Command::new("sh").arg("-c").arg(cmd).status().expect("sh");
+    assert!(st.success(), "command failed: {cmd}");
+}
+
+pub fn sh_out(cmd: &str) -> String {
+    let o = Command::new("sh").arg("-c").arg(cmd).output().expect("sh");
+    assert!(
+        o.status.success(),
+        "command failed: {cmd}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn require_root() {
+    assert!(
+        unsafe { libc::geteuid() } == 0,
+        "these tests load XDP programs and make network namespaces: run them as root (cargo xtask test)"
+    );
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A named network namespace, deleted (with everything in it) on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Netns {
+        let name = format!(
+            "bt{}-{}-{}",
+            tag,
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        sh(&format!("ip netns add {name}"));
+        sh(&format!("ip -n {name} link set lo up"));
+        Netns { name }
+    }
+
+    pub fn exec(&self, cmd: &str) {
+        sh(&format!("ip netns exec {} {cmd}", self.name));
+    }
+
+    pub fn ip(&self, args: &str) {
+        sh(&format!("ip -n {} {args}", self.name));
+    }
+
+    /// Moves the calling thread into this namespace.
+    pub fn enter(&self) {
+        let f = std::fs::File::open(format!("/run/netns/{}", self.name)).expect("netns file");
+        let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns {}", self.name);
+    }
+
+    pub fn ifindex(&self, dev: &str) -> u32 {
+        let out = sh_out(&format!("ip -n {} -o link show {dev}", self.name));
+        out.split(':').next().unwrap().trim().parse().unwrap()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// The balancer host of the fixture tests and the benchmark, in a namespace of
+/// its own that the calling thread enters: client side `cli0` (10.0.1.1,
+/// fd00:1::1, MAC 02:00:00:00:ff:01), backend side `bk0` (10.0.2.1, fd00:2::1,
+/// MAC 02:00:00:00:fe:01), forwarding on, and static neighbours so FIB answers
+/// are known: the client 10.0.1.2/fd00:1::2 at 02:00:00:00:01:02, backends
+/// 10.0.2.H at 02:00:00:00:02:HH (H in hex) and fd00:2::H at 02:00:00:00:06:H
+/// for H in 11, 12, 13, 21, 22. Returns the namespace and the two ifindexes.
+pub fn fixture_net(tag: &str) -> (Netns, u32, u32) {
+    let ns = Netns::new(tag);
+    ns.ip("link add cli0 address 02:00:00:00:ff:01 type veth peer name cli0p");
+    ns.ip("link add bk0 address 02:00:00:00:fe:01 type veth peer name bk0p");
+    for d in ["cli0", "cli0p", "bk0", "bk0p"] {
+        ns.ip(&format!("link set {d} up"));
+    }
+    ns.ip("addr add 10.0.1.1/24 dev cli0");
+    ns.ip("addr add 10.0.2.1/24 dev bk0");
+    ns.ip("addr add fd00:1::1/64 dev cli0 nodad");
+    ns.ip("addr add fd00:2::1/64 dev bk0 nodad");
+    ns.ip("neigh add 10.0.1.2 lladdr 02:00:00:00:01:02 dev cli0 nud permanent");
+    ns.ip("neigh add fd00:1::2 lladdr 02:00:00:00:01:02 dev cli0 nud permanent");
+    for h in [11, 12, 13, 21, 22] {
+        ns.ip(&format!(
+            "neigh add 10.0.2.{h} lladdr 02:00:00:00:02:{h:02x} dev bk0 nud permanent"
+        ));
+        ns.ip(&format!(
+            "neigh add fd00:2::{h} lladdr 02:00:00:00:06:{h} dev bk0 nud permanent"
+        ));
+    }
+    ns.exec("sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1");
+    let cli = ns.ifindex("cli0");
+    let bk = ns.ifindex("bk0");
+    ns.enter();
+    (ns, cli, bk)
+}
