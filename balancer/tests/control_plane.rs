@@ -318,6 +318,10 @@ impl Run {
     }
 
     /// SIGKILL: a crash, as far as the daemon can tell.
+    fn crash(mut self) {
+        self.kill();
+    }
+
     fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -609,7 +613,7 @@ fn restarts_lose_no_dialog_and_keep_established_ones() {
 
     // 2. SIGKILL: the same, without the daemon's help.
     marks.push((stream.sent(), "SIGKILL"));
-    drop(d);
+    d.crash();
     assert_eq!(Kernel::read(&bed, &inst), k1, "untouched after a crash");
     stream.await_more(phase);
     marks.push((stream.sent(), "start"));
@@ -654,7 +658,12 @@ fn restarts_lose_no_dialog_and_keep_established_ones() {
         if total(&now) >= sent_so_far {
             break;
         }
-        assert!(t0.elapsed() < TRANSIT * 20, "{sent_so_far} sent: {now}");
+        // A deadline for the last few in flight, not the claim.
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "{sent_so_far} sent: {now}"
+        );
+        std::thread::sleep(TRANSIT / 10);
     }
 
     // 3. A configuration change while the daemon is down (backend 2 added,

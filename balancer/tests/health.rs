@@ -178,6 +178,61 @@ fn await_row(
     }
 }
 
+/// Looks at `b`, down and about to answer again (`base` was taken while it was
+/// down), until it is active, at most `limit` plus `rise` verdicts. Returns the
+/// start of its last run of answers (the first answer after the last failure,
+/// with the success count before it) and the change to `active`.
+fn await_rise(inst: &str, b: SocketAddr, base: Look, limit: Duration) -> ((Change, u64), Change) {
+    let t0 = Instant::now();
+    let mut prev = base;
+    let mut run: Option<(Change, u64)> = None;
+    loop {
+        let l = Look::take(inst, b);
+        if l.n("probe_failures") > prev.n("probe_failures") {
+            run = None;
+        }
+        let prev_asked = prev.asked;
+        let prev_successes = prev.successes();
+        if l.state() == "active" {
+            // A look between the run's first answer and `active`: one answer
+            // is not enough.
+            let (start, n) = run.unwrap_or_else(|| {
+                panic!("active with no look at it answering while down: {}", l.row)
+            });
+            return (
+                (start, n),
+                Change {
+                    after: prev_asked,
+                    before: Some(prev),
+                    seen: l,
+                },
+            );
+        }
+        assert_eq!(l.state(), "down", "{}", l.row);
+        if run.is_none() && l.successes() > prev_successes {
+            run = Some((
+                Change {
+                    after: prev_asked,
+                    before: None,
+                    seen: Look {
+                        asked: l.asked,
+                        answered: l.answered,
+                        row: l.row.clone(),
+                    },
+                },
+                prev_successes,
+            ));
+        }
+        assert!(
+            t0.elapsed() < limit + patience(RISE),
+            "{b}: not active within {limit:?}: {}",
+            l.row
+        );
+        prev = l;
+        std::thread::sleep(POLL_PAUSE);
+    }
+}
+
 /// Waits until `b` is in `want`, at most `limit`.
 fn wait_state(inst: &str, b: SocketAddr, want: &str, limit: Duration) {
     await_row(inst, b, Instant::now(), limit, want, |l| l.state() == want);
@@ -199,18 +254,33 @@ fn stats(inst: &str) -> Value {
     serde_json::from_str(&cli_ok(inst, &["stats", "--json"])).unwrap()
 }
 
-/// Which backend saw each Call-ID (each must have reached exactly one).
+/// Which backend saw each of `ids`, all answered, so each reached exactly one.
+/// Kamailio logs a request before answering it, but the log reaches this
+/// process through a pipe and a reader thread: the last ones are awaited.
 fn holders(servers: &[&Kamailio], ids: &[String]) -> HashMap<String, usize> {
-    let seen: Vec<HashMap<String, u32>> = servers.iter().map(|k| k.seen()).collect();
-    ids.iter()
-        .filter_map(|id| {
-            let h: Vec<usize> = (0..seen.len())
-                .filter(|&b| seen[b].contains_key(id))
-                .collect();
-            assert!(h.len() <= 1, "{id} reached backends {h:?}");
-            h.first().map(|b| (id.clone(), *b))
-        })
-        .collect()
+    let t0 = Instant::now();
+    loop {
+        let seen: Vec<HashMap<String, u32>> = servers.iter().map(|k| k.seen()).collect();
+        let got: HashMap<String, usize> = ids
+            .iter()
+            .filter_map(|id| {
+                let h: Vec<usize> = (0..seen.len())
+                    .filter(|&b| seen[b].contains_key(id))
+                    .collect();
+                assert!(h.len() <= 1, "{id} reached backends {h:?}");
+                h.first().map(|b| (id.clone(), *b))
+            })
+            .collect();
+        if got.len() == ids.len() {
+            return got;
+        }
+        assert!(
+            t0.elapsed() < STALL,
+            "{} answered Call-IDs in no backend's log",
+            ids.len() - got.len()
+        );
+        std::thread::sleep(POLL_PAUSE);
+    }
 }
 
 fn ids(tag: &str, n: usize) -> Vec<String> {
@@ -559,46 +629,25 @@ fn probes_move_traffic_within_one_interval() {
 
     // 2. It comes back: active after `rise` answers in a row, and takes its
     // share. Probes keep going out every interval while it is down; the first
-    // answered one (r) starts the run, so
+    // answered one after the last failure (r) starts the run, so
     //   active at s_(r+rise-1) + rtt = s_r + (rise - 1) * interval (+ rtt)
     // which one success too few or too many, or the default rise, misses by an
-    // interval. Its first success is watched while it restarts.
+    // interval. (A server just started on a loaded machine may still answer a
+    // probe too late: that failure starts the run over.) Watched from before
+    // the restart.
     let base = Look::take(&inst, backend(1));
     assert_eq!(base.state(), "down");
-    let first_ok = std::thread::scope(|s| {
-        let watch = s.spawn(|| {
-            await_row(
-                &inst,
-                backend(1),
-                base.asked,
-                Duration::from_secs(10) + patience(1),
-                "answering",
-                |l| l.successes() > base.successes(),
-            )
-        });
+    let (run, up) = std::thread::scope(|s| {
+        let watch = s.spawn(|| await_rise(&inst, backend(1), base, Duration::from_secs(20)));
         k[1].restart();
         watch.join().unwrap()
     });
-    assert_eq!(
-        first_ok.seen.state(),
-        "down",
-        "one answer is not enough: {}",
-        first_ok.seen.row
-    );
-    let up = await_row(
-        &inst,
-        backend(1),
-        first_ok.seen.asked,
-        patience(RISE),
-        "active",
-        |l| l.state() == "active",
-    );
-    up.assert_after(&first_ok, INTERVAL * (RISE - 1), "back up", died);
-    let successes = |l: &Look| l.successes() - base.successes();
-    let last_down = up.before.as_ref().unwrap_or(&first_ok.seen);
+    up.assert_after(&run.0, INTERVAL * (RISE - 1), "back up", died);
+    let successes = |l: &Look| l.successes() - run.1;
+    let last_down = up.before.as_ref().unwrap_or(&run.0.seen);
     assert!(
         successes(last_down) < u64::from(RISE) && successes(&up.seen) >= u64::from(RISE),
-        "up after {} successes, still down after {}",
+        "up after {} successes in a row, still down after {}",
         successes(&up.seen),
         successes(last_down)
     );
@@ -611,6 +660,15 @@ fn probes_move_traffic_within_one_interval() {
     // rate times the detection window times backend 1's share, a third.
     let sent = stream.finish();
     let (dropped_after, where_dropped) = bed_drops(&bed, 4);
+    // The backends' logs caught up with every answer.
+    let answered: Vec<String> = sent
+        .ids
+        .iter()
+        .map(|(id, _)| id.clone())
+        .filter(|id| sent.answers.contains_key(id))
+        .collect();
+    holders(&[&k[0], &k[1], &k[2]], &answered);
+
     let bed_lost = dropped_after - dropped_before;
     let full = table(&[0, 1, 2]);
     let window = |from: Instant, to: Instant| -> Vec<&String> {
