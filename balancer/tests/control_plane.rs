@@ -421,6 +421,22 @@ impl Kernel {
     }
 }
 
+/// Which of the service's two table halves the kernel reads now (the pinned
+/// `SERVICES` entry of the VIP).
+fn live_half(inst: &str) -> u32 {
+    let pin = format!("/sys/fs/bpf/balancer/{inst}/SERVICES");
+    let map = aya::maps::Map::HashMap(aya::maps::MapData::from_pin(pin).unwrap());
+    let services: aya::maps::HashMap<
+        aya::maps::MapData,
+        balancer_common::maps::Endpoint,
+        balancer_common::maps::Service,
+    > = map.try_into().unwrap();
+    services
+        .get(&balancer::spec::endpoint(vip()), 0)
+        .expect("the service in the kernel")
+        .active
+}
+
 /// The id of the XDP program attached to `iface` in the balancer's namespace.
 fn xdp_program(bed: &bed::Bed, iface: &str) -> u32 {
     let o = std::process::Command::new("ip")
@@ -675,6 +691,7 @@ fn restarts_lose_no_dialog_and_keep_established_ones() {
     marks.push((stream.sent(), "SIGTERM"));
     let (ok, said) = d.terminate();
     assert!(ok, "{said:?}");
+    let half = live_half(&inst);
     std::fs::write(&conf, restart_config(new)).unwrap();
     stream.await_more(phase);
     let starting = std::time::Instant::now();
@@ -684,6 +701,14 @@ fn restarts_lose_no_dialog_and_keep_established_ones() {
     marks.push((stream.sent(), "ready"));
     let k3 = Kernel::read(&bed, &inst);
     k2.assert_replaced_by(&k3, "after a configuration change");
+    // The new table went into the idle half, then the service switched to it
+    // (writing the live half in place would let packets read a half-written
+    // table, which the traffic here could not tell).
+    assert_eq!(
+        live_half(&inst),
+        1 - half,
+        "the new table is in the other half"
+    );
     stream.await_more(phase);
 
     // Every Call-ID is sent once and the backend answers every request once:
