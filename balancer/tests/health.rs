@@ -43,6 +43,10 @@ const LATE: Duration = Duration::from_millis(120);
 /// From a datagram's send to the XDP program reading it, or to a killed server's
 /// socket: veth queues and NAPI threads on two shared cores.
 const TRANSIT: Duration = Duration::from_millis(50);
+/// How far from the timeout a server answers to show which side of it the
+/// daemon puts the answer: Kamailio's `usleep` and the prober's timer, each
+/// late by a scheduling delay at most.
+const MARGIN: Duration = Duration::from_millis(40);
 /// Between two looks through the CLI (each look is a process and a request).
 const POLL_PAUSE: Duration = Duration::from_millis(5);
 /// Added to the limit of a wait whose duration is not what is tested: a
@@ -777,15 +781,17 @@ fn probes_move_traffic_within_one_interval() {
     let (_, row) = state(&inst, backend(3));
     assert!(row["last_probe"].as_str().unwrap().contains("503"), "{row}");
 
-    // 4. One that answers after the timeout counts as failing.
+    // 4. The timeout, to within MARGIN: a server answering MARGIN after it
+    // fails (down after `fall` probes), one answering MARGIN before it succeeds
+    // (back after `rise`).
     k3.stop();
     let mut k3 = Kamailio::start(&bed.backend_ns(3), backend(3), Behaviour::Normal);
     wait_state(&inst, backend(3), "active", patience(RISE));
     k3.stop();
-    let slow = Kamailio::start(
+    let mut slow = Kamailio::start(
         &bed.backend_ns(3),
         backend(3),
-        Behaviour::Slow(TIMEOUT + Duration::from_millis(100)),
+        Behaviour::Slow(TIMEOUT + MARGIN),
     );
     wait_state(&inst, backend(3), "down", patience(FALL));
     let (_, row) = state(&inst, backend(3));
@@ -793,7 +799,19 @@ fn probes_move_traffic_within_one_interval() {
         row["last_probe"].as_str().unwrap().contains("no answer"),
         "{row}"
     );
-    drop(slow);
+    slow.stop();
+    let in_time = Kamailio::start(
+        &bed.backend_ns(3),
+        backend(3),
+        Behaviour::Slow(TIMEOUT - MARGIN),
+    );
+    wait_state(&inst, backend(3), "active", patience(RISE));
+    let (_, row) = state(&inst, backend(3));
+    assert!(
+        row["last_probe"].as_str().unwrap().contains("answered 200"),
+        "{row}"
+    );
+    drop(in_time);
 
     // 5. A flapping one (every other probe answered) never reaches `down`
     // (fall > 1) and causes no table rebuilds, over 2 * fall probes: enough for
