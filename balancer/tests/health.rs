@@ -40,9 +40,12 @@ const EARLY: Duration = Duration::from_millis(50);
 /// timer ticks, the daemon's one thread waiting for a core), and a verdict into
 /// or out of `down` rebuilds the tables (an RCU grace period) before the CLI sees it.
 const LATE: Duration = Duration::from_millis(120);
-/// From a datagram's send to the XDP program reading it, or to a killed server's
-/// socket: veth queues and NAPI threads on two shared cores.
+/// From a datagram's send to the XDP program reading it: veth queues and NAPI
+/// threads on two shared cores.
 const TRANSIT: Duration = Duration::from_millis(50);
+/// How long before its death a killed Kamailio may have received datagrams it
+/// never read: its workers wait for a core on a loaded machine.
+const UNREAD: Duration = Duration::from_millis(200);
 /// How far from the timeout a server answers to show which side of it the
 /// daemon puts the answer: Kamailio's `usleep` and the prober's timer, each
 /// late by a scheduling delay at most.
@@ -682,7 +685,7 @@ fn probes_move_traffic_within_one_interval() {
             .map(|(id, _)| id)
             .collect()
     };
-    let may_lose = window(kill_at - TRANSIT, down.by());
+    let may_lose = window(kill_at - UNREAD, down.by());
     let must_lose = window(died, down.after - TRANSIT);
     let lost: Vec<&String> = sent
         .ids
@@ -698,8 +701,8 @@ fn probes_move_traffic_within_one_interval() {
         lost.len(),
         must_lose.len(),
         may_lose.len(),
-        rate * (down.by() - kill_at + TRANSIT).as_secs_f64() / 3.0,
-        down.by() - kill_at + TRANSIT,
+        rate * (down.by() - kill_at + UNREAD).as_secs_f64() / 3.0,
+        down.by() - kill_at + UNREAD,
     );
     assert!(sent.elsewhere.is_empty(), "{:?}", sent.elsewhere);
     let twice: Vec<_> = sent.answers.iter().filter(|(_, &n)| n > 1).collect();
@@ -714,9 +717,13 @@ fn probes_move_traffic_within_one_interval() {
     };
     // Datagrams the bed's own veths dropped (the kernel counts them) are not
     // the balancer's: at most that many losses may be otherwise unexplained.
+    // One sent before the kill is lost only if the server never read it.
+    let read_by_1 = k[1].seen();
     let unexplained: Vec<String> = lost
         .iter()
-        .filter(|id| !may_lose.contains(id))
+        .filter(|id| {
+            !may_lose.contains(id) || (sent_at[*id] < kill_at && read_by_1.contains_key(**id))
+        })
         .map(|id| {
             format!(
                 "{id}: sent {}, the table says backend {}",
