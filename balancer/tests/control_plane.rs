@@ -95,8 +95,8 @@ fn backends_change_while_traffic_flows() {
     let err = String::from_utf8_lossy(&as_nobody.stderr);
     assert!(err.contains("ermission denied"), "{err}");
 
-    let (dropped_before, _) = bed_drops(&bed, uas.len());
-    let stream = Dialogs::start(&bed.ns("cli"), vip(), Duration::from_millis(1), "bg");
+    let (dropped_before, _) = bed.drops(uas.len());
+    let stream = peers::Dialogs::start(&bed.ns("cli"), vip(), Duration::from_millis(1), "bg");
 
     let per = phase(&bed, &inst, &uas, "p0", 3000);
     assert_shares(&per[..3], &[1.0 / 3.0; 3], "three backends");
@@ -123,7 +123,7 @@ fn backends_change_while_traffic_flows() {
     assert_shares(&[per[0], per[3]], &[0.75, 0.25], "weights 3:1");
 
     let sent = stream.finish();
-    let (dropped_after, where_dropped) = bed_drops(&bed, uas.len());
+    let (dropped_after, where_dropped) = bed.drops(uas.len());
     let bed_lost = dropped_after - dropped_before;
     let unanswered = sent
         .ids
@@ -210,11 +210,11 @@ fn restart_config(members: &Members) -> String {
 /// The service's Maglev table over `members`, built by the balancer's own
 /// code: the backend index a fresh Call-ID goes to.
 fn table(members: &Members) -> impl Fn(&str) -> usize {
-    let specs: Vec<balancer::spec::BackendSpec> = members
+    let specs: Vec<balancer::model::BackendConfig> = members
         .iter()
-        .map(|&(i, weight)| balancer::spec::BackendSpec {
-            addr: backend(i).parse().unwrap(),
+        .map(|&(i, weight)| balancer::model::BackendConfig {
             weight,
+            ..balancer::model::BackendConfig::new(backend(i).parse().unwrap())
         })
         .collect();
     let sel = balancer::select::Selector::build(&specs, 65537).unwrap();
@@ -222,54 +222,12 @@ fn table(members: &Members) -> impl Fn(&str) -> usize {
         let addr = sel
             .whereis(id.as_bytes())
             .expect("a backend")
-            .addr
+            .address
             .to_string();
         (0..bed::MAX_BACKENDS)
             .find(|&i| backend(i) == addr)
             .unwrap()
     }
-}
-
-/// Datagrams the test bed itself dropped: what the kernel counts as dropped on
-/// every interface of the bed (a veth whose peer's ring is full, its NAPI
-/// thread starved of CPU, drops there), and frames redirected into such a full
-/// ring. Not the balancer's own verdicts (`XDP_DROP` is counted apart). Returns
-/// the total and the non-zero counters.
-fn bed_drops(bed: &bed::Bed, backends: usize) -> (u64, String) {
-    let run = |cmd: &[&str]| {
-        let o = std::process::Command::new(cmd[0])
-            .args(&cmd[1..])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    };
-    let mut ns = vec![bed.ns("cli"), bed.ns("lb"), bed.ns("sw")];
-    ns.extend((0..backends).map(|i| bed.backend_ns(i)));
-    let (mut total, mut said) = (0, String::new());
-    for n in &ns {
-        let v: Value = serde_json::from_str(&run(&["ip", "-n", n, "-s", "-j", "link", "show"]))
-            .expect("ip -j");
-        for l in v.as_array().unwrap() {
-            for dir in ["rx", "tx"] {
-                let d = l["stats64"][dir]["dropped"].as_u64().unwrap_or(0);
-                if d > 0 {
-                    said += &format!("{n} {} {dir} dropped {d}\n", l["ifname"]);
-                }
-                total += d;
-            }
-        }
-    }
-    for iface in ["l0", "l1"] {
-        let out = run(&["ip", "netns", "exec", &bed.ns("lb"), "ethtool", "-S", iface]);
-        for line in out.lines().filter(|l| l.contains("xdp_xmit_errors")) {
-            let d: u64 = line.rsplit(' ').next().unwrap().parse().unwrap_or(0);
-            if d > 0 {
-                said += &format!("{iface} {}\n", line.trim());
-            }
-            total += d;
-        }
-    }
-    (total, said)
 }
 
 /// Which backends received `id`.
@@ -443,7 +401,7 @@ fn live_half(inst: &str) -> u32 {
         balancer_common::maps::Service,
     > = map.try_into().unwrap();
     services
-        .get(&balancer::spec::endpoint(vip()), 0)
+        .get(&balancer::kernel::endpoint(vip()), 0)
         .expect("the service in the kernel")
         .active
 }
@@ -471,122 +429,6 @@ fn xdp_program(bed: &bed::Bed, iface: &str) -> u32 {
         .unwrap_or_else(|| panic!("no XDP program on {iface}: {v}")) as u32
 }
 
-/// A steady stream of INVITEs from the client, each with a fresh Call-ID, that
-/// remembers when each went out and how often each was answered.
-struct Dialogs {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    sent: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    gap: Duration,
-    thread: Option<std::thread::JoinHandle<Sent>>,
-}
-
-/// What a [`Dialogs`] stream sent and got back.
-struct Sent {
-    /// Call-IDs in the order sent, with the moment each went out.
-    ids: Vec<(String, std::time::Instant)>,
-    /// Answers from the VIP, per Call-ID.
-    answers: HashMap<String, u32>,
-    /// Sources of answers that did not come from the VIP.
-    elsewhere: Vec<SocketAddr>,
-}
-
-impl Dialogs {
-    fn start(netns: &str, vip: SocketAddr, gap: Duration, tag: &str) -> Dialogs {
-        use std::sync::atomic::Ordering;
-        use std::time::Instant;
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (st, count, ns, tag) = (
-            stop.clone(),
-            sent.clone(),
-            netns.to_string(),
-            tag.to_string(),
-        );
-        let thread = std::thread::spawn(move || {
-            peers::enter_netns(&ns);
-            let sock = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
-            sock.set_nonblocking(true).unwrap();
-            peers::big_rcvbuf(&sock);
-            let mut out = Sent {
-                ids: Vec::new(),
-                answers: HashMap::new(),
-                elsewhere: Vec::new(),
-            };
-            let mut buf = [0u8; 65536];
-            let mut next = Instant::now();
-            let mut drain_until = None;
-            loop {
-                let now = Instant::now();
-                if drain_until.is_none() && st.load(Ordering::Relaxed) {
-                    // Answers take milliseconds; a second is plenty for the last ones.
-                    drain_until = Some(now + Duration::from_secs(1));
-                }
-                match drain_until {
-                    Some(t) if now > t || out.answers.len() == out.ids.len() => break,
-                    Some(_) => {}
-                    None if now >= next => {
-                        let id = format!("{tag}-{}@10.0.1.2", out.ids.len());
-                        match sock.send_to(&peers::invite(&id), vip) {
-                            Ok(_) => {
-                                out.ids.push((id, now));
-                                count.store(out.ids.len(), Ordering::Relaxed);
-                                next += gap;
-                            }
-                            // The socket buffer is full for a moment: try again.
-                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                            Err(e) => panic!("sending to {vip}: {e}"),
-                        }
-                    }
-                    None => {}
-                }
-                match sock.recv_from(&mut buf) {
-                    Ok((_, from)) if from != vip => out.elsewhere.push(from),
-                    Ok((n, _)) => {
-                        if let Some(id) = peers::naive_call_id(&buf[..n]) {
-                            *out.answers.entry(id).or_insert(0) += 1;
-                        }
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_micros(100)),
-                }
-            }
-            out
-        });
-        Dialogs {
-            stop,
-            sent,
-            gap,
-            thread: Some(thread),
-        }
-    }
-
-    fn sent(&self) -> usize {
-        self.sent.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// Returns once `n` more Call-IDs went out.
-    fn await_more(&self, n: usize) {
-        let want = self.sent() + n;
-        // The stream's own pace, plus as long as a stalled sender may be forgiven.
-        let limit = self.gap * n as u32 + Duration::from_secs(5);
-        let t0 = std::time::Instant::now();
-        while self.sent() < want {
-            assert!(
-                t0.elapsed() < limit,
-                "the stream stalled at {}",
-                self.sent()
-            );
-            std::thread::sleep(self.gap);
-        }
-    }
-
-    /// Stops sending and returns once every Call-ID is answered, or a second
-    /// after the last was sent.
-    fn finish(mut self) -> Sent {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.thread.take().unwrap().join().unwrap()
-    }
-}
-
 #[test]
 fn restarts_lose_no_dialog_and_keep_established_ones() {
     require_root();
@@ -608,8 +450,8 @@ fn restarts_lose_no_dialog_and_keep_established_ones() {
 
     // Traffic flows throughout: before, while no daemon runs, and after each
     // start, every time for a few hundred Call-IDs.
-    let (dropped_before, _) = bed_drops(&bed, uas.len());
-    let stream = Dialogs::start(&bed.ns("cli"), vip(), Duration::from_millis(1), "rs");
+    let (dropped_before, _) = bed.drops(uas.len());
+    let stream = peers::Dialogs::start(&bed.ns("cli"), vip(), Duration::from_millis(1), "rs");
     let phase = 400;
     // Where in the stream each step happened, for the failure messages.
     let mut marks: Vec<(usize, &str)> = Vec::new();
@@ -730,7 +572,7 @@ fn restarts_lose_no_dialog_and_keep_established_ones() {
     // kernel counts them) are not the balancer's: at most that many may go
     // unanswered.
     let sent = stream.finish();
-    let (dropped_after, where_dropped) = bed_drops(&bed, uas.len());
+    let (dropped_after, where_dropped) = bed.drops(uas.len());
     let bed_lost = dropped_after - dropped_before;
     let (old_table, new_table) = (table(old), table(new));
     eprintln!(

@@ -289,150 +289,21 @@ fn ids(tag: &str, n: usize) -> Vec<String> {
 /// The service's table over these backends (weight 1 each), built by the
 /// balancer's own code: which backend a fresh Call-ID goes to.
 fn table(backends: &[usize]) -> impl Fn(&str) -> usize {
-    let specs: Vec<balancer::spec::BackendSpec> = backends
+    let specs: Vec<balancer::model::BackendConfig> = backends
         .iter()
-        .map(|&i| balancer::spec::BackendSpec {
-            addr: backend(i),
-            weight: 1,
-        })
+        .map(|&i| balancer::model::BackendConfig::new(backend(i)))
         .collect();
     let sel = balancer::select::Selector::build(&specs, 65537).unwrap();
     move |id: &str| {
-        let addr = sel.whereis(id.as_bytes()).expect("a backend").addr;
+        let addr = sel.whereis(id.as_bytes()).expect("a backend").address;
         (0..bed::MAX_BACKENDS)
             .find(|&i| backend(i) == addr)
             .unwrap()
     }
 }
 
-/// Datagrams the test bed itself dropped: what the kernel counts as dropped on
-/// every interface of the bed (a veth whose peer's ring is full, its NAPI
-/// thread starved of CPU, drops there), and frames redirected into such a full
-/// ring. Not the balancer's own verdicts (`XDP_DROP` is counted apart). Returns
-/// the total and the non-zero counters.
-fn bed_drops(bed: &bed::Bed, backends: usize) -> (u64, String) {
-    let run = |cmd: &[&str]| {
-        let o = std::process::Command::new(cmd[0])
-            .args(&cmd[1..])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    };
-    let mut ns = vec![bed.ns("cli"), bed.ns("lb"), bed.ns("sw")];
-    ns.extend((0..backends).map(|i| bed.backend_ns(i)));
-    let (mut total, mut said) = (0, String::new());
-    for n in &ns {
-        let v: Value = serde_json::from_str(&run(&["ip", "-n", n, "-s", "-j", "link", "show"]))
-            .expect("ip -j");
-        for l in v.as_array().unwrap() {
-            for dir in ["rx", "tx"] {
-                let d = l["stats64"][dir]["dropped"].as_u64().unwrap_or(0);
-                if d > 0 {
-                    said += &format!("{n} {} {dir} dropped {d}\n", l["ifname"]);
-                }
-                total += d;
-            }
-        }
-    }
-    for iface in ["l0", "l1"] {
-        let out = run(&["ip", "netns", "exec", &bed.ns("lb"), "ethtool", "-S", iface]);
-        for line in out.lines().filter(|l| l.contains("xdp_xmit_errors")) {
-            let d: u64 = line.rsplit(' ').next().unwrap().parse().unwrap_or(0);
-            if d > 0 {
-                said += &format!("{iface} {}\n", line.trim());
-            }
-            total += d;
-        }
-    }
-    (total, said)
-}
-
-/// A steady stream of INVITEs from the client, each with a fresh Call-ID, that
-/// remembers when each went out and how often each was answered.
-struct Dialogs {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: Option<std::thread::JoinHandle<Sent>>,
-}
-
-/// What a [`Dialogs`] stream sent and got back.
-struct Sent {
-    /// Call-IDs in the order sent, with the moment each went out.
-    ids: Vec<(String, Instant)>,
-    /// Answers from the VIP, per Call-ID.
-    answers: HashMap<String, u32>,
-    /// Sources of answers that did not come from the VIP.
-    elsewhere: Vec<SocketAddr>,
-}
-
-impl Dialogs {
-    fn start(netns: &str, vip: SocketAddr, gap: Duration, tag: &str) -> Dialogs {
-        use std::sync::atomic::Ordering;
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (st, ns, tag) = (stop.clone(), netns.to_string(), tag.to_string());
-        let thread = std::thread::spawn(move || {
-            peers::enter_netns(&ns);
-            let sock = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
-            sock.set_nonblocking(true).unwrap();
-            peers::big_rcvbuf(&sock);
-            let mut out = Sent {
-                ids: Vec::new(),
-                answers: HashMap::new(),
-                elsewhere: Vec::new(),
-            };
-            let mut buf = [0u8; 65536];
-            let mut next = Instant::now();
-            let mut drain_until = None;
-            loop {
-                let now = Instant::now();
-                if drain_until.is_none() && st.load(Ordering::Relaxed) {
-                    // Answers take milliseconds; a second is plenty for the last ones.
-                    drain_until = Some(now + Duration::from_secs(1));
-                }
-                match drain_until {
-                    Some(t) if now > t || out.answers.len() == out.ids.len() => break,
-                    Some(_) => {}
-                    None if now >= next => {
-                        let id = format!("{tag}-{}@10.0.1.2", out.ids.len());
-                        match sock.send_to(&peers::invite(&id), vip) {
-                            Ok(_) => {
-                                out.ids.push((id, now));
-                                next += gap;
-                            }
-                            // The socket buffer is full for a moment: try again.
-                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                            Err(e) => panic!("sending to {vip}: {e}"),
-                        }
-                    }
-                    None => {}
-                }
-                match sock.recv_from(&mut buf) {
-                    Ok((_, from)) if from != vip => out.elsewhere.push(from),
-                    Ok((n, _)) => {
-                        if let Some(id) = peers::naive_call_id(&buf[..n]) {
-                            *out.answers.entry(id).or_insert(0) += 1;
-                        }
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_micros(100)),
-                }
-            }
-            out
-        });
-        Dialogs {
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    /// Stops sending and returns once every Call-ID is answered, or a second
-    /// after the last was sent.
-    fn finish(mut self) -> Sent {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.thread.take().unwrap().join().unwrap()
-    }
-}
-
 #[test]
-fn probes_move_traffic_within_one_interval() {
+fn probes_move_traffic_within_the_configured_fall_rise_and_timeout() {
     assert!(
         unsafe { libc::geteuid() } == 0,
         "run as root (cargo xtask test)"
@@ -516,12 +387,16 @@ fn probes_move_traffic_within_one_interval() {
     );
     assert!(k[2].acks_seen() >= 1, "the answered test call was ACKed");
     assert!(
+        k[2].byes_seen() >= 1,
+        "the answered test call was ended with a BYE"
+    );
+    assert!(
         k[2].seen().keys().any(|id| id.starts_with("bal-")),
         "probe INVITEs reached it"
     );
 
-    let (dropped_before, _) = bed_drops(&bed, 4);
-    let stream = Dialogs::start(&bed.ns("cli"), vip(), GAP, "bg");
+    let (dropped_before, _) = bed.drops(4);
+    let stream = peers::Dialogs::start(&bed.ns("cli"), vip(), GAP, "bg");
 
     // 1. A backend dies.
     let before = ids("a", 600);
@@ -658,7 +533,7 @@ fn probes_move_traffic_within_one_interval() {
     // and the table's change (down), and no other: the upper bound is the send
     // rate times the detection window times backend 1's share, a third.
     let sent = stream.finish();
-    let (dropped_after, where_dropped) = bed_drops(&bed, 4);
+    let (dropped_after, where_dropped) = bed.drops(4);
     // The backends' logs caught up with every answer.
     let answered: Vec<String> = sent
         .ids

@@ -56,6 +56,57 @@ pub fn udp_counter(ns: &str, name: &str) -> u64 {
 }
 
 impl Bed {
+    /// Datagrams the test bed itself dropped: what the kernel counts as dropped on
+    /// every interface of the bed (a veth whose peer's ring is full, its NAPI
+    /// thread starved of CPU, drops there), and frames redirected into such a full
+    /// ring. Not the balancer's own verdicts (`XDP_DROP` is counted apart). Returns
+    /// the total and the non-zero counters.
+    pub fn drops(&self, backends: usize) -> (u64, String) {
+        let run = |cmd: &[&str]| {
+            let o = std::process::Command::new(cmd[0])
+                .args(&cmd[1..])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&o.stdout).into_owned()
+        };
+        let mut ns = vec![self.ns("cli"), self.ns("lb"), self.ns("sw")];
+        ns.extend((0..backends).map(|i| self.backend_ns(i)));
+        let (mut total, mut said) = (0, String::new());
+        for n in &ns {
+            let v: serde_json::Value =
+                serde_json::from_str(&run(&["ip", "-n", n, "-s", "-j", "link", "show"]))
+                    .expect("ip -j");
+            for l in v.as_array().unwrap() {
+                for dir in ["rx", "tx"] {
+                    let d = l["stats64"][dir]["dropped"].as_u64().unwrap_or(0);
+                    if d > 0 {
+                        said += &format!("{n} {} {dir} dropped {d}\n", l["ifname"]);
+                    }
+                    total += d;
+                }
+            }
+        }
+        for iface in ["l0", "l1"] {
+            let out = run(&[
+                "ip",
+                "netns",
+                "exec",
+                &self.ns("lb"),
+                "ethtool",
+                "-S",
+                iface,
+            ]);
+            for line in out.lines().filter(|l| l.contains("xdp_xmit_errors")) {
+                let d: u64 = line.rsplit(' ').next().unwrap().parse().unwrap_or(0);
+                if d > 0 {
+                    said += &format!("{iface} {}\n", line.trim());
+                }
+                total += d;
+            }
+        }
+        (total, said)
+    }
+
     pub fn ns(&self, role: &str) -> String {
         format!("{}-{role}", self.prefix)
     }

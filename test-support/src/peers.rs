@@ -260,3 +260,119 @@ pub fn big_rcvbuf(sock: &UdpSocket) {
         )
     };
 }
+
+/// A steady stream of INVITEs from the client, each with a fresh Call-ID, that
+/// remembers when each went out and how often each was answered.
+pub struct Dialogs {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    sent: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    gap: Duration,
+    thread: Option<std::thread::JoinHandle<Sent>>,
+}
+
+/// What a [`Dialogs`] stream sent and got back.
+pub struct Sent {
+    /// Call-IDs in the order sent, with the moment each went out.
+    pub ids: Vec<(String, std::time::Instant)>,
+    /// Answers from the VIP, per Call-ID.
+    pub answers: HashMap<String, u32>,
+    /// Sources of answers that did not come from the VIP.
+    pub elsewhere: Vec<SocketAddr>,
+}
+
+impl Dialogs {
+    pub fn start(netns: &str, vip: SocketAddr, gap: Duration, tag: &str) -> Dialogs {
+        use std::sync::atomic::Ordering;
+        use std::time::Instant;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (st, count, ns, tag) = (
+            stop.clone(),
+            sent.clone(),
+            netns.to_string(),
+            tag.to_string(),
+        );
+        let thread = std::thread::spawn(move || {
+            enter_netns(&ns);
+            let sock = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+            sock.set_nonblocking(true).unwrap();
+            big_rcvbuf(&sock);
+            let mut out = Sent {
+                ids: Vec::new(),
+                answers: HashMap::new(),
+                elsewhere: Vec::new(),
+            };
+            let mut buf = [0u8; 65536];
+            let mut next = Instant::now();
+            let mut drain_until = None;
+            loop {
+                let now = Instant::now();
+                if drain_until.is_none() && st.load(Ordering::Relaxed) {
+                    // Answers take milliseconds; a second is plenty for the last ones.
+                    drain_until = Some(now + Duration::from_secs(1));
+                }
+                match drain_until {
+                    Some(t) if now > t || out.answers.len() == out.ids.len() => break,
+                    Some(_) => {}
+                    None if now >= next => {
+                        let id = format!("{tag}-{}@10.0.1.2", out.ids.len());
+                        match sock.send_to(&invite(&id), vip) {
+                            Ok(_) => {
+                                out.ids.push((id, now));
+                                count.store(out.ids.len(), Ordering::Relaxed);
+                                next += gap;
+                            }
+                            // The socket buffer is full for a moment: try again.
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                            Err(e) => panic!("sending to {vip}: {e}"),
+                        }
+                    }
+                    None => {}
+                }
+                match sock.recv_from(&mut buf) {
+                    Ok((_, from)) if from != vip => out.elsewhere.push(from),
+                    Ok((n, _)) => {
+                        if let Some(id) = naive_call_id(&buf[..n]) {
+                            *out.answers.entry(id).or_insert(0) += 1;
+                        }
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_micros(100)),
+                }
+            }
+            out
+        });
+        Dialogs {
+            stop,
+            sent,
+            gap,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn sent(&self) -> usize {
+        self.sent.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Returns once `n` more Call-IDs went out.
+    pub fn await_more(&self, n: usize) {
+        let want = self.sent() + n;
+        // The stream's own pace, plus as long as a stalled sender may be forgiven.
+        let limit = self.gap * n as u32 + Duration::from_secs(5);
+        let t0 = std::time::Instant::now();
+        while self.sent() < want {
+            assert!(
+                t0.elapsed() < limit,
+                "the stream stalled at {}",
+                self.sent()
+            );
+            std::thread::sleep(self.gap);
+        }
+    }
+
+    /// Stops sending and returns once every Call-ID is answered, or a second
+    /// after the last was sent.
+    pub fn finish(mut self) -> Sent {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap()
+    }
+}
