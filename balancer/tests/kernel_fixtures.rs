@@ -575,10 +575,15 @@ fn run_table(table: Vec<Case>) {
                     for (i, c) in job {
                         let t0 = std::time::Instant::now();
                         let r = catch_unwind(AssertUnwindSafe(|| {
-                            let b = b.get_or_insert_with(bed);
-                            run_case(b, c);
-                            b.reset();
+                            run_case(b.get_or_insert_with(bed), c)
                         }));
+                        // Failed or not, the next case starts from the set-up;
+                        // a bed that cannot be reset is replaced.
+                        if let Some(bed) = b.as_mut() {
+                            if catch_unwind(AssertUnwindSafe(|| bed.reset())).is_err() {
+                                b = None;
+                            }
+                        }
                         eprintln!("case {:?}: {:.1?}", c.name, t0.elapsed());
                         if let Err(e) = r {
                             let m = format!("{}: {}", c.name, panic_text(&*e));
@@ -876,16 +881,13 @@ impl Run<'_> {
 fn assert_dnat(sent: &Frame, verdict: u32, out: &[u8], want: SocketAddr, dmac: [u8; 6]) {
     assert_eq!(verdict, XDP_REDIRECT, "verdict");
     let p = parse(out);
-    assert_eq!(p.dst, want.ip());
-    assert_eq!(p.dport, want.port());
-    assert_eq!(p.dmac, dmac);
-    assert_eq!(p.smac, BK_MAC);
-    assert_eq!(p.src, sent.src);
-    assert_eq!(p.sport, sent.sport);
-    assert_eq!(p.ttl, sent.ttl - 1);
-    assert_eq!(p.vlans, sent.vlans);
-    assert_eq!(p.payload, sent.payload);
-    assert_eq!(out.len(), sent.build().len());
+    assert_eq!((p.dst, p.dport), (want.ip(), want.port()), "destination");
+    assert_eq!((p.dmac, p.smac), (dmac, BK_MAC), "MACs");
+    assert_eq!((p.src, p.sport), (sent.src, sent.sport), "source");
+    assert_eq!(p.ttl, sent.ttl - 1, "TTL");
+    assert_eq!(p.vlans, sent.vlans, "VLAN tags");
+    assert_eq!(p.payload, sent.payload, "payload");
+    assert_eq!(out.len(), sent.build().len(), "length");
 }
 
 // ---- the tables ----
