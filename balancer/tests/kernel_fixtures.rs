@@ -168,18 +168,23 @@ impl Bed {
         (v, out, moved)
     }
 
-    /// Undoes what [`Act::shared`] acts change: the configuration as set up,
-    /// every service back to the Call-ID, no dialogs remembered.
-    fn reset(&mut self) {
-        self.dp.sync(&self.base.clone()).unwrap();
-        for vip in [V4_VIP, V6_VIP, DSR_VIP] {
-            set_algorithm(&mut self.dp, vip.parse().unwrap(), ALG_CALL_ID);
+    /// Undoes what the [`Act::shared`] acts of a case changed: the
+    /// configuration as set up and no dialogs remembered, every service back
+    /// to the Call-ID.
+    fn reset<'a>(&mut self, acts: impl Iterator<Item = &'a Act> + Clone) {
+        if acts.clone().any(|a| matches!(a, Act::Affinity(_))) {
+            self.dp.sync(&self.base.clone()).unwrap();
+            let mut m: aya::maps::HashMap<aya::maps::MapData, AffinityKey, Affinity> =
+                program_map(&mut self.dp, "AFFINITY").try_into().unwrap();
+            let keys: Vec<AffinityKey> = m.keys().map(|k| k.unwrap()).collect();
+            for k in keys {
+                m.remove(&k).unwrap();
+            }
         }
-        let mut m: aya::maps::HashMap<aya::maps::MapData, AffinityKey, Affinity> =
-            program_map(&mut self.dp, "AFFINITY").try_into().unwrap();
-        let keys: Vec<AffinityKey> = m.keys().map(|k| k.unwrap()).collect();
-        for k in keys {
-            m.remove(&k).unwrap();
+        if acts.clone().any(|a| matches!(a, Act::Algorithm(..))) {
+            for vip in [V4_VIP, V6_VIP, DSR_VIP] {
+                set_algorithm(&mut self.dp, vip.parse().unwrap(), ALG_CALL_ID);
+            }
         }
     }
 
@@ -579,8 +584,12 @@ fn run_table(table: Vec<Case>) {
                         }));
                         // Failed or not, the next case starts from the set-up;
                         // a bed that cannot be reset is replaced.
+                        let acts = c.steps.iter().filter_map(|s| match s {
+                            Step::Do(a) => Some(a),
+                            _ => None,
+                        });
                         if let Some(bed) = b.as_mut() {
-                            if catch_unwind(AssertUnwindSafe(|| bed.reset())).is_err() {
+                            if catch_unwind(AssertUnwindSafe(|| bed.reset(acts))).is_err() {
                                 b = None;
                             }
                         }
@@ -760,6 +769,11 @@ impl Run<'_> {
                 for d in ["cli0", "cli0p", "bk0", "bk0p"] {
                     self.bed.ns().ip(&format!("link set {d} mtu {mtu}"));
                 }
+                // Only the frames sent here may reach the program: no router
+                // solicitations or MLD reports from the client side.
+                self.bed
+                    .ns()
+                    .exec("sysctl -qw net.ipv6.conf.cli0p.disable_ipv6=1");
                 self.bed
                     .dp
                     .attach("cli0", aya::programs::XdpMode::Skb)
@@ -1235,12 +1249,14 @@ fn fragment_cases() -> Vec<Case> {
 /// to the backend `message_dispatch` and the Maglev table predict and counts
 /// the predicted reason. `min` is how many must be dispatched by the
 /// algorithm's own key (so the fallbacks do not carry the table), checked on
-/// the data.
+/// the data; with `mixed`, the fallbacks must be exercised too (except where
+/// every message has the key: `source`, and `from-uri` on generated messages).
 fn algorithm_cases(
     set: &str,
     payloads: &[(String, Vec<u8>)],
     algs: &[u32],
     min: usize,
+    mixed: bool,
 ) -> Vec<Case> {
     algs.iter()
         .map(|&alg| {
@@ -1273,6 +1289,9 @@ fn algorithm_cases(
                 seen.get(main).copied().unwrap_or(0) >= min,
                 "{set}, algorithm {alg}: {seen:?}"
             );
+            if mixed && alg != ALG_SOURCE && alg != ALG_FROM_URI {
+                assert!(seen.len() >= 2, "{set}, algorithm {alg}: {seen:?}");
+            }
             case(format!("{set} under algorithm {alg}"), steps)
         })
         .collect()
@@ -1292,6 +1311,7 @@ fn algorithm_and_set_up_cases() -> Vec<Case> {
             ALG_SOURCE,
         ],
         40,
+        false,
     );
     let generated: Vec<(String, Vec<u8>)> = generated_payloads(210)
         .into_iter()
@@ -1311,6 +1331,9 @@ fn algorithm_and_set_up_cases() -> Vec<Case> {
             99,
         ],
         150,
+        // To values include unclosed '<', Call-IDs are sometimes missing, a
+        // fifth are responses.
+        true,
     ));
 
     // Same From URI, different Call-IDs and source ports: one backend.
@@ -1984,6 +2007,10 @@ fn dialogs_a_backend_starts_are_learned_from_its_messages() {
 
 #[test]
 fn a_full_affinity_map_degrades_to_the_table_never_elsewhere() {
+    // One CPU: an entry another CPU entered stays on that CPU's pending list,
+    // out of eviction's reach, until that CPU enters another: an unpinned run
+    // keeps a few dialogs wherever the thread happened to migrate.
+    pin_to_current_cpu();
     let mut bed = bed_with(64);
     change(&mut bed, |_| {});
     let calls = ids("evict", 1000);
