@@ -330,27 +330,19 @@ fn case(name: impl Into<String>, steps: Vec<Step>) -> Case {
 }
 
 enum Step {
+    /// A frame through the program.
     Send(Box<Packet>),
-    /// A change of the set-up between frames. A case with one gets a bed of its own.
+    /// A change of the set-up between frames (see [`Act::shared`] for which
+    /// cases share a bed).
     Do(Act),
     /// The outputs of the last `n` sends are IP fragments: reassembled, they are
     /// `sent` as `out` says.
-    Reassembled {
-        n: usize,
-        sent: Frame,
-        out: Out,
-    },
+    Reassembled { n: usize, sent: Frame, out: Out },
     /// The round-robin counter of the service advanced by `n` since [`Act::PinCpu`].
-    RoundRobinAdvanced {
-        vip: &'static str,
-        n: u32,
-    },
+    RoundRobinAdvanced { vip: &'static str, n: u32 },
     /// The kernel's key hash, observed as the AFFINITY map's key (service, hash):
     /// the entry for `hash` points at the slot of the backend user space predicts.
-    AffinityHash {
-        vip: &'static str,
-        hash: u32,
-    },
+    AffinityHash { vip: &'static str, hash: u32 },
     /// User space's reading of a payload, the documented rules checked on the
     /// data: its Call-ID, and the reason `message_dispatch` gives.
     UserSpace {
@@ -360,10 +352,7 @@ enum Step {
     },
     /// User space's picks for these destinations cover at least `n` backends:
     /// the sends checked against them are not all about one backend.
-    Spread {
-        tos: Vec<To>,
-        n: usize,
-    },
+    Spread { tos: Vec<To>, n: usize },
 }
 
 enum Act {
@@ -424,8 +413,8 @@ fn key(vip: &'static str, k: impl AsRef<[u8]>) -> To {
 
 /// What comes out.
 enum Out {
-    /// Redirected to the backend side: MACs from the FIB (or `dmac`), the
-    /// destination the backend, TTL one less, everything else as sent.
+    /// Redirected to the backend side: MACs from the FIB, the destination the
+    /// backend, TTL one less, everything else as sent.
     Dnat(To),
     /// Like `Dnat`, the neighbour's MAC being this one.
     DnatVia(To, [u8; 6]),
@@ -443,6 +432,7 @@ enum Out {
     Redirected,
 }
 
+/// The counters a frame moves.
 enum Moved {
     /// Exactly these counters (sorted by the driver).
     Exactly(Vec<&'static str>),
@@ -451,7 +441,9 @@ enum Moved {
     Predicted(u32, Vec<&'static str>),
 }
 
+/// One frame in, and what must come out.
 struct Packet {
+    /// Names the frame in a failure (beside the case's name and step number).
     note: String,
     input: Input,
     side: Side,
@@ -536,9 +528,8 @@ impl Packet {
 
 /// Runs every case and fails listing each failing case by name. Cases whose
 /// acts can be undone share a bed (reset between them); any other case gets
-/// its own. Beds are
-/// independent (a namespace and a program each), so a few run at once: most of
-/// a bed's cost is waiting for `ip` and the verifier.
+/// its own. Beds are independent (a namespace and a program each), so a few
+/// run at once: most of a bed's cost is waiting for `ip` and the verifier.
 fn run_table(table: Vec<Case>) {
     const WORKERS: usize = 4;
     let total = table.len();
@@ -662,19 +653,19 @@ impl Run<'_> {
                 match out {
                     Out::Dnat(to) => {
                         let want = self.resolve(to, sent);
-                        assert_eq!(SocketAddr::new(p.dst, p.dport), want);
-                        assert_eq!((p.src, p.sport), (sent.src, sent.sport));
-                        assert_eq!(p.ttl, sent.ttl - 1);
+                        assert_eq!(SocketAddr::new(p.dst, p.dport), want, "destination");
+                        assert_eq!((p.src, p.sport), (sent.src, sent.sport), "source");
+                        assert_eq!(p.ttl, sent.ttl - 1, "TTL");
                         assert!(
                             macs.iter().all(|m| *m == backend_mac(want.ip())),
-                            "{macs:?}"
+                            "MACs {macs:?}"
                         );
                     }
                     Out::FromVip(vip) => {
                         let vip: SocketAddr = vip.parse().unwrap();
-                        assert_eq!((p.src, p.sport), (vip.ip(), vip.port()));
-                        assert_eq!((p.dst, p.dport), (sent.dst, sent.dport));
-                        assert!(macs.iter().all(|m| *m == CLIENT_MAC), "{macs:?}");
+                        assert_eq!((p.src, p.sport), (vip.ip(), vip.port()), "source");
+                        assert_eq!((p.dst, p.dport), (sent.dst, sent.dport), "destination");
+                        assert!(macs.iter().all(|m| *m == CLIENT_MAC), "MACs {macs:?}");
                     }
                     _ => unreachable!("reassembled outputs are checked as Dnat or FromVip"),
                 }
@@ -717,7 +708,7 @@ impl Run<'_> {
                 };
                 let e = m.get(&k, 0).unwrap_or_else(|_| {
                     let held: Vec<u32> = m.keys().map(|k| k.unwrap().hash).collect();
-                    panic!("the kernel hashed the key to none of {hash:#010x}: it holds {held:x?}")
+                    panic!("no affinity entry for hash {hash:#010x}; the kernel's: {held:x?}")
                 });
                 assert_eq!(
                     Some(e.slot),
@@ -838,17 +829,17 @@ impl Run<'_> {
                 let want = self.resolve(to, f);
                 assert_eq!(v, XDP_PASS, "verdict");
                 let p = parse(&out);
-                assert_eq!((p.dst, p.dport), (want.ip(), want.port()));
-                assert_eq!((p.dmac, p.smac), (f.dmac, f.smac));
-                assert_eq!((p.src, p.sport), (f.src, f.sport));
-                assert_eq!(p.ttl, f.ttl);
-                assert_eq!(p.payload, f.payload);
+                assert_eq!((p.dst, p.dport), (want.ip(), want.port()), "destination");
+                assert_eq!((p.dmac, p.smac), (f.dmac, f.smac), "MACs");
+                assert_eq!((p.src, p.sport), (f.src, f.sport), "source");
+                assert_eq!(p.ttl, f.ttl, "TTL");
+                assert_eq!(p.payload, f.payload, "payload");
             }
             Out::Dsr(to) => {
                 let want = self.resolve(to, frame());
                 assert_eq!(v, XDP_REDIRECT, "verdict");
-                assert_eq!(&out[0..6], &backend_mac(want.ip()));
-                assert_eq!(&out[6..12], &BK_MAC);
+                assert_eq!(&out[0..6], &backend_mac(want.ip()), "destination MAC");
+                assert_eq!(&out[6..12], &BK_MAC, "source MAC");
                 assert_eq!(&out[12..], &bytes[12..], "IP and UDP untouched");
             }
             Out::FromVip(vip) => {
@@ -856,12 +847,12 @@ impl Run<'_> {
                 let vip: SocketAddr = vip.parse().unwrap();
                 assert_eq!(v, XDP_REDIRECT, "verdict");
                 let p = parse(&out);
-                assert_eq!((p.src, p.sport), (vip.ip(), vip.port()));
-                assert_eq!((p.dst, p.dport), (f.dst, f.dport));
-                assert_eq!((p.dmac, p.smac), (CLIENT_MAC, CLI_MAC));
-                assert_eq!(p.ttl, f.ttl - 1);
-                assert_eq!(p.payload, f.payload);
-                assert_eq!(out.len(), bytes.len());
+                assert_eq!((p.src, p.sport), (vip.ip(), vip.port()), "source");
+                assert_eq!((p.dst, p.dport), (f.dst, f.dport), "destination");
+                assert_eq!((p.dmac, p.smac), (CLIENT_MAC, CLI_MAC), "MACs");
+                assert_eq!(p.ttl, f.ttl - 1, "TTL");
+                assert_eq!(p.payload, f.payload, "payload");
+                assert_eq!(out.len(), bytes.len(), "length");
             }
             Out::Untouched => {
                 assert_eq!(v, XDP_PASS, "verdict");
