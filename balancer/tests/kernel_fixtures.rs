@@ -1,23 +1,32 @@
 //! Katran-style fixture tests: frames go through the loaded XDP program with
-//! BPF_PROG_TEST_RUN; each case checks the verdict, the exact output bytes
-//! (MACs, addresses, ports, TTL, payload), recomputes the IP and UDP checksums
-//! from scratch, and checks which counter moved. The program runs in a network
-//! namespace of its own whose routes and static neighbours make the FIB answers
-//! (and so the MACs) known.
+//! BPF_PROG_TEST_RUN. Each case is data: a sequence of steps, mostly frames in
+//! (built by small builders) with the expected verdict, the expected output
+//! (MACs, addresses, ports, TTL, payload, IP and UDP checksums recomputed from
+//! scratch) and exactly which counters move; a few steps change the set-up
+//! between frames. One driver ([`run_table`]) runs a table of cases and reports
+//! every failing case by name. The program runs in a network namespace of its
+//! own whose routes and static neighbours make the FIB answers (and so the MACs)
+//! known.
+//!
+//! Dialog affinity has its own tests further down: their expectations depend on
+//! the kernel's earlier answers (which backend a dialog began on).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::time::Duration;
 
 use balancer::{
     kernel::{Dataplane, PROGRAM},
     model::{Mode, ServiceConfig},
     select::Selector,
 };
-use balancer_common::hash::{hash_addr, hash_bytes};
-use balancer_common::keys::message_dispatch;
+use balancer_common::callid::{call_id, SCAN_MAX};
+use balancer_common::hash::{hash_addr, hash_bytes, HASH_MAX};
+use balancer_common::keys::{from_uri, message_dispatch, request_user, to_uri, KEY_MAX};
 use balancer_common::maps::{
-    reason, Endpoint, Service, ALG_CALL_ID, ALG_FROM_URI, ALG_REQUEST_URI, ALG_ROUND_ROBIN,
-    ALG_SOURCE, ALG_TO_URI,
+    reason, Affinity, AffinityKey, Endpoint, Service, ALG_CALL_ID, ALG_FROM_URI, ALG_REQUEST_URI,
+    ALG_ROUND_ROBIN, ALG_SOURCE, ALG_TO_URI,
 };
 use balancer_test_support::{netns::*, packet::*, sip::*, xdp::*};
 use rand::{distributions::Alphanumeric, Rng, SeedableRng};
@@ -30,6 +39,10 @@ const CLI_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xff, 0x01]; // balancer, client side
 const BK_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xfe, 0x01]; // balancer, backend side
 const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x02];
 
+const V4_VIP: &str = "10.0.0.10:5060";
+const V6_VIP: &str = "[fd00::10]:5060";
+const DSR_VIP: &str = "10.0.0.20:5060";
+
 fn backend_mac(ip: IpAddr) -> [u8; 6] {
     match ip {
         IpAddr::V4(v) => [0x02, 0, 0, 0, 0x02, v.octets()[3]],
@@ -37,13 +50,17 @@ fn backend_mac(ip: IpAddr) -> [u8; 6] {
     }
 }
 
+// ---- the bed ----
+
 struct Bed {
     dp: Dataplane,
     cli: u32,
     bk: u32,
-    v4: Selector,
-    v6: Selector,
-    dsr: Selector,
+    /// Set once the program is attached (generic XDP) to `cli0`: frames then
+    /// travel as real packets instead of through BPF_PROG_TEST_RUN.
+    wire: Option<Wire>,
+    /// The configuration as set up, restored between cases sharing the bed.
+    base: balancer::model::Config,
     _ns: Netns,
 }
 
@@ -73,37 +90,28 @@ fn bed_with(entries: u32) -> Bed {
             None => panic!("loading the data plane: {e:#}"),
         }
     });
-    let v4 = dp
-        .install_service(spec(
-            "10.0.0.10:5060",
-            Mode::Dnat,
-            &["10.0.2.11:5060", "10.0.2.12:5060", "10.0.2.13:5060"],
-        ))
-        .unwrap()
-        .selector
-        .clone();
-    let v6 = dp
-        .install_service(spec(
-            "[fd00::10]:5060",
-            Mode::Dnat,
-            &[
-                "[fd00:2::11]:5060",
-                "[fd00:2::12]:5060",
-                "[fd00:2::13]:5060",
-            ],
-        ))
-        .unwrap()
-        .selector
-        .clone();
-    let dsr = dp
-        .install_service(spec(
-            "10.0.0.20:5060",
-            Mode::Dsr,
-            &["10.0.2.21:5060", "10.0.2.22:5060"],
-        ))
-        .unwrap()
-        .selector
-        .clone();
+    dp.install_service(spec(
+        V4_VIP,
+        Mode::Dnat,
+        &["10.0.2.11:5060", "10.0.2.12:5060", "10.0.2.13:5060"],
+    ))
+    .unwrap();
+    dp.install_service(spec(
+        V6_VIP,
+        Mode::Dnat,
+        &[
+            "[fd00:2::11]:5060",
+            "[fd00:2::12]:5060",
+            "[fd00:2::13]:5060",
+        ],
+    ))
+    .unwrap();
+    dp.install_service(spec(
+        DSR_VIP,
+        Mode::Dsr,
+        &["10.0.2.21:5060", "10.0.2.22:5060"],
+    ))
+    .unwrap();
     // These fixtures check parsing, keys and rewrites with exact counters:
     // dialog affinity (tested on its own below) stays out of their way.
     let mut c = dp.config().clone();
@@ -117,15 +125,21 @@ fn bed_with(entries: u32) -> Bed {
         dp,
         cli,
         bk,
-        v4,
-        v6,
-        dsr,
+        wire: None,
+        base: c,
         _ns: ns,
     }
 }
 
 impl Bed {
     fn run(&mut self, frame: &[u8], ingress: u32) -> (u32, Vec<u8>) {
+        if let Some(w) = &self.wire {
+            assert_eq!(
+                ingress, self.cli,
+                "on the wire, frames enter from the client side"
+            );
+            return w.exchange(frame);
+        }
         let mut out = Vec::new();
         let r = run_xdp(&mut self.dp, PROGRAM, frame, ingress, &mut out);
         (r.return_value, out)
@@ -152,6 +166,128 @@ impl Bed {
         moved.sort();
         (v, out, moved)
     }
+
+    /// Undoes what the [`Act::shared`] acts of a case changed: the
+    /// configuration as set up and no dialogs remembered, every service back
+    /// to the Call-ID.
+    fn reset<'a>(&mut self, acts: impl Iterator<Item = &'a Act> + Clone) {
+        if acts.clone().any(|a| matches!(a, Act::Affinity(_))) {
+            self.dp.sync(&self.base.clone()).unwrap();
+            let mut m: aya::maps::HashMap<aya::maps::MapData, AffinityKey, Affinity> =
+                program_map(&mut self.dp, "AFFINITY").try_into().unwrap();
+            let keys: Vec<AffinityKey> = m.keys().map(|k| k.unwrap()).collect();
+            for k in keys {
+                m.remove(&k).unwrap();
+            }
+        }
+        if acts.clone().any(|a| matches!(a, Act::Algorithm(..))) {
+            for vip in [V4_VIP, V6_VIP, DSR_VIP] {
+                set_algorithm(&mut self.dp, vip.parse().unwrap(), ALG_CALL_ID);
+            }
+        }
+    }
+
+    /// The live table of the service at `vip`.
+    fn table(&self, vip: &str) -> &Selector {
+        &self.dp.live()[&vip.parse().unwrap()].selector
+    }
+
+    /// The SERVICES entry of `vip` (its id keys the per-service maps).
+    fn service(&mut self, vip: &str) -> Service {
+        let m: aya::maps::HashMap<aya::maps::MapData, Endpoint, Service> =
+            program_map(&mut self.dp, "SERVICES").try_into().unwrap();
+        m.get(&balancer::kernel::endpoint(vip.parse().unwrap()), 0)
+            .unwrap()
+    }
+}
+
+/// Frames as real packets: written to `cli0p` (so they arrive on `cli0`, where
+/// the program runs in generic mode) and read back where the program sends
+/// them, at `bk0p`. Generic XDP linearises the packet, so the program sees
+/// datagrams larger than BPF_PROG_TEST_RUN's one page.
+struct Wire {
+    tx: std::os::fd::OwnedFd,
+    rx: std::os::fd::OwnedFd,
+}
+
+fn packet_socket(ifindex: u32) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    let all = (libc::ETH_P_ALL as u16).to_be();
+    unsafe {
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, all as i32);
+        assert!(
+            fd >= 0,
+            "AF_PACKET socket: {}",
+            std::io::Error::last_os_error()
+        );
+        let fd = std::os::fd::OwnedFd::from_raw_fd(fd);
+        let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = all;
+        sll.sll_ifindex = ifindex as i32;
+        let rc = libc::bind(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            &sll as *const _ as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        );
+        assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+        // An upper bound on the wait, not a pause: a datagram normally
+        // arrives in microseconds.
+        let tv = libc::timeval {
+            tv_sec: 2,
+            tv_usec: 0,
+        };
+        let rc = libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            &tv as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::timeval>() as u32,
+        );
+        assert_eq!(rc, 0);
+        fd
+    }
+}
+
+impl Wire {
+    /// Sends `frame` and awaits the packet the program sent to the backend
+    /// side: the same UDP ports and length (router solicitations and the like
+    /// are skipped). Reported as redirected; nothing within the bound, as passed.
+    fn exchange(&self, frame: &[u8]) -> (u32, Vec<u8>) {
+        use std::os::fd::AsRawFd;
+        let n = unsafe {
+            libc::send(
+                self.tx.as_raw_fd(),
+                frame.as_ptr() as *const libc::c_void,
+                frame.len(),
+                0,
+            )
+        };
+        assert_eq!(
+            n,
+            frame.len() as isize,
+            "send: {}",
+            std::io::Error::last_os_error()
+        );
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let n = unsafe {
+                libc::recv(
+                    self.rx.as_raw_fd(),
+                    buf.as_mut_ptr() as *mut libc::c_void,
+                    buf.len(),
+                    0,
+                )
+            };
+            if n < 0 {
+                return (XDP_PASS, Vec::new());
+            }
+            let got = &buf[..n as usize];
+            if got.len() == frame.len() && got[12..14] == frame[12..14] {
+                return (XDP_REDIRECT, got.to_vec());
+            }
+        }
+    }
 }
 
 fn ip(s: &str) -> IpAddr {
@@ -166,399 +302,6 @@ fn client_v6(payload: &[u8]) -> Frame {
     Frame::udp(ip("fd00:1::2"), 5060, ip("fd00::10"), 5060, payload)
 }
 
-/// Checks a dispatched frame: redirected to the backend side, MACs from the FIB,
-/// destination = `want`, TTL decremented, everything else as sent.
-fn assert_dnat(bed: &Bed, sent: &Frame, verdict: u32, out: &[u8], want: SocketAddr) {
-    assert_eq!(verdict, XDP_REDIRECT);
-    let p = parse(out);
-    assert_eq!(p.dst, want.ip());
-    assert_eq!(p.dport, want.port());
-    assert_eq!(p.dmac, backend_mac(want.ip()));
-    assert_eq!(p.smac, BK_MAC);
-    assert_eq!(p.src, sent.src);
-    assert_eq!(p.sport, sent.sport);
-    assert_eq!(p.ttl, sent.ttl - 1);
-    assert_eq!(p.vlans, sent.vlans);
-    assert_eq!(p.payload, sent.payload);
-    assert_eq!(out.len(), sent.build().len());
-    let _ = bed;
-}
-
-fn callid_target(sel: &Selector, id: &str) -> SocketAddr {
-    sel.whereis(id.as_bytes()).unwrap().address
-}
-
-#[test]
-fn ipv4_invite_is_dispatched_by_call_id() {
-    let mut bed = bed();
-    let f = client_v4(&invite("Call-ID: a84b4c76e66710@pc33.atlanta.com", 0));
-    let (v, out, moved) = bed.run_counted(&f.build(), bed.cli);
-    assert_dnat(
-        &bed,
-        &f,
-        v,
-        &out,
-        callid_target(&bed.v4, "a84b4c76e66710@pc33.atlanta.com"),
-    );
-    assert_eq!(moved, ["callid", "redirect"]);
-}
-
-#[test]
-fn ipv4_without_udp_checksum_stays_without() {
-    let mut bed = bed();
-    let mut f = client_v4(&invite("Call-ID: nocsum@x", 0));
-    f.zero_csum = true;
-    let (v, out) = bed.run(&f.build(), bed.cli);
-    assert_dnat(&bed, &f, v, &out, callid_target(&bed.v4, "nocsum@x"));
-    assert_eq!(&out[40..42], &[0, 0]);
-}
-
-#[test]
-fn ipv4_with_options_is_dispatched() {
-    let mut bed = bed();
-    // Router Alert (4 bytes) and NOP padding up to 12 bytes of options: IHL 8.
-    let mut f = client_v4(&invite("Call-ID: with-options", 0));
-    f.ip_options = vec![0x94, 0x04, 0, 0, 1, 1, 1, 1, 1, 1, 1, 0];
-    let bytes = f.build();
-    assert_eq!(bytes[14], 0x48);
-    let (v, out, moved) = bed.run_counted(&bytes, bed.cli);
-    assert_dnat(&bed, &f, v, &out, callid_target(&bed.v4, "with-options"));
-    assert_eq!(&out[34..46], &f.ip_options[..], "options kept");
-    assert_eq!(moved, ["callid", "redirect"]);
-}
-
-#[test]
-fn ipv6_invite_is_dispatched_by_call_id() {
-    let mut bed = bed();
-    let f = client_v6(&invite("Call-ID: v6call@[fd00:1::2]", 0));
-    let (v, out, moved) = bed.run_counted(&f.build(), bed.cli);
-    assert_dnat(
-        &bed,
-        &f,
-        v,
-        &out,
-        callid_target(&bed.v6, "v6call@[fd00:1::2]"),
-    );
-    assert_eq!(moved, ["callid", "redirect"]);
-}
-
-#[test]
-fn vlan_tagged_frames_keep_their_tags() {
-    let mut bed = bed();
-    for tags in [vec![(0x8100, 100)], vec![(0x88a8, 7), (0x8100, 100)]] {
-        let mut f = client_v4(&invite("Call-ID: tagged-1", 0));
-        f.vlans = tags;
-        let (v, out) = bed.run(&f.build(), bed.cli);
-        assert_dnat(&bed, &f, v, &out, callid_target(&bed.v4, "tagged-1"));
-    }
-}
-
-#[test]
-fn compact_and_folded_forms_go_where_the_long_form_goes() {
-    let mut bed = bed();
-    let want = callid_target(&bed.v4, "fold-me@host");
-    for h in [
-        "i: fold-me@host",
-        "CALL-ID:fold-me@host",
-        "Call-ID\r\n :\r\n\tfold-me@host  ",
-    ] {
-        let f = client_v4(&invite(h, 0));
-        let (v, out, moved) = bed.run_counted(&f.build(), bed.cli);
-        assert_dnat(&bed, &f, v, &out, want);
-        assert_eq!(moved, ["callid", "redirect"], "{h:?}");
-    }
-}
-
-#[test]
-fn call_id_at_the_end_of_a_1400_byte_invite() {
-    let mut bed = bed();
-    let msg = invite("Call-ID: far-away-call-id@example.com", 1400);
-    assert!(msg.len() >= 1400 && msg.len() < 1472, "{}", msg.len());
-    let f = client_v4(&msg);
-    let (v, out, moved) = bed.run_counted(&f.build(), bed.cli);
-    assert_dnat(
-        &bed,
-        &f,
-        v,
-        &out,
-        callid_target(&bed.v4, "far-away-call-id@example.com"),
-    );
-    assert_eq!(moved, ["callid", "redirect"]);
-}
-
-/// Datagrams without a usable Call-ID go by the source address, and say so.
-#[test]
-fn fallbacks_hash_the_source_and_are_counted() {
-    let mut bed = bed();
-    let by_source = bed
-        .v4
-        .pick(hash_addr(
-            &[10, 0, 1, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-            2,
-        ))
-        .unwrap()
-        .address;
-    let stun = [
-        0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
-    ];
-    let cases: [(&[u8], &str); 5] = [
-        (
-            b"OPTIONS sip:x SIP/2.0\r\nVia: SIP/2.0/UDP h\r\n\r\n",
-            "fallback_no_callid",
-        ),
-        (b"\r\n\r\n", "fallback_keepalive"),
-        (b"", "fallback_keepalive"),
-        (&stun, "fallback_no_callid"),
-        (b"hello, not sip at all", "fallback_no_callid"),
-    ];
-    for (payload, counter) in cases {
-        let f = client_v4(payload);
-        let (v, out, moved) = bed.run_counted(&f.build(), bed.cli);
-        assert_dnat(&bed, &f, v, &out, SocketAddr::new(by_source.ip(), 5060));
-        assert_eq!(moved, [counter, "redirect"], "{payload:?}");
-    }
-}
-
-#[test]
-fn traffic_not_for_a_service_passes_untouched() {
-    let mut bed = bed();
-    let other_port = Frame::udp(
-        ip("10.0.1.2"),
-        5060,
-        ip("10.0.0.10"),
-        5061,
-        &invite("i: x", 0),
-    );
-    let mut tcp = client_v4(b"INVITE");
-    tcp.proto = 6;
-    let other_host = Frame::udp(
-        ip("10.0.1.2"),
-        5060,
-        ip("10.0.0.99"),
-        5060,
-        &invite("i: x", 0),
-    );
-    for (f, counter) in [
-        (other_port, "pass_no_service"),
-        (tcp, "pass_not_udp"),
-        (other_host, "pass_no_service"),
-    ] {
-        let bytes = f.build();
-        let (v, out, moved) = bed.run_counted(&bytes, bed.cli);
-        assert_eq!(v, XDP_PASS);
-        assert_eq!(out, bytes);
-        assert_eq!(moved, [counter]);
-    }
-    // Not IP at all: an ARP request.
-    let mut arp = vec![0xff; 6];
-    arp.extend_from_slice(&CLIENT_MAC);
-    arp.extend_from_slice(&[0x08, 0x06]);
-    arp.extend_from_slice(&[0u8; 28]);
-    let (v, out, moved) = bed.run_counted(&arp, bed.cli);
-    assert_eq!((v, out, moved), (XDP_PASS, arp, vec!["pass_not_ip"]));
-}
-
-#[test]
-fn backend_reply_is_reverse_nated_to_the_vip() {
-    let mut bed = bed();
-    let reply = b"SIP/2.0 200 OK\r\nCall-ID: abc\r\nContent-Length: 0\r\n\r\n";
-    let f = Frame::udp(ip("10.0.2.12"), 5060, ip("10.0.1.2"), 5060, reply);
-    let (v, out, moved) = bed.run_counted(&f.build(), bed.bk);
-    assert_eq!(v, XDP_REDIRECT);
-    assert_eq!(moved, ["redirect", "reverse_nat"]);
-    let p = parse(&out);
-    assert_eq!((p.src, p.sport), (ip("10.0.0.10"), 5060));
-    assert_eq!((p.dst, p.dport), (ip("10.0.1.2"), 5060));
-    assert_eq!((p.dmac, p.smac), (CLIENT_MAC, CLI_MAC));
-    assert_eq!(p.ttl, 63);
-    assert_eq!(p.payload, reply);
-
-    let f6 = Frame::udp(ip("fd00:2::13"), 5060, ip("fd00:1::2"), 5060, reply);
-    let (v, out) = bed.run(&f6.build(), bed.bk);
-    assert_eq!(v, XDP_REDIRECT);
-    let p = parse(&out);
-    assert_eq!(
-        (p.src, p.sport, p.dst),
-        (ip("fd00::10"), 5060, ip("fd00:1::2"))
-    );
-}
-
-#[test]
-fn backend_answer_to_this_host_is_left_alone() {
-    let mut bed = bed();
-    // E.g. the 200 to our own OPTIONS probe, sent to the balancer's address.
-    let f = Frame::udp(
-        ip("10.0.2.11"),
-        5060,
-        ip("10.0.2.1"),
-        40000,
-        b"SIP/2.0 200 OK\r\ni: probe\r\n\r\n",
-    );
-    let bytes = f.build();
-    let (v, out, moved) = bed.run_counted(&bytes, bed.bk);
-    assert_eq!((v, out, moved), (XDP_PASS, bytes, vec!["pass_local"]));
-}
-
-#[test]
-fn dsr_changes_only_the_macs() {
-    let mut bed = bed();
-    let f = Frame::udp(
-        ip("10.0.1.2"),
-        5060,
-        ip("10.0.0.20"),
-        5060,
-        &invite("Call-ID: dsr-1", 0),
-    );
-    let bytes = f.build();
-    let (v, out) = bed.run(&bytes, bed.cli);
-    assert_eq!(v, XDP_REDIRECT);
-    let want = callid_target(&bed.dsr, "dsr-1");
-    assert_eq!(&out[0..6], &backend_mac(want.ip()));
-    assert_eq!(&out[6..12], &BK_MAC);
-    assert_eq!(&out[12..], &bytes[12..], "IP and UDP untouched");
-
-    // A DSR backend's own traffic is not reverse-NATed: it answers from the VIP.
-    let own = Frame::udp(
-        ip("10.0.2.21"),
-        5060,
-        ip("10.0.1.2"),
-        5060,
-        b"SIP/2.0 200 OK\r\n\r\n",
-    );
-    let own = own.build();
-    let (v, out, moved) = bed.run_counted(&own, bed.bk);
-    assert_eq!((v, out, moved), (XDP_PASS, own, vec!["pass_no_service"]));
-}
-
-#[test]
-fn expiring_ttl_is_left_to_the_kernel() {
-    let mut bed = bed();
-    let mut f = client_v4(&invite("i: ttl", 0));
-    f.ttl = 1;
-    let bytes = f.build();
-    let (v, out, moved) = bed.run_counted(&bytes, bed.cli);
-    assert_eq!((v, out), (XDP_PASS, bytes));
-    assert_eq!(moved, ["callid", "ttl_exceeded"]);
-}
-
-#[test]
-fn truncated_frames_pass_untouched_and_are_counted() {
-    let mut bed = bed();
-    for full in [
-        client_v4(&invite("Call-ID: trunc", 0)).build(),
-        client_v6(&invite("i: t6", 0)).build(),
-    ] {
-        for len in 14..full.len() {
-            let cut = &full[..len];
-            let (v, out, moved) = bed.run_counted(cut, bed.cli);
-            assert_eq!(v, XDP_PASS, "len {len}");
-            assert_eq!(out, cut, "len {len}");
-            assert_eq!(moved, ["malformed"], "len {len}");
-        }
-    }
-}
-
-#[test]
-fn kernel_choice_equals_user_space_prediction_for_1000_call_ids() {
-    let mut bed = bed();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(4475);
-    let mut seen = HashMap::new();
-    for _ in 0..1000 {
-        let n = rng.gen_range(1..120);
-        let id: String = (&mut rng)
-            .sample_iter(&Alphanumeric)
-            .take(n)
-            .map(char::from)
-            .collect();
-        let f = client_v4(&invite(&format!("Call-ID: {id}"), 0));
-        let (v, out) = bed.run(&f.build(), bed.cli);
-        assert_eq!(v, XDP_REDIRECT);
-        let got = parse(&out).dst;
-        let want = bed.v4.pick(hash_bytes(id.as_bytes())).unwrap().address.ip();
-        assert_eq!(got, want, "Call-ID {id}");
-        *seen.entry(got).or_insert(0) += 1;
-    }
-    assert_eq!(seen.len(), 3, "all backends used: {seen:?}");
-}
-
-#[test]
-fn empty_service_drops_and_counts() {
-    let mut bed = bed();
-    // Weight 0 everywhere: the table is empty.
-    let s = ServiceConfig {
-        table_size: 7,
-        ..spec("10.0.0.30:5060", Mode::Dnat, &["10.0.2.99:5060,weight=0"])
-    };
-    bed.dp.install_service(s).unwrap();
-    let f = Frame::udp(
-        ip("10.0.1.2"),
-        5060,
-        ip("10.0.0.30"),
-        5060,
-        &invite("i: x", 0),
-    );
-    let (v, _, moved) = bed.run_counted(&f.build(), bed.cli);
-    assert_eq!(v, XDP_DROP);
-    assert_eq!(moved, ["callid", "no_backend"]);
-
-    // Configured to pass: the datagram goes to the local stack untouched.
-    let mut c = bed.dp.config().clone();
-    let svc = c
-        .services
-        .iter_mut()
-        .find(|s| s.vip.to_string() == "10.0.0.30:5060")
-        .unwrap();
-    svc.no_backend = balancer::model::NoBackend::Pass;
-    bed.dp.sync(&c).unwrap();
-    let frame = f.build();
-    let (v, out, moved) = bed.run_counted(&frame, bed.cli);
-    assert_eq!(v, XDP_PASS);
-    assert_eq!(out, frame, "passed untouched");
-    assert_eq!(moved, ["callid", "no_backend_pass"]);
-}
-
-/// Next hops are cached for a second: a neighbour's new MAC is used within it.
-#[test]
-fn next_hop_cache_follows_a_changed_neighbour_within_a_second() {
-    let mut bed = bed();
-    let id = "cache-me";
-    let want = callid_target(&bed.v4, id);
-    let f = client_v4(&invite(&format!("Call-ID: {id}"), 0));
-    let (_, out) = bed.run(&f.build(), bed.cli);
-    assert_eq!(parse(&out).dmac, backend_mac(want.ip()));
-    let new_mac = [0x02, 0, 0, 0, 0x0e, 0x0e];
-    bed.ns().ip(&format!(
-        "neigh replace {} lladdr 02:00:00:00:0e:0e dev bk0 nud permanent",
-        want.ip()
-    ));
-    std::thread::sleep(std::time::Duration::from_millis(1100));
-    let (v, out) = bed.run(&f.build(), bed.cli);
-    assert_eq!(v, XDP_REDIRECT);
-    assert_eq!(parse(&out).dmac, new_mac);
-}
-
-/// A cached next hop is only used for datagrams no larger than one the FIB has
-/// accepted: a larger one is asked about again, and one over the MTU goes to the
-/// kernel (which fragments or answers ICMP).
-#[test]
-fn next_hop_cache_respects_the_mtu() {
-    let mut bed = bed();
-    bed.ns().ip("link set bk0 mtu 1000");
-    let small = client_v4(&invite("Call-ID: mtu-small", 0));
-    let (v, _) = bed.run(&small.build(), bed.cli);
-    assert_eq!(v, XDP_REDIRECT);
-    let big = client_v4(&invite("Call-ID: mtu-big", 1400));
-    let bytes = big.build();
-    let (v, _, moved) = bed.run_counted(&bytes, bed.cli);
-    assert_eq!(v, XDP_PASS);
-    assert_eq!(moved, ["callid", "fib_fail"]);
-}
-
-// ---- per-service hashing algorithms ----
-
-const V4_VIP: &str = "10.0.0.10:5060";
-const V6_VIP: &str = "[fd00::10]:5060";
-
 fn src_key(a: IpAddr) -> ([u8; 16], u8) {
     match a {
         IpAddr::V4(v) => {
@@ -568,6 +311,1398 @@ fn src_key(a: IpAddr) -> ([u8; 16], u8) {
         }
         IpAddr::V6(v) => (v.octets(), 10),
     }
+}
+
+// ---- what a case is ----
+
+/// A case: a name and its steps, run in order on one bed.
+struct Case {
+    name: String,
+    steps: Vec<Step>,
+}
+
+fn case(name: impl Into<String>, steps: Vec<Step>) -> Case {
+    Case {
+        name: name.into(),
+        steps,
+    }
+}
+
+enum Step {
+    /// A frame through the program.
+    Send(Box<Packet>),
+    /// A change of the set-up between frames (see [`Act::shared`] for which
+    /// cases share a bed).
+    Do(Act),
+    /// The outputs of the last `n` sends are IP fragments: reassembled, they are
+    /// `sent` as `out` says.
+    Reassembled { n: usize, sent: Frame, out: Out },
+    /// The round-robin counter of the service advanced by `n` since [`Act::PinCpu`].
+    RoundRobinAdvanced { vip: &'static str, n: u32 },
+    /// The kernel's key hash, observed as the AFFINITY map's key (service, hash):
+    /// the entry for `hash` points at the slot of the backend user space predicts.
+    AffinityHash { vip: &'static str, hash: u32 },
+    /// User space's reading of a payload, the documented rules checked on the
+    /// data: its Call-ID, and the reason `message_dispatch` gives.
+    UserSpace {
+        payload: Vec<u8>,
+        call_id: Option<Vec<u8>>,
+        reason: &'static str,
+    },
+    /// User space's picks for these destinations cover at least `n` backends:
+    /// the sends checked against them are not all about one backend.
+    Spread { tos: Vec<To>, n: usize },
+}
+
+enum Act {
+    /// Rewrites the SERVICES entry's algorithm (`maps::ALG_*`).
+    Algorithm(&'static str, u32),
+    Install(ServiceConfig),
+    /// The service at the VIP passes datagrams it has no backend for.
+    NoBackendPass(&'static str),
+    /// Dialog affinity on for the service at the VIP.
+    Affinity(&'static str),
+    /// `ip ARGS` in the bed's namespace.
+    Ip(String),
+    /// Replaces the neighbour entry of the backend user space picks for `to`.
+    Neighbour {
+        to: To,
+        mac: [u8; 6],
+    },
+    /// Lets time pass: the next-hop cache's one-second lifetime is the subject.
+    Wait(Duration),
+    /// Pins the thread to its CPU (per-CPU state stays put) and notes the
+    /// round-robin counter of the service.
+    PinCpu(&'static str),
+    /// Attaches the program (generic XDP) to `cli0` with both sides' MTU at
+    /// `mtu`: later frames travel as real packets ([`Wire`]).
+    Wire {
+        mtu: u32,
+    },
+}
+
+impl Act {
+    /// Whether cases with this act can share a bed: [`Bed::reset`] undoes it,
+    /// or (the wire) every case that has it wants it.
+    fn shared(&self) -> bool {
+        matches!(
+            self,
+            Act::Algorithm(..) | Act::Affinity(_) | Act::PinCpu(_) | Act::Wire { .. }
+        )
+    }
+}
+
+/// Where user space says a client's datagram goes: always a backend of the
+/// service at the VIP, through its live Maglev table.
+#[derive(Clone)]
+enum To {
+    /// `Selector::whereis` of these key bytes.
+    Key(&'static str, Vec<u8>),
+    /// The source-address fallback of the frame's source.
+    Source(&'static str),
+    /// `message_dispatch` of the frame's payload and source under the algorithm.
+    Dispatch(&'static str, u32),
+    /// The `k`-th datagram since [`Act::PinCpu`] under round-robin.
+    RoundRobin(&'static str, u32),
+}
+
+fn key(vip: &'static str, k: impl AsRef<[u8]>) -> To {
+    To::Key(vip, k.as_ref().to_vec())
+}
+
+/// What comes out.
+enum Out {
+    /// Redirected to the backend side: MACs from the FIB, the destination the
+    /// backend, TTL one less, everything else as sent.
+    Dnat(To),
+    /// Like `Dnat`, the neighbour's MAC being this one.
+    DnatVia(To, [u8; 6]),
+    /// Rewritten for the backend and handed to the kernel (which fragments or
+    /// answers ICMP): verdict pass, MACs and TTL as sent.
+    Kernel(To),
+    /// Redirected to the backend with only the MACs changed.
+    Dsr(To),
+    /// A backend's message rewritten to come from the VIP, redirected to the client.
+    FromVip(&'static str),
+    /// Passed, byte for byte as sent.
+    Untouched,
+    Drop,
+    /// Redirected; the output is checked later ([`Step::Reassembled`]).
+    Redirected,
+}
+
+/// The counters a frame moves.
+enum Moved {
+    /// Exactly these counters (sorted by the driver).
+    Exactly(Vec<&'static str>),
+    /// The reason `message_dispatch` predicts for the payload under the
+    /// algorithm, `redirect`, and these.
+    Predicted(u32, Vec<&'static str>),
+}
+
+/// One frame in, and what must come out.
+struct Packet {
+    /// Names the frame in a failure (beside the case's name and step number).
+    note: String,
+    input: Input,
+    side: Side,
+    out: Out,
+    moved: Moved,
+    /// Exact bytes of the output at an offset, beyond the field checks.
+    bytes: Vec<(usize, Vec<u8>)>,
+}
+
+enum Input {
+    Frame(Frame),
+    /// Bytes that are not a whole UDP datagram (ARP, cut frames, fragments).
+    Raw(Vec<u8>),
+}
+
+#[derive(Clone, Copy)]
+enum Side {
+    Client,
+    Backend,
+}
+
+impl Packet {
+    fn client(f: Frame) -> Packet {
+        Packet::new(Input::Frame(f), Side::Client)
+    }
+
+    fn backend(f: Frame) -> Packet {
+        Packet::new(Input::Frame(f), Side::Backend)
+    }
+
+    fn raw(bytes: Vec<u8>, side: Side) -> Packet {
+        Packet::new(Input::Raw(bytes), side)
+    }
+
+    fn new(input: Input, side: Side) -> Packet {
+        Packet {
+            note: String::new(),
+            input,
+            side,
+            out: Out::Untouched,
+            moved: Moved::Exactly(vec![]),
+            bytes: vec![],
+        }
+    }
+
+    fn out(mut self, out: Out) -> Self {
+        self.out = out;
+        self
+    }
+
+    fn moved(mut self, m: &[&'static str]) -> Self {
+        self.moved = Moved::Exactly(m.to_vec());
+        self
+    }
+
+    fn predicted(mut self, alg: u32) -> Self {
+        self.moved = Moved::Predicted(alg, vec![]);
+        self
+    }
+
+    fn predicted_with(mut self, alg: u32, also: &'static str) -> Self {
+        self.moved = Moved::Predicted(alg, vec![also]);
+        self
+    }
+
+    fn bytes_at(mut self, off: usize, b: &[u8]) -> Self {
+        self.bytes.push((off, b.to_vec()));
+        self
+    }
+
+    fn note(mut self, n: impl Into<String>) -> Self {
+        self.note = n.into();
+        self
+    }
+
+    fn step(self) -> Step {
+        Step::Send(Box::new(self))
+    }
+}
+
+// ---- the driver ----
+
+/// Runs every case and fails listing each failing case by name. Cases whose
+/// acts can be undone share a bed (reset between them); any other case gets
+/// its own. Beds are independent (a namespace and a program each), so a few
+/// run at once: most of a bed's cost is waiting for `ip` and the verifier.
+fn run_table(table: Vec<Case>) {
+    const WORKERS: usize = 4;
+    let total = table.len();
+    // Jobs: the cases that can share a bed, grouped by the environment they
+    // need (on the wire or not); every other case alone.
+    let mut jobs: Vec<Vec<(usize, &Case)>> = vec![];
+    let mut groups: HashMap<Option<u32>, usize> = HashMap::new();
+    for (i, c) in table.iter().enumerate() {
+        let acts = c.steps.iter().filter_map(|s| match s {
+            Step::Do(a) => Some(a),
+            _ => None,
+        });
+        if acts.clone().all(Act::shared) {
+            let wire = acts
+                .filter_map(|a| match a {
+                    Act::Wire { mtu } => Some(*mtu),
+                    _ => None,
+                })
+                .next();
+            let j = *groups.entry(wire).or_insert_with(|| {
+                jobs.push(vec![]);
+                jobs.len() - 1
+            });
+            jobs[j].push((i, c));
+        } else {
+            jobs.push(vec![(i, c)]);
+        }
+    }
+    let jobs = std::sync::Mutex::new(jobs.into_iter());
+    let failures = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..WORKERS {
+            s.spawn(|| {
+                while let Some(job) = {
+                    let next = jobs.lock().unwrap().next();
+                    next
+                } {
+                    let mut b = None;
+                    for (i, c) in job {
+                        let t0 = std::time::Instant::now();
+                        let r = catch_unwind(AssertUnwindSafe(|| {
+                            run_case(b.get_or_insert_with(bed), c)
+                        }));
+                        // Failed or not, the next case starts from the set-up;
+                        // a bed that cannot be reset is replaced.
+                        let acts = c.steps.iter().filter_map(|s| match s {
+                            Step::Do(a) => Some(a),
+                            _ => None,
+                        });
+                        if let Some(bed) = b.as_mut() {
+                            if catch_unwind(AssertUnwindSafe(|| bed.reset(acts))).is_err() {
+                                b = None;
+                            }
+                        }
+                        eprintln!("case {:?}: {:.1?}", c.name, t0.elapsed());
+                        if let Err(e) = r {
+                            let m = format!("{}: {}", c.name, panic_text(&*e));
+                            failures.lock().unwrap().push((i, m));
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let mut failures = failures.into_inner().unwrap();
+    failures.sort();
+    let names: Vec<String> = failures.into_iter().map(|(_, m)| m).collect();
+    assert!(
+        names.is_empty(),
+        "{} of {total} cases failed:\n{}",
+        names.len(),
+        names.join("\n")
+    );
+    eprintln!("{total} cases passed");
+}
+
+fn panic_text(e: &(dyn std::any::Any + std::marker::Send)) -> String {
+    e.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "panic".into())
+}
+
+/// State of one case's run.
+struct Run<'a> {
+    bed: &'a mut Bed,
+    outs: Vec<Vec<u8>>,
+    rr: Option<(usize, u32)>,
+}
+
+fn run_case(bed: &mut Bed, c: &Case) {
+    let mut run = Run {
+        bed,
+        outs: vec![],
+        rr: None,
+    };
+    for (i, step) in c.steps.iter().enumerate() {
+        let r = catch_unwind(AssertUnwindSafe(|| run.step(step)));
+        if let Err(e) = r {
+            let note = match step {
+                Step::Send(s) if !s.note.is_empty() => format!(" ({})", s.note),
+                _ => String::new(),
+            };
+            resume_unwind(Box::new(format!("step {i}{note}: {}", panic_text(&*e))));
+        }
+    }
+}
+
+impl Run<'_> {
+    fn step(&mut self, step: &Step) {
+        match step {
+            Step::Send(s) => self.send(s),
+            Step::Do(a) => self.act(a),
+            Step::Reassembled { n, sent, out } => {
+                let outs = &self.outs[self.outs.len() - n..];
+                let (p, macs) = reassemble(outs);
+                assert_eq!(
+                    p.payload, sent.payload,
+                    "intact, UDP checksum right over the whole"
+                );
+                match out {
+                    Out::Dnat(to) => {
+                        let want = self.resolve(to, sent);
+                        assert_eq!(SocketAddr::new(p.dst, p.dport), want, "destination");
+                        assert_eq!((p.src, p.sport), (sent.src, sent.sport), "source");
+                        assert_eq!(p.ttl, sent.ttl - 1, "TTL");
+                        assert!(
+                            macs.iter().all(|m| *m == backend_mac(want.ip())),
+                            "MACs {macs:?}"
+                        );
+                    }
+                    Out::FromVip(vip) => {
+                        let vip: SocketAddr = vip.parse().unwrap();
+                        assert_eq!((p.src, p.sport), (vip.ip(), vip.port()), "source");
+                        assert_eq!((p.dst, p.dport), (sent.dst, sent.dport), "destination");
+                        assert!(macs.iter().all(|m| *m == CLIENT_MAC), "MACs {macs:?}");
+                    }
+                    _ => unreachable!("reassembled outputs are checked as Dnat or FromVip"),
+                }
+            }
+            Step::RoundRobinAdvanced { vip, n } => {
+                let (cpu, c0) = self.rr.expect("PinCpu first");
+                let id = self.bed.service(vip).id;
+                assert_eq!(rr_counter(&mut self.bed.dp, id, cpu), c0.wrapping_add(*n));
+            }
+            Step::UserSpace {
+                payload,
+                call_id: want,
+                reason: why,
+            } => {
+                assert_eq!(call_id(payload), want.as_deref(), "user space's Call-ID");
+                let (k, family) = src_key(ip("10.0.1.2"));
+                let d = message_dispatch(payload, ALG_CALL_ID, &k, family);
+                assert_eq!(
+                    reason::NAMES[d.reason as usize],
+                    *why,
+                    "user space's reason"
+                );
+            }
+            Step::Spread { tos, n } => {
+                let f = client_v4(b"");
+                let seen: std::collections::HashSet<SocketAddr> =
+                    tos.iter().map(|t| self.resolve(t, &f)).collect();
+                assert!(seen.len() >= *n, "backends used: {seen:?}");
+            }
+            Step::AffinityHash { vip, hash } => {
+                let svc = self.bed.service(vip);
+                let want = self.bed.table(vip).pick(*hash).unwrap().address;
+                let m: aya::maps::HashMap<aya::maps::MapData, AffinityKey, Affinity> =
+                    program_map(&mut self.bed.dp, "AFFINITY")
+                        .try_into()
+                        .unwrap();
+                let k = AffinityKey {
+                    service: svc.id,
+                    hash: *hash,
+                };
+                let e = m.get(&k, 0).unwrap_or_else(|_| {
+                    let held: Vec<u32> = m.keys().map(|k| k.unwrap().hash).collect();
+                    panic!("no affinity entry for hash {hash:#010x}; the kernel's: {held:x?}")
+                });
+                assert_eq!(
+                    Some(e.slot),
+                    self.bed.dp.slot_of(want),
+                    "entry points at {want}"
+                );
+            }
+        }
+    }
+
+    fn act(&mut self, a: &Act) {
+        let dp = &mut self.bed.dp;
+        match a {
+            Act::Algorithm(vip, alg) => set_algorithm(dp, vip.parse().unwrap(), *alg),
+            Act::Install(s) => {
+                dp.install_service(s.clone()).unwrap();
+            }
+            Act::NoBackendPass(vip) | Act::Affinity(vip) => {
+                let mut c = dp.config().clone();
+                let s = c
+                    .services
+                    .iter_mut()
+                    .find(|s| s.vip.to_string() == *vip)
+                    .unwrap();
+                match a {
+                    Act::NoBackendPass(_) => s.no_backend = balancer::model::NoBackend::Pass,
+                    _ => s.affinity = true,
+                }
+                dp.sync(&c).unwrap();
+            }
+            Act::Ip(args) => self.bed.ns().ip(args),
+            Act::Neighbour { to, mac } => {
+                let want = self.resolve(to, &client_v4(b""));
+                let m: Vec<String> = mac.iter().map(|b| format!("{b:02x}")).collect();
+                self.bed.ns().ip(&format!(
+                    "neigh replace {} lladdr {} dev bk0 nud permanent",
+                    want.ip(),
+                    m.join(":")
+                ));
+            }
+            Act::Wait(d) => std::thread::sleep(*d),
+            Act::PinCpu(vip) => {
+                let cpu = pin_to_current_cpu();
+                let id = self.bed.service(vip).id;
+                self.rr = Some((cpu, rr_counter(&mut self.bed.dp, id, cpu)));
+            }
+            Act::Wire { .. } if self.bed.wire.is_some() => {}
+            Act::Wire { mtu } => {
+                for d in ["cli0", "cli0p", "bk0", "bk0p"] {
+                    self.bed.ns().ip(&format!("link set {d} mtu {mtu}"));
+                }
+                // Only the frames sent here may reach the program: no router
+                // solicitations or MLD reports from the client side.
+                self.bed
+                    .ns()
+                    .exec("sysctl -qw net.ipv6.conf.cli0p.disable_ipv6=1");
+                self.bed
+                    .dp
+                    .attach("cli0", aya::programs::XdpMode::Skb)
+                    .unwrap();
+                let ns = self.bed.ns();
+                self.bed.wire = Some(Wire {
+                    tx: packet_socket(ns.ifindex("cli0p")),
+                    rx: packet_socket(ns.ifindex("bk0p")),
+                });
+            }
+        }
+    }
+
+    fn resolve(&self, to: &To, f: &Frame) -> SocketAddr {
+        let (vip, hash) = match to {
+            To::Key(vip, k) => (vip, hash_bytes(k)),
+            To::Source(vip) => {
+                let (k, family) = src_key(f.src);
+                (vip, hash_addr(&k, family))
+            }
+            To::Dispatch(vip, alg) => {
+                let (k, family) = src_key(f.src);
+                (vip, message_dispatch(&f.payload, *alg, &k, family).hash)
+            }
+            To::RoundRobin(vip, k) => (vip, self.rr.expect("PinCpu first").1.wrapping_add(*k)),
+        };
+        let sel = self.bed.table(vip);
+        if let To::Key(_, k) = to {
+            // The same as `whereis`, said once here so a change to either shows.
+            assert_eq!(
+                sel.whereis(k).unwrap().address,
+                sel.pick(hash).unwrap().address
+            );
+        }
+        sel.pick(hash).unwrap().address
+    }
+
+    fn send(&mut self, s: &Packet) {
+        let bytes = match &s.input {
+            Input::Frame(f) => f.build(),
+            Input::Raw(b) => b.clone(),
+        };
+        let ingress = match s.side {
+            Side::Client => self.bed.cli,
+            Side::Backend => self.bed.bk,
+        };
+        let (v, out, moved) = self.bed.run_counted(&bytes, ingress);
+        let frame = || match &s.input {
+            Input::Frame(f) => f,
+            Input::Raw(_) => panic!("this expectation needs a Frame input"),
+        };
+        match &s.out {
+            Out::Dnat(to) => {
+                let f = frame();
+                let want = self.resolve(to, f);
+                assert_dnat(f, v, &out, want, backend_mac(want.ip()));
+            }
+            Out::DnatVia(to, mac) => {
+                let f = frame();
+                let want = self.resolve(to, f);
+                assert_dnat(f, v, &out, want, *mac);
+            }
+            Out::Kernel(to) => {
+                let f = frame();
+                let want = self.resolve(to, f);
+                assert_eq!(v, XDP_PASS, "verdict");
+                let p = parse(&out);
+                assert_eq!((p.dst, p.dport), (want.ip(), want.port()), "destination");
+                assert_eq!((p.dmac, p.smac), (f.dmac, f.smac), "MACs");
+                assert_eq!((p.src, p.sport), (f.src, f.sport), "source");
+                assert_eq!(p.ttl, f.ttl, "TTL");
+                assert_eq!(p.payload, f.payload, "payload");
+            }
+            Out::Dsr(to) => {
+                let want = self.resolve(to, frame());
+                assert_eq!(v, XDP_REDIRECT, "verdict");
+                assert_eq!(&out[0..6], &backend_mac(want.ip()), "destination MAC");
+                assert_eq!(&out[6..12], &BK_MAC, "source MAC");
+                assert_eq!(&out[12..], &bytes[12..], "IP and UDP untouched");
+            }
+            Out::FromVip(vip) => {
+                let f = frame();
+                let vip: SocketAddr = vip.parse().unwrap();
+                assert_eq!(v, XDP_REDIRECT, "verdict");
+                let p = parse(&out);
+                assert_eq!((p.src, p.sport), (vip.ip(), vip.port()), "source");
+                assert_eq!((p.dst, p.dport), (f.dst, f.dport), "destination");
+                assert_eq!((p.dmac, p.smac), (CLIENT_MAC, CLI_MAC), "MACs");
+                assert_eq!(p.ttl, f.ttl - 1, "TTL");
+                assert_eq!(p.payload, f.payload, "payload");
+                assert_eq!(out.len(), bytes.len(), "length");
+            }
+            Out::Untouched => {
+                assert_eq!(v, XDP_PASS, "verdict");
+                assert_eq!(out, bytes, "passed untouched");
+            }
+            Out::Drop => assert_eq!(v, XDP_DROP, "verdict"),
+            Out::Redirected => assert_eq!(v, XDP_REDIRECT, "verdict"),
+        }
+        let mut want_moved = match &s.moved {
+            Moved::Exactly(m) => m.clone(),
+            Moved::Predicted(alg, also) => {
+                let f = frame();
+                let (k, family) = src_key(f.src);
+                let d = message_dispatch(&f.payload, *alg, &k, family);
+                let mut m = vec![reason::NAMES[d.reason as usize], "redirect"];
+                m.extend(also);
+                m
+            }
+        };
+        want_moved.sort();
+        assert_eq!(moved, want_moved, "counters that moved");
+        for (off, b) in &s.bytes {
+            assert_eq!(&out[*off..*off + b.len()], &b[..], "output bytes at {off}");
+        }
+        self.outs.push(out);
+    }
+}
+
+/// Checks a dispatched frame: redirected to the backend side, MACs from the FIB,
+/// destination = `want`, TTL decremented, everything else as sent.
+fn assert_dnat(sent: &Frame, verdict: u32, out: &[u8], want: SocketAddr, dmac: [u8; 6]) {
+    assert_eq!(verdict, XDP_REDIRECT, "verdict");
+    let p = parse(out);
+    assert_eq!((p.dst, p.dport), (want.ip(), want.port()), "destination");
+    assert_eq!((p.dmac, p.smac), (dmac, BK_MAC), "MACs");
+    assert_eq!((p.src, p.sport), (sent.src, sent.sport), "source");
+    assert_eq!(p.ttl, sent.ttl - 1, "TTL");
+    assert_eq!(p.vlans, sent.vlans, "VLAN tags");
+    assert_eq!(p.payload, sent.payload, "payload");
+    assert_eq!(out.len(), sent.build().len(), "length");
+}
+
+// ---- the tables ----
+
+const DISPATCHED: &[&str] = &["callid", "redirect"];
+
+/// A client's INVITE to the IPv4 VIP carrying `header`, dispatched by `id`.
+fn by_call_id(f: Frame, vip: &'static str, id: &str) -> Step {
+    Packet::client(f)
+        .out(Out::Dnat(key(vip, id)))
+        .moved(DISPATCHED)
+        .note(id)
+        .step()
+}
+
+/// Parsing, keys and rewrites of single datagrams on the default set-up.
+fn dispatch_cases() -> Vec<Case> {
+    let mut t = vec![];
+    let id = "a84b4c76e66710@pc33.atlanta.com";
+    t.push(case(
+        "ipv4 INVITE is dispatched by its Call-ID",
+        vec![by_call_id(
+            client_v4(&invite(&format!("Call-ID: {id}"), 0)),
+            V4_VIP,
+            id,
+        )],
+    ));
+    let mut f = client_v4(&invite("Call-ID: nocsum@x", 0));
+    f.zero_csum = true;
+    t.push(case(
+        "ipv4 without UDP checksum stays without",
+        vec![Packet::client(f)
+            .out(Out::Dnat(key(V4_VIP, "nocsum@x")))
+            .moved(DISPATCHED)
+            .bytes_at(40, &[0, 0])
+            .step()],
+    ));
+    // Router Alert (4 bytes) and NOP padding up to 12 bytes of options: IHL 8.
+    let mut f = client_v4(&invite("Call-ID: with-options", 0));
+    f.ip_options = vec![0x94, 0x04, 0, 0, 1, 1, 1, 1, 1, 1, 1, 0];
+    assert_eq!(f.build()[14], 0x48);
+    let options = f.ip_options.clone();
+    t.push(case(
+        "ipv4 with options is dispatched, options kept",
+        vec![Packet::client(f)
+            .out(Out::Dnat(key(V4_VIP, "with-options")))
+            .moved(DISPATCHED)
+            .bytes_at(34, &options)
+            .step()],
+    ));
+    let id = "v6call@[fd00:1::2]";
+    t.push(case(
+        "ipv6 INVITE is dispatched by its Call-ID",
+        vec![by_call_id(
+            client_v6(&invite(&format!("Call-ID: {id}"), 0)),
+            V6_VIP,
+            id,
+        )],
+    ));
+    for tags in [vec![(0x8100, 100)], vec![(0x88a8, 7), (0x8100, 100)]] {
+        let mut f = client_v4(&invite("Call-ID: tagged-1", 0));
+        f.vlans = tags.clone();
+        t.push(case(
+            format!("VLAN tags {tags:x?} are kept"),
+            vec![by_call_id(f, V4_VIP, "tagged-1")],
+        ));
+    }
+    for h in [
+        "i: fold-me@host",
+        "CALL-ID:fold-me@host",
+        "Call-ID\r\n :\r\n\tfold-me@host  ",
+    ] {
+        t.push(case(
+            format!("{h:?} goes where the long form goes"),
+            vec![by_call_id(client_v4(&invite(h, 0)), V4_VIP, "fold-me@host")],
+        ));
+    }
+    let id = "far-away-call-id@example.com";
+    let msg = invite(&format!("Call-ID: {id}"), 1400);
+    assert!(msg.len() >= 1400 && msg.len() < 1472, "{}", msg.len());
+    t.push(case(
+        "Call-ID at the end of a 1400-byte INVITE",
+        vec![by_call_id(client_v4(&msg), V4_VIP, id)],
+    ));
+
+    // Datagrams without a usable Call-ID go by the source address, and say so.
+    let stun = [
+        0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
+    ];
+    let fallbacks: [(&str, &[u8], &str); 5] = [
+        (
+            "OPTIONS without Call-ID",
+            b"OPTIONS sip:x SIP/2.0\r\nVia: SIP/2.0/UDP h\r\n\r\n",
+            "fallback_no_callid",
+        ),
+        ("CRLFCRLF keepalive", b"\r\n\r\n", "fallback_keepalive"),
+        ("empty datagram", b"", "fallback_keepalive"),
+        ("STUN", &stun, "fallback_no_callid"),
+        ("not SIP", b"hello, not sip at all", "fallback_no_callid"),
+    ];
+    for (name, payload, counter) in fallbacks {
+        t.push(case(
+            format!("{name}: by the source address, counted {counter}"),
+            vec![Packet::client(client_v4(payload))
+                .out(Out::Dnat(To::Source(V4_VIP)))
+                .moved(&[counter, "redirect"])
+                .step()],
+        ));
+    }
+
+    let mut tcp = client_v4(b"INVITE");
+    tcp.proto = 6;
+    let not_ours = [
+        (
+            "another port of the VIP",
+            Frame::udp(
+                ip("10.0.1.2"),
+                5060,
+                ip("10.0.0.10"),
+                5061,
+                &invite("i: x", 0),
+            ),
+            "pass_no_service",
+        ),
+        ("TCP to the VIP", tcp, "pass_not_udp"),
+        (
+            "another host",
+            Frame::udp(
+                ip("10.0.1.2"),
+                5060,
+                ip("10.0.0.99"),
+                5060,
+                &invite("i: x", 0),
+            ),
+            "pass_no_service",
+        ),
+    ];
+    for (name, f, counter) in not_ours {
+        t.push(case(
+            format!("{name} passes untouched"),
+            vec![Packet::client(f).moved(&[counter]).step()],
+        ));
+    }
+    let mut arp = vec![0xff; 6];
+    arp.extend_from_slice(&CLIENT_MAC);
+    arp.extend_from_slice(&[0x08, 0x06]);
+    arp.extend_from_slice(&[0u8; 28]);
+    t.push(case(
+        "ARP passes untouched",
+        vec![Packet::raw(arp, Side::Client)
+            .moved(&["pass_not_ip"])
+            .step()],
+    ));
+
+    let reply = b"SIP/2.0 200 OK\r\nCall-ID: abc\r\nContent-Length: 0\r\n\r\n";
+    for (name, from, to, vip) in [
+        ("ipv4", "10.0.2.12", "10.0.1.2", V4_VIP),
+        ("ipv6", "fd00:2::13", "fd00:1::2", V6_VIP),
+    ] {
+        t.push(case(
+            format!("{name} backend reply is reverse-NATed to the VIP"),
+            vec![
+                Packet::backend(Frame::udp(ip(from), 5060, ip(to), 5060, reply))
+                    .out(Out::FromVip(vip))
+                    .moved(&["redirect", "reverse_nat"])
+                    .step(),
+            ],
+        ));
+    }
+    // E.g. the 200 to our own OPTIONS probe, sent to the balancer's address.
+    t.push(case(
+        "a backend's answer to this host is left alone",
+        vec![Packet::backend(Frame::udp(
+            ip("10.0.2.11"),
+            5060,
+            ip("10.0.2.1"),
+            40000,
+            b"SIP/2.0 200 OK\r\ni: probe\r\n\r\n",
+        ))
+        .moved(&["pass_local"])
+        .step()],
+    ));
+    t.push(case(
+        "DSR changes only the MACs",
+        vec![Packet::client(Frame::udp(
+            ip("10.0.1.2"),
+            5060,
+            ip("10.0.0.20"),
+            5060,
+            &invite("Call-ID: dsr-1", 0),
+        ))
+        .out(Out::Dsr(key(DSR_VIP, "dsr-1")))
+        .moved(DISPATCHED)
+        .step()],
+    ));
+    // A DSR backend answers from the VIP itself: its traffic is not reverse-NATed.
+    t.push(case(
+        "a DSR backend's own traffic passes",
+        vec![Packet::backend(Frame::udp(
+            ip("10.0.2.21"),
+            5060,
+            ip("10.0.1.2"),
+            5060,
+            b"SIP/2.0 200 OK\r\n\r\n",
+        ))
+        .moved(&["pass_no_service"])
+        .step()],
+    ));
+    let mut f = client_v4(&invite("i: ttl", 0));
+    f.ttl = 1;
+    t.push(case(
+        "an expiring TTL is left to the kernel",
+        vec![Packet::client(f).moved(&["callid", "ttl_exceeded"]).step()],
+    ));
+    for (name, full) in [
+        ("ipv4", client_v4(&invite("Call-ID: trunc", 0)).build()),
+        ("ipv6", client_v6(&invite("i: t6", 0)).build()),
+    ] {
+        t.push(case(
+            format!("{name} frames cut at every length pass untouched, counted"),
+            (14..full.len())
+                .map(|len| {
+                    Packet::raw(full[..len].to_vec(), Side::Client)
+                        .moved(&["malformed"])
+                        .note(format!("cut at {len}"))
+                        .step()
+                })
+                .collect(),
+        ));
+    }
+
+    let mut rng = rand::rngs::StdRng::seed_from_u64(4475);
+    let ids: Vec<String> = (0..1000)
+        .map(|_| {
+            let n = rng.gen_range(1..120);
+            word(&mut rng, n)
+        })
+        .collect();
+    let mut steps: Vec<Step> = ids
+        .iter()
+        .map(|id| by_call_id(client_v4(&invite(&format!("Call-ID: {id}"), 0)), V4_VIP, id))
+        .collect();
+    steps.push(Step::Spread {
+        tos: ids.iter().map(|id| key(V4_VIP, id)).collect(),
+        n: 3,
+    });
+    t.push(case(
+        "1000 random Call-IDs go where user space predicts",
+        steps,
+    ));
+    t.extend(fragment_cases());
+    t
+}
+
+fn word(rng: &mut rand::rngs::StdRng, n: usize) -> String {
+    rng.sample_iter(&Alphanumeric)
+        .take(n)
+        .map(char::from)
+        .collect()
+}
+
+// IP fragments (README, "What the data plane does"): the first fragment is dispatched as
+// usual and its decision remembered by (source, destination, identification);
+// the later ones, which carry no UDP header, follow it.
+fn fragment_cases() -> Vec<Case> {
+    let mut t = vec![];
+    for (v6, id) in [(false, "frag4@10.0.1.2"), (true, "frag6@[fd00:1::2]")] {
+        let payload = big_invite(id);
+        let (f, vip) = if v6 {
+            (client_v6(&payload), V6_VIP)
+        } else {
+            (client_v4(&payload), V4_VIP)
+        };
+        let frags = fragments(&f.build(), 1448, 0x1234_5678);
+        assert_eq!(frags.len(), 3);
+        let mut steps: Vec<Step> = frags
+            .into_iter()
+            .enumerate()
+            .map(|(i, fr)| {
+                let moved: &[&str] = if i == 0 {
+                    DISPATCHED
+                } else {
+                    &["fragment_follow", "redirect"]
+                };
+                Packet::raw(fr, Side::Client)
+                    .out(Out::Redirected)
+                    .moved(moved)
+                    .note(format!("fragment {i}"))
+                    .step()
+            })
+            .collect();
+        steps.push(Step::Reassembled {
+            n: 3,
+            sent: f,
+            out: Out::Dnat(key(vip, id)),
+        });
+        t.push(case(
+            format!("fragmented datagram (v6={v6}) follows its first fragment"),
+            steps,
+        ));
+    }
+    let frags = fragments(&client_v4(&big_invite("orphan@x")).build(), 1448, 77);
+    t.push(case(
+        "a later fragment without its first passes, counted",
+        vec![Packet::raw(frags[1].clone(), Side::Client)
+            .moved(&["fragment_miss"])
+            .step()],
+    ));
+    let f = Frame::udp(
+        ip("10.0.2.12"),
+        5060,
+        ip("10.0.1.2"),
+        5060,
+        &big_invite("back@10.0.2.12"),
+    );
+    let mut steps: Vec<Step> = fragments(&f.build(), 1448, 9)
+        .into_iter()
+        .enumerate()
+        .map(|(i, fr)| {
+            let moved: &[&str] = if i == 0 {
+                &["redirect", "reverse_nat"]
+            } else {
+                &["fragment_follow", "redirect"]
+            };
+            Packet::raw(fr, Side::Backend)
+                .out(Out::Redirected)
+                .moved(moved)
+                .note(format!("fragment {i}"))
+                .step()
+        })
+        .collect();
+    steps.push(Step::Reassembled {
+        n: 3,
+        sent: f,
+        out: Out::FromVip(V4_VIP),
+    });
+    t.push(case(
+        "a backend's fragmented message comes from the VIP",
+        steps,
+    ));
+    t
+}
+
+/// Every algorithm over a set of payloads: each datagram, to both VIPs, goes
+/// to the backend `message_dispatch` and the Maglev table predict and counts
+/// the predicted reason. `min` is how many must be dispatched by the
+/// algorithm's own key (so the fallbacks do not carry the table), checked on
+/// the data; with `mixed`, the fallbacks must be exercised too (except where
+/// every message has the key: `source`, and `from-uri` on generated messages).
+fn algorithm_cases(
+    set: &str,
+    payloads: &[(String, Vec<u8>)],
+    algs: &[u32],
+    min: usize,
+    mixed: bool,
+) -> Vec<Case> {
+    algs.iter()
+        .map(|&alg| {
+            let main = match alg {
+                ALG_FROM_URI | ALG_TO_URI | ALG_REQUEST_URI => "uri",
+                ALG_SOURCE => "source",
+                _ => "callid",
+            };
+            let mut seen: HashMap<&str, usize> = HashMap::new();
+            let mut steps = vec![
+                Step::Do(Act::Algorithm(V4_VIP, alg)),
+                Step::Do(Act::Algorithm(V6_VIP, alg)),
+            ];
+            for (name, payload) in payloads {
+                for (f, vip) in [(client_v4(payload), V4_VIP), (client_v6(payload), V6_VIP)] {
+                    let (k, family) = src_key(f.src);
+                    let why = message_dispatch(payload, alg, &k, family).reason;
+                    *seen.entry(reason::NAMES[why as usize]).or_default() += 1;
+                    steps.push(
+                        Packet::client(f)
+                            .out(Out::Dnat(To::Dispatch(vip, alg)))
+                            .predicted(alg)
+                            .note(format!("{name} to {vip}"))
+                            .step(),
+                    );
+                }
+            }
+            eprintln!("{set}, algorithm {alg}: {seen:?}");
+            assert!(
+                seen.get(main).copied().unwrap_or(0) >= min,
+                "{set}, algorithm {alg}: {seen:?}"
+            );
+            if mixed && alg != ALG_SOURCE && alg != ALG_FROM_URI {
+                assert!(seen.len() >= 2, "{set}, algorithm {alg}: {seen:?}");
+            }
+            case(format!("{set} under algorithm {alg}"), steps)
+        })
+        .collect()
+}
+
+/// The algorithm cases, the per-algorithm behaviours and the cases whose
+/// set-up changes between frames.
+fn algorithm_and_set_up_cases() -> Vec<Case> {
+    let mut t = algorithm_cases(
+        "the RFC 4475 corpus",
+        &corpus_payloads(),
+        &[
+            ALG_CALL_ID,
+            ALG_FROM_URI,
+            ALG_TO_URI,
+            ALG_REQUEST_URI,
+            ALG_SOURCE,
+        ],
+        40,
+        false,
+    );
+    let generated: Vec<(String, Vec<u8>)> = generated_payloads(210)
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| (format!("generated #{i}"), m))
+        .collect();
+    // 99 is no algorithm: it goes by the Call-ID.
+    t.extend(algorithm_cases(
+        "generated messages",
+        &generated,
+        &[
+            ALG_CALL_ID,
+            ALG_FROM_URI,
+            ALG_TO_URI,
+            ALG_REQUEST_URI,
+            ALG_SOURCE,
+            99,
+        ],
+        150,
+        // To values include unclosed '<', Call-IDs are sometimes missing, a
+        // fifth are responses.
+        true,
+    ));
+
+    // Same From URI, different Call-IDs and source ports: one backend.
+    let mut steps = vec![Step::Do(Act::Algorithm(V4_VIP, ALG_FROM_URI))];
+    for i in 0..20 {
+        let mut f = client_v4(&invite(&format!("Call-ID: call-{i}"), 0));
+        f.sport = 5060 + i;
+        steps.push(
+            Packet::client(f)
+                .out(Out::Dnat(key(V4_VIP, "sip:alice@example.com")))
+                .moved(&["redirect", "uri"])
+                .note(format!("call-{i}"))
+                .step(),
+        );
+    }
+    t.push(case("from-uri keeps a caller's dialogs together", steps));
+
+    // The per-CPU counter of the service is the hash: consecutive datagrams
+    // (the same payload every time) walk consecutive Maglev table entries.
+    let mut steps = vec![
+        Step::Do(Act::PinCpu(V4_VIP)),
+        Step::Do(Act::Algorithm(V4_VIP, ALG_ROUND_ROBIN)),
+    ];
+    for k in 0..40 {
+        steps.push(
+            Packet::client(client_v4(&invite("Call-ID: same-call", 0)))
+                .out(Out::Dnat(To::RoundRobin(V4_VIP, k)))
+                .moved(&["redirect", "round_robin"])
+                .note(format!("datagram {k}"))
+                .step(),
+        );
+    }
+    steps.push(Step::RoundRobinAdvanced { vip: V4_VIP, n: 40 });
+    steps.push(Step::Spread {
+        tos: (0..40).map(|k| To::RoundRobin(V4_VIP, k)).collect(),
+        n: 2,
+    });
+    t.push(case("round-robin walks the table", steps));
+
+    // Weight 0 everywhere: the table is empty; then configured to pass.
+    let empty = ServiceConfig {
+        table_size: 7,
+        ..spec("10.0.0.30:5060", Mode::Dnat, &["10.0.2.99:5060,weight=0"])
+    };
+    let f = Frame::udp(
+        ip("10.0.1.2"),
+        5060,
+        ip("10.0.0.30"),
+        5060,
+        &invite("i: x", 0),
+    );
+    t.push(case(
+        "a service without backends drops, or passes when told to",
+        vec![
+            Step::Do(Act::Install(empty)),
+            Packet::client(f.clone())
+                .out(Out::Drop)
+                .moved(&["callid", "no_backend"])
+                .step(),
+            Step::Do(Act::NoBackendPass("10.0.0.30:5060")),
+            Packet::client(f)
+                .moved(&["callid", "no_backend_pass"])
+                .step(),
+        ],
+    ));
+
+    // Next hops are cached for a second: a neighbour's new MAC is used within it.
+    let id = "cache-me";
+    let new_mac = [0x02, 0, 0, 0, 0x0e, 0x0e];
+    t.push(case(
+        "the next-hop cache follows a changed neighbour within a second",
+        vec![
+            by_call_id(client_v4(&invite(&format!("Call-ID: {id}"), 0)), V4_VIP, id),
+            Step::Do(Act::Neighbour {
+                to: key(V4_VIP, id),
+                mac: new_mac,
+            }),
+            Step::Do(Act::Wait(Duration::from_millis(1100))),
+            Packet::client(client_v4(&invite(&format!("Call-ID: {id}"), 0)))
+                .out(Out::DnatVia(key(V4_VIP, id), new_mac))
+                .moved(DISPATCHED)
+                .step(),
+        ],
+    ));
+
+    // A cached next hop is only used for datagrams no larger than one the FIB
+    // has accepted: a larger one is asked about again, and one over the MTU
+    // goes to the kernel (which fragments or answers ICMP). One Call-ID, so the
+    // big datagram goes to the backend whose next hop the small one cached.
+    let id = "mtu-one-dialog";
+    let small = client_v4(&invite(&format!("Call-ID: {id}"), 0));
+    let big = client_v4(&invite(&format!("Call-ID: {id}"), 1400));
+    let mtu = 1000;
+    assert!(small.build().len() - 14 <= mtu && big.build().len() - 14 > mtu);
+    t.push(case(
+        "the next-hop cache respects the MTU",
+        vec![
+            Step::Do(Act::Ip(format!("link set bk0 mtu {mtu}"))),
+            by_call_id(small, V4_VIP, id),
+            Packet::client(big)
+                .out(Out::Kernel(key(V4_VIP, id)))
+                .moved(&["callid", "fib_fail"])
+                .step(),
+        ],
+    ));
+    t
+}
+
+/// `n` bytes: `tag`, a dash, then letters and digits.
+fn long_key(tag: &str, n: usize) -> String {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(n as u64);
+    let k = format!("{tag}-{}", word(&mut rng, n - tag.len() - 1));
+    assert_eq!(k.len(), n);
+    k
+}
+
+/// A request whose From URI, To URI and Request-URI user are given.
+fn uri_request(ruri_user: &str, from: &str, to: &str) -> Vec<u8> {
+    format!(
+        "INVITE sip:{ruri_user}@b.example SIP/2.0\r\n\
+Via: SIP/2.0/UDP 10.0.1.2:5060;branch=z9hG4bK1\r\n\
+From: \"Alice\" <{from}>;tag=1\r\n\
+To: <{to}>\r\n\
+Call-ID: uri-keys@10.0.1.2\r\n\
+CSeq: 1 INVITE\r\n\
+Content-Length: 0\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// An INVITE of `total` bytes whose Call-ID value `id` ends at byte `end`
+/// (exclusive), padded before it by one header and after it by a body.
+fn call_id_ending_at(id: &str, end: usize, total: usize) -> Vec<u8> {
+    let head =
+        "INVITE sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.1.2:5060;branch=z9hG4bK7\r\n";
+    let pad = end - id.len() - head.len() - "X-Pad: \r\nCall-ID: ".len();
+    let mut m = format!("{head}X-Pad: {}\r\nCall-ID: {id}", "p".repeat(pad));
+    assert_eq!(m.len(), end);
+    if total > end {
+        let rest = "\r\nContent-Length: 00000\r\n\r\n".len();
+        let body = total - end - rest;
+        m.push_str(&format!(
+            "\r\nContent-Length: {body:05}\r\n\r\n{}",
+            "b".repeat(body)
+        ));
+    }
+    assert_eq!(m.len(), total);
+    m.into_bytes()
+}
+
+/// Long keys: the kernel hashes the first [`HASH_MAX`] bytes of a key as user
+/// space does, observed both as the backend and as the hash itself (the
+/// affinity map's key).
+fn long_key_cases() -> Vec<Case> {
+    let mut t = vec![];
+    let new: &[&str] = &["affinity_new", "callid", "redirect"];
+    for n in [200, 256, 300] {
+        let id = long_key("cid", n);
+        let hash = hash_bytes(id.as_bytes());
+        let msg = invite(&format!("Call-ID: {id}"), 0);
+        t.push(case(
+            format!("a Call-ID of {n} bytes"),
+            vec![
+                Step::Do(Act::Affinity(V4_VIP)),
+                Step::Do(Act::Affinity(V6_VIP)),
+                Packet::client(client_v4(&msg))
+                    .out(Out::Dnat(key(V4_VIP, &id)))
+                    .moved(new)
+                    .step(),
+                Step::AffinityHash { vip: V4_VIP, hash },
+                Packet::client(client_v6(&msg))
+                    .out(Out::Dnat(key(V6_VIP, &id)))
+                    .moved(new)
+                    .step(),
+                Step::AffinityHash { vip: V6_VIP, hash },
+            ],
+        ));
+    }
+    // Past the hashed prefix nothing counts; its last byte does.
+    let a = long_key("cid", 300);
+    let mut b = a.as_bytes().to_vec();
+    b[HASH_MAX..].fill(b'z');
+    let mut c = a.as_bytes().to_vec();
+    c[HASH_MAX - 1] ^= 1;
+    let (b, c) = (String::from_utf8(b).unwrap(), String::from_utf8(c).unwrap());
+    assert_eq!(hash_bytes(a.as_bytes()), hash_bytes(b.as_bytes()));
+    let send = |id: &str, moved: &[&'static str]| {
+        Packet::client(client_v4(&invite(&format!("Call-ID: {id}"), 0)))
+            .out(Out::Dnat(key(V4_VIP, id)))
+            .moved(moved)
+            .step()
+    };
+    t.push(case(
+        format!(
+            "Call-IDs that differ only past byte {HASH_MAX} are one dialog, at byte {HASH_MAX} two"
+        ),
+        vec![
+            Step::Do(Act::Affinity(V4_VIP)),
+            send(&a, new),
+            send(&b, &["affinity_hit", "callid", "redirect"]),
+            send(&c, new),
+            Step::AffinityHash {
+                vip: V4_VIP,
+                hash: hash_bytes(c.as_bytes()),
+            },
+        ],
+    ));
+    // From/To URIs and the Request-URI user are looked for in the first
+    // KEY_MAX bytes of their value (start line): keys up to the longest that
+    // fits are hashed whole, longer ones fall back as user space predicts.
+    let (alice, bob) = ("sip:alice@a.example", "sip:bob@b.example");
+    let uri = |tag: &str, n: usize| format!("sip:{}@a.example", long_key(tag, n - 14));
+    // The longest key that fits: `"Alice" <` and `>` around the From URI, `<`
+    // and `>` around the To URI, `INVITE sip:` and `@` around the user.
+    for (alg, edge) in [
+        (ALG_FROM_URI, KEY_MAX - 10),
+        (ALG_TO_URI, KEY_MAX - 2),
+        (ALG_REQUEST_URI, KEY_MAX - 12),
+    ] {
+        for n in [200, edge, edge + 1, 256, 300] {
+            let (msg, k) = match alg {
+                ALG_FROM_URI => {
+                    let k = uri("from", n);
+                    (uri_request("bob", &k, bob), k)
+                }
+                ALG_TO_URI => {
+                    let k = uri("to", n);
+                    (uri_request("bob", alice, &k), k)
+                }
+                _ => {
+                    let k = long_key("user", n);
+                    (uri_request(&k, alice, bob), k)
+                }
+            };
+            let found = match alg {
+                ALG_FROM_URI => from_uri(&msg),
+                ALG_TO_URI => to_uri(&msg),
+                _ => request_user(&msg),
+            };
+            let (k_src, family) = src_key(ip("10.0.1.2"));
+            let d = message_dispatch(&msg, alg, &k_src, family);
+            let mut steps = vec![
+                Step::Do(Act::Affinity(V4_VIP)),
+                Step::Do(Act::Algorithm(V4_VIP, alg)),
+            ];
+            if n <= edge {
+                assert_eq!(found, Some(k.as_bytes()), "alg {alg}, {n} bytes");
+                assert_eq!(d.hash, hash_bytes(k.as_bytes()));
+                steps.push(
+                    Packet::client(client_v4(&msg))
+                        .out(Out::Dnat(key(V4_VIP, &k)))
+                        .moved(&["affinity_new", "redirect", "uri"])
+                        .step(),
+                );
+            } else {
+                assert_eq!(found, None, "alg {alg}, {n} bytes");
+                assert_ne!(reason::NAMES[d.reason as usize], "uri");
+                steps.push(
+                    Packet::client(client_v4(&msg))
+                        .out(Out::Dnat(To::Dispatch(V4_VIP, alg)))
+                        .predicted_with(alg, "affinity_new")
+                        .step(),
+                );
+            }
+            steps.push(Step::AffinityHash {
+                vip: V4_VIP,
+                hash: d.hash,
+            });
+            let what = if n <= edge {
+                "hashed whole"
+            } else {
+                "falls back"
+            };
+            t.push(case(
+                format!("a key of {n} bytes under algorithm {alg} ({what})"),
+                steps,
+            ));
+        }
+    }
+
+    t
+}
+
+/// A 300-byte Call-ID at the edge of the scan window, either side of it.
+/// BPF_PROG_TEST_RUN gives the program one page, less than the window: these
+/// travel as real jumbo packets. `reaching_end`: only the cases whose value
+/// fills the window's last word, else only the others.
+fn window_edge_cases(reaching_end: bool) -> Vec<Case> {
+    let mut t = vec![];
+    let id = long_key("edge", 300);
+    // A value's end is known only once the byte after its line end is seen
+    // (that line could be a folded continuation): the last Call-ID that counts
+    // in a longer datagram ends 3 bytes before the window does.
+    let fallback: &[&str] = &["fallback_no_callid", "redirect"];
+    let edges = [
+        (
+            "its CRLF and one more byte end the window",
+            SCAN_MAX - 3,
+            SCAN_MAX + 300,
+            true,
+        ),
+        (
+            "its CRLF the window's last bytes",
+            SCAN_MAX - 2,
+            SCAN_MAX + 300,
+            false,
+        ),
+        (
+            "its last byte the window's",
+            SCAN_MAX,
+            SCAN_MAX + 300,
+            false,
+        ),
+        (
+            "a datagram of exactly the window ending with it",
+            SCAN_MAX,
+            SCAN_MAX,
+            true,
+        ),
+        ("past the window", SCAN_MAX + 100, SCAN_MAX + 300, false),
+    ];
+    for (name, end, total, counts) in edges {
+        if (end >= SCAN_MAX) != reaching_end {
+            continue;
+        }
+        let msg = call_id_ending_at(&id, end, total);
+        let (to, moved) = if counts {
+            (key(V4_VIP, &id), DISPATCHED)
+        } else {
+            (To::Source(V4_VIP), fallback)
+        };
+        t.push(case(
+            format!("a 300-byte Call-ID at the window's edge, {name}"),
+            vec![
+                Step::UserSpace {
+                    payload: msg.clone(),
+                    call_id: counts.then(|| id.as_bytes().to_vec()),
+                    reason: moved[0],
+                },
+                Step::Do(Act::Wire { mtu: 9000 }),
+                Packet::client(client_v4(&msg))
+                    .out(Out::Dnat(to))
+                    .moved(moved)
+                    .step(),
+            ],
+        ));
+    }
+    t
+}
+
+#[test]
+fn single_datagrams() {
+    run_table(dispatch_cases());
+}
+
+#[test]
+fn algorithms_and_set_up_changes() {
+    run_table(algorithm_and_set_up_cases());
+}
+
+#[test]
+fn long_keys_hash_alike_in_kernel_and_user_space() {
+    let mut t = long_key_cases();
+    t.extend(window_edge_cases(false));
+    run_table(t);
+}
+
+/// The scanner's word loops bound the index after masking it into the window:
+/// a value that fills the window's last word (the whole word skipped at once)
+/// wraps around to the window's first bytes. The kernel then dispatches by a
+/// garbage span where the README promises the source-address fallback, and
+/// user space's `call_id` panics (debug) or slices out of bounds (release).
+#[test]
+#[ignore = "the Call-ID scanner wraps around at the end of a full 4096-byte window"]
+fn call_ids_reaching_the_windows_last_word() {
+    run_table(window_edge_cases(true));
 }
 
 /// The RFC 4475 torture messages that fit one unfragmented datagram.
@@ -642,149 +1777,6 @@ fn generated_payloads(n: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// Sends every payload from the client to both VIPs of a bed whose services use
-/// `alg`, and checks each goes to the backend user space predicts with
-/// `message_dispatch` and the Maglev table, and counts the predicted reason.
-/// Returns how often each reason was seen.
-fn check_algorithm(
-    bed: &mut Bed,
-    alg: u32,
-    payloads: &[(String, Vec<u8>)],
-) -> HashMap<&'static str, usize> {
-    set_algorithm(&mut bed.dp, V4_VIP.parse().unwrap(), alg);
-    set_algorithm(&mut bed.dp, V6_VIP.parse().unwrap(), alg);
-    let mut seen = HashMap::new();
-    for (name, payload) in payloads {
-        for v6 in [false, true] {
-            let f = if v6 {
-                client_v6(payload)
-            } else {
-                client_v4(payload)
-            };
-            let (src, family) = src_key(f.src);
-            let d = message_dispatch(payload, alg, &src, family);
-            let sel = if v6 { &bed.v6 } else { &bed.v4 };
-            let want = sel.pick(d.hash).unwrap().address;
-            let (v, out, moved) = bed.run_counted(&f.build(), bed.cli);
-            assert_dnat(bed, &f, v, &out, want);
-            let why = reason::NAMES[d.reason as usize];
-            let mut expect = vec![why, "redirect"];
-            expect.sort();
-            assert_eq!(moved, expect, "alg {alg} {name} v6={v6}");
-            *seen.entry(why).or_insert(0) += 1;
-        }
-    }
-    seen
-}
-
-#[test]
-fn every_algorithm_goes_where_user_space_predicts_on_the_rfc4475_corpus() {
-    let mut bed = bed();
-    let corpus = corpus_payloads();
-    for alg in [
-        ALG_CALL_ID,
-        ALG_FROM_URI,
-        ALG_TO_URI,
-        ALG_REQUEST_URI,
-        ALG_SOURCE,
-    ] {
-        let seen = check_algorithm(&mut bed, alg, &corpus);
-        eprintln!("algorithm {alg}: {seen:?}");
-        let key = match alg {
-            ALG_CALL_ID => "callid",
-            ALG_SOURCE => "source",
-            _ => "uri",
-        };
-        assert!(
-            seen.get(key).copied().unwrap_or(0) >= 40,
-            "alg {alg}: {seen:?}"
-        );
-    }
-}
-
-#[test]
-fn every_algorithm_goes_where_user_space_predicts_on_generated_messages() {
-    let mut bed = bed();
-    let msgs: Vec<(String, Vec<u8>)> = generated_payloads(210)
-        .into_iter()
-        .enumerate()
-        .map(|(i, m)| (format!("generated #{i}"), m))
-        .collect();
-    for alg in [
-        ALG_CALL_ID,
-        ALG_FROM_URI,
-        ALG_TO_URI,
-        ALG_REQUEST_URI,
-        ALG_SOURCE,
-        99,
-    ] {
-        let seen = check_algorithm(&mut bed, alg, &msgs);
-        eprintln!("algorithm {alg}: {seen:?}");
-        let key = match alg {
-            ALG_FROM_URI | ALG_TO_URI | ALG_REQUEST_URI => "uri",
-            ALG_SOURCE => "source",
-            _ => "callid",
-        };
-        assert!(
-            seen.get(key).copied().unwrap_or(0) >= 150,
-            "alg {alg}: {seen:?}"
-        );
-        // To values include unclosed '<', Call-IDs are sometimes missing, a fifth
-        // are responses: the fallbacks are exercised too.
-        if alg != ALG_SOURCE && alg != ALG_FROM_URI {
-            assert!(seen.len() >= 2, "alg {alg}: {seen:?}");
-        }
-    }
-}
-
-/// Same From URI, different Call-IDs and sources: one backend under ALG_FROM_URI.
-#[test]
-fn from_uri_keeps_a_callers_dialogs_together() {
-    let mut bed = bed();
-    set_algorithm(&mut bed.dp, V4_VIP.parse().unwrap(), ALG_FROM_URI);
-    let want = bed
-        .v4
-        .pick(hash_bytes(b"sip:alice@example.com"))
-        .unwrap()
-        .address;
-    for i in 0..20 {
-        let mut f = client_v4(&invite(&format!("Call-ID: call-{i}"), 0));
-        f.sport = 5060 + i;
-        let (v, out, moved) = bed.run_counted(&f.build(), bed.cli);
-        assert_dnat(&bed, &f, v, &out, want);
-        assert_eq!(moved, ["redirect", "uri"]);
-    }
-}
-
-/// ALG_ROUND_ROBIN: the per-CPU counter of the service is the hash, so
-/// consecutive datagrams walk consecutive Maglev table entries.
-#[test]
-fn round_robin_walks_the_table() {
-    let mut bed = bed();
-    let cpu = pin_to_current_cpu();
-    set_algorithm(&mut bed.dp, V4_VIP.parse().unwrap(), ALG_ROUND_ROBIN);
-    let id = {
-        let m: aya::maps::HashMap<aya::maps::MapData, Endpoint, Service> =
-            program_map(&mut bed.dp, "SERVICES").try_into().unwrap();
-        m.get(&balancer::kernel::endpoint(V4_VIP.parse().unwrap()), 0)
-            .unwrap()
-            .id
-    };
-    let c0 = rr_counter(&mut bed.dp, id, cpu);
-    let mut used = HashMap::new();
-    for k in 0..40u32 {
-        // Same payload every time: only the counter decides.
-        let f = client_v4(&invite("Call-ID: same-call", 0));
-        let want = bed.v4.pick(c0.wrapping_add(k)).unwrap().address;
-        let (v, out, moved) = bed.run_counted(&f.build(), bed.cli);
-        assert_dnat(&bed, &f, v, &out, want);
-        assert_eq!(moved, ["redirect", "round_robin"], "datagram {k}");
-        *used.entry(want).or_insert(0) += 1;
-    }
-    assert_eq!(rr_counter(&mut bed.dp, id, cpu), c0.wrapping_add(40));
-    assert!(used.len() >= 2, "{used:?}");
-}
-
 /// The verifier walks every path of the program; keep well clear of its
 /// 1,000,000-instruction budget so a kernel with a less clever verifier, or the
 /// next feature, still loads.
@@ -815,15 +1807,13 @@ fn verifier_budget_has_headroom() {
 // Dialog affinity (README, "What the data plane does"). The fixture bed's services start
 // with affinity off; these tests turn it on for the IPv4 service.
 
-const V4: &str = "10.0.0.10:5060";
-
 /// Changes the IPv4 service's configuration (affinity on) and syncs.
 fn change(bed: &mut Bed, f: impl Fn(&mut balancer::model::ServiceConfig)) {
     let mut c = bed.dp.config().clone();
     let s = c
         .services
         .iter_mut()
-        .find(|s| s.vip.to_string() == V4)
+        .find(|s| s.vip.to_string() == V4_VIP)
         .unwrap();
     s.affinity = true;
     f(s);
@@ -842,7 +1832,7 @@ fn sent_to(bed: &mut Bed, id: &str) -> SocketAddr {
 
 /// What the live table (not affinity) picks for `id`.
 fn table_pick(bed: &Bed, id: &str) -> SocketAddr {
-    let vip: SocketAddr = V4.parse().unwrap();
+    let vip: SocketAddr = V4_VIP.parse().unwrap();
     bed.dp.live()[&vip]
         .selector
         .whereis(id.as_bytes())
@@ -1008,6 +1998,10 @@ fn dialogs_a_backend_starts_are_learned_from_its_messages() {
 
 #[test]
 fn a_full_affinity_map_degrades_to_the_table_never_elsewhere() {
+    // One CPU: an entry another CPU entered stays on that CPU's pending list,
+    // out of eviction's reach, until that CPU enters another: an unpinned run
+    // keeps a few dialogs wherever the thread happened to migrate.
+    pin_to_current_cpu();
     let mut bed = bed_with(64);
     change(&mut bed, |_| {});
     let calls = ids("evict", 1000);
@@ -1033,7 +2027,16 @@ fn a_full_affinity_map_degrades_to_the_table_never_elsewhere() {
     eprintln!(
         "with 64 entries for 1000 dialogs: {kept} kept by affinity, {table} moved by the table"
     );
-    assert!(table > 0, "evicted dialogs follow the table");
+    // The dialogs come back in the order they began: by the time one does, the
+    // 999 others have each entered the 64-entry map since its own last message,
+    // so its entry is gone and it follows the table. Exactly the dialogs the new
+    // table moves move; none is kept.
+    let moved = calls
+        .iter()
+        .zip(&first)
+        .filter(|(id, b)| table_pick(&bed, id) != **b)
+        .count();
+    assert_eq!((kept, table), (0, moved), "(kept, moved by the table)");
 }
 
 #[test]
@@ -1145,69 +2148,4 @@ fn reassemble(frags: &[Vec<u8>]) -> (Parsed, Vec<[u8; 6]>) {
 fn big_invite(id: &str) -> Vec<u8> {
     // The Call-ID near the top, then padding: about 4,000 bytes.
     invite_early(id, 4000)
-}
-
-#[test]
-fn fragmented_datagrams_follow_their_first_fragment() {
-    let mut bed = bed();
-    for (v6, id) in [(false, "frag4@10.0.1.2"), (true, "frag6@[fd00:1::2]")] {
-        let payload = big_invite(id);
-        let f = if v6 {
-            client_v6(&payload)
-        } else {
-            client_v4(&payload)
-        };
-        let frags = fragments(&f.build(), 1448, 0x1234_5678);
-        assert_eq!(frags.len(), 3);
-        let mut outs = Vec::new();
-        for (i, fr) in frags.iter().enumerate() {
-            let (v, out, moved) = bed.run_counted(fr, bed.cli);
-            assert_eq!(v, XDP_REDIRECT, "fragment {i} v6={v6}");
-            if i == 0 {
-                assert_eq!(moved, ["callid", "redirect"]);
-            } else {
-                assert_eq!(moved, ["fragment_follow", "redirect"]);
-            }
-            outs.push(out);
-        }
-        let (p, _) = reassemble(&outs);
-        let sel = if v6 { &bed.v6 } else { &bed.v4 };
-        let want = callid_target(sel, id);
-        assert_eq!(SocketAddr::new(p.dst, p.dport), want, "v6={v6}");
-        assert_eq!(p.src, f.src);
-        assert_eq!(
-            p.payload, payload,
-            "intact, UDP checksum right over the whole"
-        );
-        assert_eq!(p.ttl, f.ttl - 1);
-    }
-}
-
-#[test]
-fn a_later_fragment_without_its_first_passes_and_is_counted() {
-    let mut bed = bed();
-    let frags = fragments(&client_v4(&big_invite("orphan@x")).build(), 1448, 77);
-    let (v, out, moved) = bed.run_counted(&frags[1], bed.cli);
-    assert_eq!(
-        (v, &out, moved),
-        (XDP_PASS, &frags[1], vec!["fragment_miss"])
-    );
-}
-
-#[test]
-fn a_backends_fragmented_message_comes_from_the_vip() {
-    let mut bed = bed();
-    let msg = big_invite("back@10.0.2.12");
-    let f = Frame::udp(ip("10.0.2.12"), 5060, ip("10.0.1.2"), 5060, &msg);
-    let mut outs = Vec::new();
-    for fr in fragments(&f.build(), 1448, 9) {
-        let (v, out) = bed.run(&fr, bed.bk);
-        assert_eq!(v, XDP_REDIRECT);
-        outs.push(out);
-    }
-    let (p, macs) = reassemble(&outs);
-    assert_eq!((p.src, p.sport), (ip("10.0.0.10"), 5060));
-    assert_eq!((p.dst, p.dport), (ip("10.0.1.2"), 5060));
-    assert_eq!(p.payload, msg);
-    assert!(macs.iter().all(|m| *m == CLIENT_MAC));
 }
