@@ -1,8 +1,8 @@
 //! Addresses as words: 16-byte addresses moved as four, an IPv4 address read as
-//! one. A `[u8; 16]` assignment is a byte
-//! copy in BPF (the array's alignment is 1): sixteen loads, sixteen stores and,
-//! under register pressure, sixteen stack spills. Every address this program
-//! copies sits 4-aligned in its struct (`Endpoint`, the map keys and values).
+//! one. A `[u8; 16]` assignment is a byte copy in BPF (the array's alignment is
+//! 1): sixteen loads, sixteen stores and, under register pressure, sixteen stack
+//! spills. Every address this program copies sits 4-aligned in its struct
+//! (`Endpoint`, the map keys and values).
 
 /// The address as four words, as they lie in memory.
 #[inline(always)]
