@@ -25,8 +25,7 @@ pub fn choose(svc: &Service, hash: u32, table: u32) -> u32 {
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     if let Some(e) = AFFINITY.get_ptr_mut(&key) {
         let e = unsafe { &mut *e };
-        let fresh = now.wrapping_sub(e.seen) < svc.affinity_idle as u64 * 1_000_000_000;
-        if fresh && sticky(e.slot) {
+        if e.is_fresh(now, svc.affinity_idle) && sticky(e.slot) {
             e.seen = now;
             count(reason::AFFINITY_HIT);
             return e.slot;

@@ -11,8 +11,8 @@ use aya_ebpf::{
 use balancer_common::{
     callid::SCAN_MAX,
     hash::{hash_addr, hash_span},
-    keys::{is_keepalive, KeyScan},
-    maps::{reason, Service, ALG_ROUND_ROBIN, ALG_SOURCE, MAX_SERVICES},
+    keys::{is_keepalive, KeyScan, KeySource},
+    maps::{reason, Service, MAX_SERVICES},
 };
 
 use crate::{counters::count, maps::SCRATCH, parse::Udp};
@@ -22,24 +22,27 @@ use crate::{counters::count, maps::SCRATCH, parse::Udp};
 #[map]
 pub static RR: PerCpuArray<u32> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
 
-/// The hash of the service's key in the message; `None` (counted) when the
-/// message has none, and the caller falls back to the source address.
-/// `keys::message_dispatch` is the same decision in user space (same building
-/// blocks, same order, same counters): keep the two in step.
+/// The hash of the service's key, from where its algorithm says
+/// ([`KeySource::of`], as `keys::message_dispatch` in user space); `None`
+/// (counted) when the message holds no key, and the caller falls back to the
+/// source address.
 #[inline(always)]
 pub fn key_of(ctx: &XdpContext, u: &Udp, svc: &Service) -> Result<Option<u32>, u32> {
     let alg = svc.algorithm;
-    if alg == ALG_SOURCE {
-        count(reason::SOURCE);
-        return Ok(Some(hash_addr(&u.src.addr, u.family)));
-    }
-    if alg == ALG_ROUND_ROBIN {
-        // Per CPU, so no atomics: each CPU walks the table on its own.
-        let c = RR.get_ptr_mut(svc.id).ok_or(reason::MALFORMED)?;
-        let h = unsafe { *c };
-        unsafe { *c = h.wrapping_add(1) };
-        count(reason::ROUND_ROBIN);
-        return Ok(Some(h));
+    match KeySource::of(alg) {
+        KeySource::Source => {
+            count(reason::SOURCE);
+            return Ok(Some(hash_addr(&u.src.addr, u.family)));
+        }
+        KeySource::RoundRobin => {
+            // Per CPU, so no atomics: each CPU walks the table on its own.
+            let c = RR.get_ptr_mut(svc.id).ok_or(reason::MALFORMED)?;
+            let h = unsafe { *c };
+            unsafe { *c = h.wrapping_add(1) };
+            count(reason::ROUND_ROBIN);
+            return Ok(Some(h));
+        }
+        KeySource::Message => {}
     }
     let s = SCRATCH.get_ptr_mut(0).ok_or(reason::MALFORMED)?;
     let len = u.payload_len;
