@@ -256,6 +256,8 @@ pub mod names {
     pub const RR: &str = "RR";
     pub const SCRATCH: &str = "SCRATCH";
     pub const TRIVIAL: &str = "TRIVIAL";
+    /// aya-log's ring buffer: the program's log records (`balancer::ebpf_log`).
+    pub const AYA_LOGS: &str = "AYA_LOGS";
 
     /// Every map of the object.
     pub const ALL: &[&str] = &[
@@ -274,6 +276,7 @@ pub mod names {
         RR,
         SCRATCH,
         TRIVIAL,
+        AYA_LOGS,
     ];
 }
 

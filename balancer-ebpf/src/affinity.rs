@@ -6,7 +6,7 @@ use balancer_common::maps::{
     reason, Affinity, AffinityKey, Reverse, Service, AFFINITY_ENTRIES, BACKEND_STICKY, NO_BACKEND,
 };
 
-use crate::{counters::count, maps::BACKENDS};
+use crate::{counters::count, events, maps::BACKENDS};
 
 /// (service, key hash) -> backend, least recently used entries evicted when
 /// full. User space may resize it at load time.
@@ -64,18 +64,18 @@ pub fn learn(r: &Reverse, hash: u32) {
     count(reason::AFFINITY_LEARNED);
 }
 
-/// A new affinity entry (the LRU map evicts the least recently used when full).
+/// A new affinity entry (the LRU map evicts the least recently used when full:
+/// a failure is not a full map).
 #[inline(always)]
 fn remember(key: &AffinityKey, slot: u32, now: u64) {
-    let _ = AFFINITY.insert(
-        key,
-        &Affinity {
-            slot,
-            _pad: 0,
-            seen: now,
-        },
-        0,
-    );
+    let entry = Affinity {
+        slot,
+        _pad: 0,
+        seen: now,
+    };
+    if let Err(e) = AFFINITY.insert(key, &entry, 0) {
+        events::note(events::AFFINITY_NOT_STORED, key.service, e.into());
+    }
 }
 
 /// Whether dialogs pinned to `slot` stay there (active or draining, not down).

@@ -15,6 +15,7 @@ use balancer_common::maps::{Endpoint, AF_INET, IPPROTO_UDP, MAX_BACKENDS};
 
 use crate::{
     addr::{self, word4},
+    events,
     maps::SCRATCH,
 };
 
@@ -183,6 +184,8 @@ pub fn next_hop(ctx: &XdpContext, src: &Endpoint, dst: &Endpoint, tot_len: u16) 
         )
     };
     if rc < 0 {
+        // Not a routing answer: the arguments were refused.
+        events::note(events::FIB_REFUSED, 0, rc);
         return Hop::Fail;
     }
     match rc as u32 {
@@ -200,7 +203,9 @@ pub fn next_hop(ctx: &XdpContext, src: &Endpoint, dst: &Endpoint, tot_len: u16) 
             e.dmac = p.dmac;
             e.max_len = max_len;
             e._pad = [0; 2];
-            let _ = NEXTHOP.insert(&*key, &*e, 0);
+            if let Err(e) = NEXTHOP.insert(&*key, &*e, 0) {
+                events::note(events::NEXT_HOP_NOT_STORED, 0, e.into());
+            }
             Hop::Ok {
                 ifindex: p.ifindex,
                 smac: p.smac,

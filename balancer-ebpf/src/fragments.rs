@@ -4,7 +4,7 @@
 use aya_ebpf::{helpers::generated::bpf_ktime_get_coarse_ns, macros::map, maps::LruHashMap};
 use balancer_common::maps::{reason, FragEntry, FragKey, FRAG_TIMEOUT_S};
 
-use crate::{maps::SCRATCH, parse::Udp};
+use crate::{events, maps::SCRATCH, parse::Udp};
 
 /// Fragmented datagrams in flight: the first fragment's decision.
 #[map]
@@ -26,7 +26,9 @@ pub fn remember(u: &Udp, addr: &[u8; 16], how: u32) {
         (*s).frag_entry.how = how;
         (*s).frag_entry._pad = 0;
         (*s).frag_entry.seen = bpf_ktime_get_coarse_ns();
-        let _ = FRAGS.insert(&(*s).frag_key, &(*s).frag_entry, 0);
+        if let Err(e) = FRAGS.insert(&(*s).frag_key, &(*s).frag_entry, 0) {
+            events::note(events::FRAGMENT_NOT_STORED, 0, e.into());
+        }
     }
 }
 

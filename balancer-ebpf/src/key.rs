@@ -15,7 +15,7 @@ use balancer_common::{
     maps::{reason, Service, MAX_SERVICES},
 };
 
-use crate::{counters::count, maps::SCRATCH, parse::Udp};
+use crate::{counters::count, events, maps::SCRATCH, parse::Udp};
 
 /// Round-robin counters (`ALG_ROUND_ROBIN`), per CPU, indexed by service id: the
 /// counter is the key hash, post-incremented per datagram.
@@ -36,7 +36,10 @@ pub fn key_of(ctx: &XdpContext, u: &Udp, svc: &Service) -> Result<Option<u32>, u
         }
         KeySource::RoundRobin => {
             // Per CPU, so no atomics: each CPU walks the table on its own.
-            let c = RR.get_ptr_mut(svc.id).ok_or(reason::MALFORMED)?;
+            let Some(c) = RR.get_ptr_mut(svc.id) else {
+                events::note(events::NO_ROUND_ROBIN, svc.id, 0);
+                return Err(reason::MALFORMED);
+            };
             let h = unsafe { *c };
             unsafe { *c = h.wrapping_add(1) };
             count(reason::ROUND_ROBIN);

@@ -16,6 +16,8 @@ mod counters;
 #[cfg(target_arch = "bpf")]
 mod egress;
 #[cfg(target_arch = "bpf")]
+mod events;
+#[cfg(target_arch = "bpf")]
 mod fib;
 #[cfg(target_arch = "bpf")]
 mod fragments;

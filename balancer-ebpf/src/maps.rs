@@ -17,6 +17,7 @@ use balancer_common::{
 };
 
 use crate::{
+    events::Event,
     fib::{NhEntry, NhKey},
     parse::Joined,
 };
@@ -61,6 +62,9 @@ pub struct Scratch {
     /// Where `parse::join` passes the parse's results through.
     pub joined: Joined,
     pub buf: ScanBuf,
+    /// A rare event for the exit's log (`events`); after `buf`, so adding it
+    /// moved no other field.
+    pub event: Event,
 }
 
 #[map]

@@ -17,6 +17,7 @@ use crate::{
     bounds::ptr_at,
     counters::{add_traffic, count, BACKEND_STATS, SERVICE_STATS},
     egress::{send, TX_PORTS},
+    events,
     fib::{backend_hop, ip_len, next_hop, Hop},
     fragments,
     key::key_of,
@@ -27,13 +28,15 @@ use crate::{
 
 #[xdp]
 pub fn balancer(ctx: XdpContext) -> u32 {
-    match try_balancer(&ctx) {
+    let action = match try_balancer(&ctx) {
         Ok(action) => action,
         Err(r) => {
             count(r);
             xdp_action::XDP_PASS
         }
-    }
+    };
+    events::log(&ctx);
+    action
 }
 
 #[inline(always)]
@@ -145,7 +148,11 @@ fn dispatch(ctx: &XdpContext, u: &Udp, svc: Service, hash: u32) -> Result<u32, u
 #[inline(always)]
 fn pick(svc: &Service, hash: u32) -> Result<u32, u32> {
     let idx = maglev::table_base(svc.id, svc.active) + maglev::index(hash, svc.table_size);
-    let table = *MAGLEV.get(idx).ok_or(reason::NO_BACKEND)?;
+    let Some(&table) = MAGLEV.get(idx) else {
+        // Only a service user space got wrong (id, table size) lands outside.
+        events::note(events::MAGLEV_OUT_OF_RANGE, svc.id, idx.into());
+        return Err(reason::NO_BACKEND);
+    };
     // Round-robin's key is a counter: nothing to remember.
     if svc.flags & SERVICE_AFFINITY == 0 || svc.algorithm == ALG_ROUND_ROBIN {
         return Ok(table);

@@ -6,6 +6,7 @@ pub mod control;
 pub mod daemon;
 pub mod dataplane;
 pub mod dispatcher;
+pub mod ebpf_log;
 pub mod health;
 pub mod inspect;
 pub mod prober;
