@@ -2,9 +2,9 @@
 //! logged with aya-log. Noted in per-CPU memory where they happen and logged at
 //! the program's exit: the verifier checks one set of log calls where few
 //! registers are live, not one per event on every path that reaches it (which
-//! more than doubled the instructions it processes). One event per packet, the last.
-//! With the log level at 0 (`aya_log::LEVEL`), the verifier removes the log
-//! calls; what remains is the check of the note.
+//! more than doubled the instructions it processes). One event per packet: the
+//! last. With the log level at 0 (`aya_log::LEVEL`), the verifier removes the
+//! log calls; what remains is the check of the note.
 
 use aya_ebpf::programs::XdpContext;
 use aya_log_ebpf::{error, warn};
