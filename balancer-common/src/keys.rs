@@ -515,6 +515,30 @@ pub fn is_keepalive(buf: &ScanBuf, n: u32) -> bool {
     true
 }
 
+/// Where a service's key comes from, by its algorithm: the one decision the
+/// kernel (`key_of`) and [`message_dispatch`] both take first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeySource {
+    /// `ALG_SOURCE`: the source address; the payload is not looked at.
+    Source,
+    /// `ALG_ROUND_ROBIN`: a per-CPU, per-service counter.
+    RoundRobin,
+    /// Every other value: searched for in the message ([`KeyScan`]), the source
+    /// address when it has none.
+    Message,
+}
+
+impl KeySource {
+    #[inline(always)]
+    pub const fn of(algorithm: u32) -> KeySource {
+        match algorithm {
+            ALG_SOURCE => KeySource::Source,
+            ALG_ROUND_ROBIN => KeySource::RoundRobin,
+            _ => KeySource::Message,
+        }
+    }
+}
+
 /// What the kernel hashes for one datagram, and the `reason` counter it bumps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Dispatch {
@@ -551,14 +575,15 @@ pub fn message_dispatch(
         hash: hash_addr(src_addr, family),
         reason,
     };
-    if algorithm == ALG_SOURCE {
-        return by_source(reason::SOURCE);
-    }
-    if algorithm == ALG_ROUND_ROBIN {
-        return Dispatch {
-            hash: 0,
-            reason: reason::ROUND_ROBIN,
-        };
+    match KeySource::of(algorithm) {
+        KeySource::Source => return by_source(reason::SOURCE),
+        KeySource::RoundRobin => {
+            return Dispatch {
+                hash: 0,
+                reason: reason::ROUND_ROBIN,
+            }
+        }
+        KeySource::Message => {}
     }
     let mut buf = ScanBuf::zeroed();
     let (len, complete) = buf.fill(payload);
@@ -637,6 +662,16 @@ mod tests {
     use super::*;
     use crate::hash::hash_bytes;
     use crate::maps::ALG_CALL_ID;
+
+    #[test]
+    fn key_source_by_algorithm() {
+        use crate::maps::{ALG_FROM_URI, ALG_REQUEST_URI, ALG_TO_URI};
+        assert_eq!(KeySource::of(ALG_SOURCE), KeySource::Source);
+        assert_eq!(KeySource::of(ALG_ROUND_ROBIN), KeySource::RoundRobin);
+        for alg in [ALG_CALL_ID, ALG_FROM_URI, ALG_TO_URI, ALG_REQUEST_URI, 99] {
+            assert_eq!(KeySource::of(alg), KeySource::Message, "algorithm {alg}");
+        }
+    }
 
     const INVITE: &[u8] = b"INVITE sip:bob@biloxi.com SIP/2.0\r\n\
 From: Alice <sip:alice@atlanta.com>;tag=1928301774\r\n\

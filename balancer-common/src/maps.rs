@@ -1,5 +1,10 @@
 //! Map keys and values shared by the XDP program and user space. Every field is
-//! a plain integer or byte array so the layout is the same on both sides.
+//! a plain integer or byte array so the layout is the same on both sides, and
+//! every type derives `bytemuck::Pod`: a field order that leaves padding (bytes
+//! the kernel would compare or hash, uninitialised) does not compile. Fill such
+//! gaps with explicit `_pad` fields.
+
+use bytemuck::{Pod, Zeroable};
 
 /// Services (VIPs) one program serves; also the number of Maglev table pairs.
 pub const MAX_SERVICES: u32 = 64;
@@ -16,12 +21,50 @@ pub const IPPROTO_UDP: u8 = 17;
 /// zero; `port` is in network byte order as in the packet. 4-aligned so copies and
 /// zeroing are word moves in BPF, not byte loops.
 #[repr(C, align(4))]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct Endpoint {
     pub addr: [u8; 16],
     pub port: u16,
     pub family: u8,
     pub proto: u8,
+}
+
+/// The kernel's key for a socket address: IPv4 in the first four bytes, port in
+/// network order, UDP.
+#[cfg(any(feature = "user", test))]
+impl From<std::net::SocketAddr> for Endpoint {
+    fn from(a: std::net::SocketAddr) -> Self {
+        let mut addr = [0u8; 16];
+        let family = match a.ip() {
+            std::net::IpAddr::V4(v4) => {
+                addr[..4].copy_from_slice(&v4.octets());
+                AF_INET
+            }
+            std::net::IpAddr::V6(v6) => {
+                addr = v6.octets();
+                AF_INET6
+            }
+        };
+        Endpoint {
+            addr,
+            port: a.port().to_be(),
+            family,
+            proto: IPPROTO_UDP,
+        }
+    }
+}
+
+/// The socket address of a kernel key. Anything but `AF_INET6` reads as IPv4
+/// (an empty backend slot has family 0).
+#[cfg(any(feature = "user", test))]
+impl From<Endpoint> for std::net::SocketAddr {
+    fn from(e: Endpoint) -> Self {
+        let port = u16::from_be(e.port);
+        match e.family {
+            AF_INET6 => std::net::SocketAddr::from((e.addr, port)),
+            _ => std::net::SocketAddr::from(([e.addr[0], e.addr[1], e.addr[2], e.addr[3]], port)),
+        }
+    }
 }
 
 /// `Service::mode` values.
@@ -45,7 +88,7 @@ pub const ALG_ROUND_ROBIN: u32 = 5;
 
 /// A service, keyed by its VIP [`Endpoint`].
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct Service {
     /// Index of the service's table pair in `MAGLEV`, `< MAX_SERVICES`.
     pub id: u32,
@@ -71,7 +114,7 @@ pub const SERVICE_AFFINITY: u32 = 2;
 
 /// A backend slot. `family == 0` marks an empty slot.
 #[repr(C, align(4))]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct Backend {
     pub addr: [u8; 16],
     pub port: u16,
@@ -88,7 +131,7 @@ pub const BACKEND_STICKY: u8 = 1;
 /// backend's address: the service VIP they must appear to come from, and what
 /// dialog-affinity learning needs.
 #[repr(C, align(4))]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct Reverse {
     pub vip: Endpoint,
     /// The service's id (`Service::id`).
@@ -103,14 +146,14 @@ pub struct Reverse {
 
 /// Dialog affinity: (service, key hash) -> backend slot.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct AffinityKey {
     pub service: u32,
     pub hash: u32,
 }
 
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct Affinity {
     pub slot: u32,
     pub _pad: u32,
@@ -118,10 +161,23 @@ pub struct Affinity {
     pub seen: u64,
 }
 
+impl Affinity {
+    /// Whether the entry still holds its dialog at `now_ns` (the kernel's
+    /// monotonic clock): its last message is less than `idle_s` seconds old.
+    /// Wrapping, as the data plane has always computed it: an entry stamped
+    /// after `now_ns` (another CPU touched it after this one read the clock)
+    /// counts as idle, not fresh. User space applies the same rule, so what it
+    /// predicts is what the data plane does.
+    #[inline(always)]
+    pub fn is_fresh(&self, now_ns: u64, idle_s: u32) -> bool {
+        now_ns.wrapping_sub(self.seen) < idle_s as u64 * 1_000_000_000
+    }
+}
+
 /// A fragmented datagram: addresses as the first fragment arrived, and its IP
 /// identification.
 #[repr(C, align(4))]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct FragKey {
     pub src: [u8; 16],
     pub dst: [u8; 16],
@@ -131,7 +187,7 @@ pub struct FragKey {
 
 /// What the first fragment's decision was, for the later fragments to follow.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct FragEntry {
     /// The address written into the later fragments (`FRAG_*` says which side),
     /// or, with `FRAG_KEEP`, the backend whose MAC they go to (DSR).
@@ -158,7 +214,7 @@ pub const AFFINITY_ENTRIES: u32 = 262_144;
 
 /// Per-CPU packet and byte counters.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct Traffic {
     pub packets: u64,
     pub bytes: u64,
@@ -167,7 +223,7 @@ pub struct Traffic {
 /// Target of the benchmark baseline program `xdp_trivial` (slot 0 of `TRIVIAL`):
 /// IPv4 address and port (network order), MACs, egress interface.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct TrivialTarget {
     pub addr: [u8; 4],
     pub port: u16,
@@ -179,6 +235,50 @@ pub struct TrivialTarget {
 
 /// Table entry meaning "no backend" (an empty service).
 pub const NO_BACKEND: u32 = u32::MAX;
+
+/// The names of the program's maps, as user space looks them up and pins them.
+/// The eBPF program's `#[map]` statics carry the same names (the attribute takes
+/// the static's identifier); `balancer/tests/map_names.rs` checks the built
+/// object's maps against [`names::ALL`].
+pub mod names {
+    pub const SERVICES: &str = "SERVICES";
+    pub const REVERSE: &str = "REVERSE";
+    pub const AFFINITY: &str = "AFFINITY";
+    pub const BACKENDS: &str = "BACKENDS";
+    pub const MAGLEV: &str = "MAGLEV";
+    pub const FRAGS: &str = "FRAGS";
+    pub const TX_PORTS: &str = "TX_PORTS";
+    pub const NEXTHOP: &str = "NEXTHOP";
+    pub const SLOT_HOPS: &str = "SLOT_HOPS";
+    pub const STATS: &str = "STATS";
+    pub const BACKEND_STATS: &str = "BACKEND_STATS";
+    pub const SERVICE_STATS: &str = "SERVICE_STATS";
+    pub const RR: &str = "RR";
+    pub const SCRATCH: &str = "SCRATCH";
+    pub const TRIVIAL: &str = "TRIVIAL";
+    /// aya-log's ring buffer: the program's log records (`balancer::ebpf_log`).
+    pub const AYA_LOGS: &str = "AYA_LOGS";
+
+    /// Every map of the object.
+    pub const ALL: &[&str] = &[
+        SERVICES,
+        REVERSE,
+        AFFINITY,
+        BACKENDS,
+        MAGLEV,
+        FRAGS,
+        TX_PORTS,
+        NEXTHOP,
+        SLOT_HOPS,
+        STATS,
+        BACKEND_STATS,
+        SERVICE_STATS,
+        RR,
+        SCRATCH,
+        TRIVIAL,
+        AYA_LOGS,
+    ];
+}
 
 /// Verdict/reason counters, indices into the `STATS` per-CPU array.
 pub mod reason {
@@ -267,17 +367,71 @@ pub mod reason {
     ];
 }
 
+/// `aya::Pod` (aya's own trait, which its map accessors require) for types
+/// whose layout `bytemuck::Pod` has already checked: no padding, every bit
+/// pattern valid, which is what aya's trait asks too.
 #[cfg(feature = "user")]
-mod pod {
+macro_rules! aya_pod {
+    ($($t:ty),* $(,)?) => {$(
+        const _: () = {
+            const fn checked<T: bytemuck::Pod>() {}
+            checked::<$t>()
+        };
+        // SAFETY: `bytemuck::Pod`, asserted just above.
+        unsafe impl aya::Pod for $t {}
+    )*};
+}
+
+#[cfg(feature = "user")]
+aya_pod!(
+    Endpoint,
+    Service,
+    Backend,
+    Reverse,
+    AffinityKey,
+    Affinity,
+    FragKey,
+    FragEntry,
+    Traffic,
+    TrivialTarget,
+);
+
+#[cfg(test)]
+mod tests {
     use super::*;
-    unsafe impl aya::Pod for Endpoint {}
-    unsafe impl aya::Pod for Service {}
-    unsafe impl aya::Pod for Backend {}
-    unsafe impl aya::Pod for Reverse {}
-    unsafe impl aya::Pod for AffinityKey {}
-    unsafe impl aya::Pod for Affinity {}
-    unsafe impl aya::Pod for FragKey {}
-    unsafe impl aya::Pod for FragEntry {}
-    unsafe impl aya::Pod for Traffic {}
-    unsafe impl aya::Pod for TrivialTarget {}
+    use std::net::SocketAddr;
+
+    #[test]
+    fn endpoint_holds_ipv4_in_the_first_bytes_and_the_port_in_network_order() {
+        let a: SocketAddr = "10.0.0.10:5060".parse().unwrap();
+        let e = Endpoint::from(a);
+        assert_eq!(&e.addr[..4], &[10, 0, 0, 10]);
+        assert_eq!(&e.addr[4..], &[0; 12]);
+        assert_eq!(e.port.to_ne_bytes(), 5060u16.to_be_bytes());
+        assert_eq!((e.family, e.proto), (AF_INET, IPPROTO_UDP));
+        assert_eq!(SocketAddr::from(e), a);
+    }
+
+    #[test]
+    fn endpoint_round_trips_ipv6() {
+        let a: SocketAddr = "[2001:db8::10]:5062".parse().unwrap();
+        let e = Endpoint::from(a);
+        assert_eq!(e.family, AF_INET6);
+        assert_eq!(SocketAddr::from(e), a);
+    }
+
+    #[test]
+    fn affinity_is_fresh_until_idle_and_not_when_stamped_later() {
+        let e = Affinity {
+            slot: 1,
+            _pad: 0,
+            seen: 5_000_000_000,
+        };
+        assert!(e.is_fresh(e.seen, 2));
+        assert!(e.is_fresh(e.seen + 1_999_999_999, 2));
+        assert!(!e.is_fresh(e.seen + 2_000_000_000, 2));
+        assert!(!e.is_fresh(e.seen, 0));
+        // Stamped after `now`: the kernel's wrapping difference is huge, not zero.
+        assert!(!e.is_fresh(e.seen - 1, 2));
+    }
 }

@@ -8,13 +8,29 @@
 #[cfg(target_arch = "bpf")]
 mod addr;
 #[cfg(target_arch = "bpf")]
-mod maps;
+mod affinity;
 #[cfg(target_arch = "bpf")]
-mod nat;
+mod bounds;
+#[cfg(target_arch = "bpf")]
+mod counters;
+#[cfg(target_arch = "bpf")]
+mod egress;
+#[cfg(target_arch = "bpf")]
+mod events;
+#[cfg(target_arch = "bpf")]
+mod fib;
+#[cfg(target_arch = "bpf")]
+mod fragments;
+#[cfg(target_arch = "bpf")]
+mod key;
+#[cfg(target_arch = "bpf")]
+mod maps;
 #[cfg(target_arch = "bpf")]
 mod parse;
 #[cfg(target_arch = "bpf")]
 mod program;
+#[cfg(target_arch = "bpf")]
+mod rewrite;
 
 #[cfg(not(target_arch = "bpf"))]
 fn main() {

@@ -1,11 +1,12 @@
-//! Header parsing: Ethernet (+ up to two VLAN tags), IPv4 (any IHL) or IPv6, UDP.
+//! Header parsing: Ethernet (+ up to two VLAN tags), IPv4 (any IHL) or IPv6, UDP;
+//! a later fragment's addresses; and the join of the parse's paths.
 
 use core::ptr::{read_volatile, write_volatile};
 
 use aya_ebpf::programs::XdpContext;
 use balancer_common::maps::{reason, Endpoint, FragKey, AF_INET, AF_INET6, IPPROTO_UDP};
 
-use crate::maps::SCRATCH;
+use crate::{bounds::ptr_at, maps::SCRATCH};
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
@@ -13,17 +14,6 @@ const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 const IPV6_LEN: usize = 40;
 const NEXTHDR_FRAGMENT: u8 = 44;
-
-/// The one bounds check: a pointer to a `T` at `off`, if the packet holds it.
-#[inline(always)]
-pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Result<*mut T, u32> {
-    let start = ctx.data();
-    let end = ctx.data_end();
-    if start + off + core::mem::size_of::<T>() > end {
-        return Err(reason::MALFORMED);
-    }
-    Ok((start + off) as *mut T)
-}
 
 /// Offsets and addresses of a parsed UDP datagram. Addresses are as in the
 /// packet; IPv4 addresses in the first 4 bytes.
@@ -190,6 +180,18 @@ pub fn parse(ctx: &XdpContext) -> Result<Udp, u32> {
         first_fragment,
         frag_id,
     })
+}
+
+/// The parse's results that differ by path, as `join` passes them through
+/// per-CPU memory (`Scratch::joined`).
+#[repr(C)]
+pub struct Joined {
+    pub l3: u32,
+    pub l4: u32,
+    pub family: u32,
+    pub payload_len: u32,
+    pub avail: u32,
+    pub first_fragment: u32,
 }
 
 /// Largest L3 offset: Ethernet and two VLAN tags.

@@ -401,7 +401,7 @@ fn live_half(inst: &str) -> u32 {
         balancer_common::maps::Service,
     > = map.try_into().unwrap();
     services
-        .get(&balancer::kernel::endpoint(vip()), 0)
+        .get(&balancer_common::maps::Endpoint::from(vip()), 0)
         .expect("the service in the kernel")
         .active
 }

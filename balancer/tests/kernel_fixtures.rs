@@ -196,8 +196,11 @@ impl Bed {
     fn service(&mut self, vip: &str) -> Service {
         let m: aya::maps::HashMap<aya::maps::MapData, Endpoint, Service> =
             program_map(&mut self.dp, "SERVICES").try_into().unwrap();
-        m.get(&balancer::kernel::endpoint(vip.parse().unwrap()), 0)
-            .unwrap()
+        m.get(
+            &balancer_common::maps::Endpoint::from(vip.parse::<SocketAddr>().unwrap()),
+            0,
+        )
+        .unwrap()
     }
 }
 

@@ -61,7 +61,7 @@ pub fn set_algorithm(
     use balancer_common::maps::{Endpoint, Service};
     let mut m: aya::maps::HashMap<aya::maps::MapData, Endpoint, Service> =
         program_map(dp, "SERVICES").try_into().unwrap();
-    let key = balancer::kernel::endpoint(vip);
+    let key = balancer_common::maps::Endpoint::from(vip);
     let mut s = m.get(&key, 0).expect("service installed");
     s.algorithm = algorithm;
     m.insert(key, s, 0).unwrap();

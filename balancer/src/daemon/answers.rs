@@ -7,14 +7,15 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use balancer_common::hash::{hash_addr, hash_bytes};
+use balancer_common::keys::KeySource;
+use balancer_common::maps::Endpoint;
 
 use super::Daemon;
 use crate::control::protocol::{
     Applied, BackendState, BackendStatus, ServiceStatus, Stats, Status, Whereis,
 };
 use crate::health::Health;
-use crate::kernel::endpoint;
-use crate::model::{self, Algorithm, Op};
+use crate::model::{self, Op};
 
 impl Daemon {
     /// All or nothing: edit a copy, attach and sync, save; on a failure after
@@ -147,18 +148,19 @@ impl Daemon {
         let c = self.dp.config();
         let vip = c.resolve(service)?;
         let alg = c.service(vip)?.algorithm;
-        let hash = match alg {
-            Algorithm::RoundRobin => {
+        // The kernel's own choice of key for the algorithm.
+        let hash = match KeySource::of(alg.raw()) {
+            KeySource::RoundRobin => {
                 bail!("service {vip} is round-robin: the backend depends on the turn, not on a key")
             }
-            Algorithm::Source => {
+            KeySource::Source => {
                 let ip: IpAddr = key.parse().map_err(|_| {
                     anyhow!("service {vip} hashes the source address: `{key}` is not an IP address")
                 })?;
-                let e = endpoint(SocketAddr::new(ip, 0));
+                let e = Endpoint::from(SocketAddr::new(ip, 0));
                 hash_addr(&e.addr, e.family)
             }
-            _ => hash_bytes(key.trim().as_bytes()),
+            KeySource::Message => hash_bytes(key.trim().as_bytes()),
         };
         let (backend, via) = self.dp.lookup(vip, hash)?;
         Ok(Whereis {

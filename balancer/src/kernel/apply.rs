@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray, PerCpuValues};
 use balancer_common::maglev;
-use balancer_common::maps::{Backend, Endpoint, Reverse, Service, Traffic};
+use balancer_common::maps::{names, Backend, Endpoint, Reverse, Service, Traffic};
 
 use super::table::{grace_period, maglev_entries, TableMap};
-use super::{endpoint, plan, Dataplane, Live, MapContents};
+use super::{plan, Dataplane, Live, MapContents};
 use crate::model::{Config, ServiceConfig};
 use crate::select::Selector;
 
@@ -68,7 +68,7 @@ impl Dataplane {
         // After a grace period no packet still reads an old half, an old service
         // entry or a slot the new tables no longer name.
         let stale_reverse: Vec<Endpoint> = {
-            let m: BpfHashMap<&MapData, Endpoint, Reverse> = self.map_ref("REVERSE")?;
+            let m: BpfHashMap<&MapData, Endpoint, Reverse> = self.map_ref(names::REVERSE)?;
             m.keys()
                 .filter_map(|k| k.ok())
                 .filter(|k| !p.reverse.contains_key(k))
@@ -78,13 +78,13 @@ impl Dataplane {
             grace_period();
         }
         {
-            let mut m: BpfHashMap<&mut MapData, Endpoint, Reverse> = self.map("REVERSE")?;
+            let mut m: BpfHashMap<&mut MapData, Endpoint, Reverse> = self.map(names::REVERSE)?;
             for k in &stale_reverse {
                 let _ = m.remove(k);
             }
         }
         for slot in &p.freed_slots {
-            let mut m: Array<&mut MapData, Backend> = self.map("BACKENDS")?;
+            let mut m: Array<&mut MapData, Backend> = self.map(names::BACKENDS)?;
             m.set(*slot, Backend::default(), 0)?;
             self.backend_vals.remove(slot);
         }
@@ -97,12 +97,12 @@ impl Dataplane {
     /// New slots start their counters from zero; entries that differ are written.
     fn write_backends(&mut self, p: &MapContents) -> Result<()> {
         for slot in &p.new_slots {
-            let mut s: PerCpuArray<&mut MapData, Traffic> = self.map("BACKEND_STATS")?;
+            let mut s: PerCpuArray<&mut MapData, Traffic> = self.map(names::BACKEND_STATS)?;
             s.set(*slot, zeros()?, 0)?;
         }
         for (slot, val) in &p.backends {
             if self.backend_vals.get(slot) != Some(val) {
-                let mut m: Array<&mut MapData, Backend> = self.map("BACKENDS")?;
+                let mut m: Array<&mut MapData, Backend> = self.map(names::BACKENDS)?;
                 m.set(*slot, *val, 0)?;
                 self.backend_vals.insert(*slot, *val);
             }
@@ -111,7 +111,7 @@ impl Dataplane {
     }
 
     fn write_reverse(&mut self, p: &MapContents) -> Result<()> {
-        let mut m: BpfHashMap<&mut MapData, Endpoint, Reverse> = self.map("REVERSE")?;
+        let mut m: BpfHashMap<&mut MapData, Endpoint, Reverse> = self.map(names::REVERSE)?;
         for (k, v) in &p.reverse {
             if m.get(k, 0).ok() != Some(*v) {
                 m.insert(k, v, 0)?;
@@ -127,11 +127,13 @@ impl Dataplane {
             if s.write {
                 self.write_table(s.entry.id, s.entry.active, &s.table)?;
                 if s.fresh {
-                    let mut m: PerCpuArray<&mut MapData, Traffic> = self.map("SERVICE_STATS")?;
+                    let mut m: PerCpuArray<&mut MapData, Traffic> =
+                        self.map(names::SERVICE_STATS)?;
                     m.set(s.entry.id, zeros()?, 0)?;
                 }
-                let mut m: BpfHashMap<&mut MapData, Endpoint, Service> = self.map("SERVICES")?;
-                m.insert(endpoint(*vip), s.entry, 0)?;
+                let mut m: BpfHashMap<&mut MapData, Endpoint, Service> =
+                    self.map(names::SERVICES)?;
+                m.insert(Endpoint::from(*vip), s.entry, 0)?;
             }
             self.adopted.remove(vip);
             self.live.insert(
@@ -147,9 +149,9 @@ impl Dataplane {
         }
         let gone: HashSet<_> = p.gone.iter().collect();
         {
-            let mut m: BpfHashMap<&mut MapData, Endpoint, Service> = self.map("SERVICES")?;
+            let mut m: BpfHashMap<&mut MapData, Endpoint, Service> = self.map(names::SERVICES)?;
             for v in &gone {
-                let _ = m.remove(&endpoint(**v));
+                let _ = m.remove(&Endpoint::from(**v));
             }
         }
         self.live.retain(|v, _| !gone.contains(v));
@@ -163,7 +165,7 @@ impl Dataplane {
     fn write_table(&mut self, id: u32, half: u32, table: &[u32]) -> Result<()> {
         let base = maglev::table_base(id, half) as usize;
         if self.table_map.is_none() {
-            let (fd, entries) = match self.ebpf.map("MAGLEV") {
+            let (fd, entries) = match self.ebpf.map(names::MAGLEV) {
                 Some(Map::Array(m)) => (m.fd().as_fd().as_raw_fd(), maglev_entries()),
                 _ => bail!("no array map MAGLEV"),
             };

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use aya::maps::{Array, DevMapHash, MapData};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::XdpMode;
-use balancer_common::maps::TrivialTarget;
+use balancer_common::maps::{names, TrivialTarget};
 
 use super::{remove_pins, Dataplane, PROGRAM, TRIVIAL};
 
@@ -17,7 +17,7 @@ impl Dataplane {
         if self.tx_ports.contains(&ifindex) {
             return Ok(());
         }
-        let mut ports: DevMapHash<&mut MapData> = self.map("TX_PORTS")?;
+        let mut ports: DevMapHash<&mut MapData> = self.map(names::TX_PORTS)?;
         ports.insert(ifindex, ifindex, None, 0)?;
         self.tx_ports.insert(ifindex);
         Ok(())
@@ -84,7 +84,7 @@ impl Dataplane {
 
     /// Sets the benchmark baseline's fixed target.
     pub fn set_trivial_target(&mut self, t: TrivialTarget) -> Result<()> {
-        let mut m: Array<&mut MapData, TrivialTarget> = self.map("TRIVIAL")?;
+        let mut m: Array<&mut MapData, TrivialTarget> = self.map(names::TRIVIAL)?;
         m.set(0, t, 0)?;
         Ok(())
     }

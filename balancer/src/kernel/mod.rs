@@ -15,12 +15,13 @@
 mod apply;
 mod attach;
 pub mod plan;
+pub mod program_log;
 mod read;
 pub mod requirements;
 mod table;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context, Result};
@@ -29,9 +30,7 @@ use aya::{
     programs::{ProgramError, Xdp},
     Ebpf, EbpfLoader,
 };
-use balancer_common::maps::{
-    Backend, Endpoint, Service, AFFINITY_ENTRIES, AF_INET, AF_INET6, IPPROTO_UDP, MAX_BACKENDS,
-};
+use balancer_common::maps::{names, Backend, Endpoint, Service, AFFINITY_ENTRIES, MAX_BACKENDS};
 
 use crate::{
     model::{Config, ServiceConfig},
@@ -51,25 +50,6 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ba
 pub const PROGRAM: &str = "balancer";
 /// The benchmark baseline's name in the object.
 pub const TRIVIAL: &str = "xdp_trivial";
-
-/// Every map of the object: all of them are pinned when the data plane persists.
-const MAPS: &[&str] = &[
-    "SERVICES",
-    "REVERSE",
-    "BACKENDS",
-    "MAGLEV",
-    "TX_PORTS",
-    "NEXTHOP",
-    "SLOT_HOPS",
-    "STATS",
-    "BACKEND_STATS",
-    "SERVICE_STATS",
-    "SCRATCH",
-    "TRIVIAL",
-    "RR",
-    "AFFINITY",
-    "FRAGS",
-];
 
 /// A service as the kernel serves it now.
 #[derive(Debug, Clone)]
@@ -99,6 +79,8 @@ pub struct Dataplane {
     /// Backends the health checks hold down: out of every table.
     down: HashSet<SocketAddr>,
     table_map: Option<TableMap>,
+    /// Forwards the program's rare events to stderr while the program runs.
+    _log: Option<program_log::Reader>,
 }
 
 impl Dataplane {
@@ -119,12 +101,13 @@ impl Dataplane {
     pub fn open_with(pins: Option<&Path>, entries: u32) -> Result<Self> {
         raise_memlock();
         let mut loader = EbpfLoader::new();
-        loader.map_max_entries("AFFINITY", entries);
+        loader.map_max_entries(names::AFFINITY, entries);
         let paths: Vec<(&str, PathBuf)> = match pins {
             Some(dir) => {
                 std::fs::create_dir_all(dir)
                     .with_context(|| format!("creating pin directory {}", dir.display()))?;
-                MAPS.iter().map(|m| (*m, dir.join(m))).collect()
+                // Every map, so a restarted daemon adopts all of the state.
+                names::ALL.iter().map(|m| (*m, dir.join(m))).collect()
             }
             None => Vec::new(),
         };
@@ -151,6 +134,10 @@ impl Dataplane {
                 }
             }
         }
+        // Without its log the data plane works the same: say so and go on.
+        let log = program_log::start(&mut ebpf)
+            .map_err(|e| eprintln!("warning: the XDP program's log is not read: {e:#}"))
+            .ok();
         let mut dp = Dataplane {
             ebpf,
             pins: pins.map(Path::to_path_buf),
@@ -163,6 +150,7 @@ impl Dataplane {
             config: Config::default(),
             down: HashSet::new(),
             table_map: None,
+            _log: log,
         };
         dp.adopt()?;
         Ok(dp)
@@ -171,13 +159,13 @@ impl Dataplane {
     /// Reads back what pinned maps already hold: services and backend slots.
     fn adopt(&mut self) -> Result<()> {
         let mut adopted = HashMap::new();
-        let services: BpfHashMap<&MapData, Endpoint, Service> = self.map_ref("SERVICES")?;
+        let services: BpfHashMap<&MapData, Endpoint, Service> = self.map_ref(names::SERVICES)?;
         for kv in services.iter() {
             let (vip, svc) = kv?;
-            adopted.insert(socket_addr(&vip), svc);
+            adopted.insert(SocketAddr::from(vip), svc);
         }
         let (mut slots, mut vals) = (HashMap::new(), HashMap::new());
-        let backends: Array<&MapData, Backend> = self.map_ref("BACKENDS")?;
+        let backends: Array<&MapData, Backend> = self.map_ref(names::BACKENDS)?;
         for slot in 0..MAX_BACKENDS {
             let b = backends.get(&slot, 0)?;
             if b.family != 0 {
@@ -187,7 +175,7 @@ impl Dataplane {
                     family: b.family,
                     proto: 0,
                 };
-                slots.insert(socket_addr(&e), slot);
+                slots.insert(SocketAddr::from(e), slot);
                 vals.insert(slot, b);
             }
         }
@@ -280,39 +268,6 @@ pub fn remove_pins(dir: &Path) -> Result<()> {
         std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
     }
     Ok(())
-}
-
-/// The kernel's key for an address: IPv4 in the first four bytes, port in
-/// network order.
-pub fn endpoint(a: SocketAddr) -> Endpoint {
-    let mut addr = [0u8; 16];
-    let family = match a.ip() {
-        IpAddr::V4(v4) => {
-            addr[..4].copy_from_slice(&v4.octets());
-            AF_INET
-        }
-        IpAddr::V6(v6) => {
-            addr = v6.octets();
-            AF_INET6
-        }
-    };
-    Endpoint {
-        addr,
-        port: a.port().to_be(),
-        family,
-        proto: IPPROTO_UDP,
-    }
-}
-
-pub fn socket_addr(e: &Endpoint) -> SocketAddr {
-    let port = u16::from_be(e.port);
-    match e.family {
-        AF_INET6 => SocketAddr::from((e.addr, port)),
-        _ => {
-            debug_assert!(e.family == AF_INET || e.family == 0);
-            SocketAddr::from(([e.addr[0], e.addr[1], e.addr[2], e.addr[3]], port))
-        }
-    }
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.

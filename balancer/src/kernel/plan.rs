@@ -13,7 +13,6 @@ use balancer_common::maps::{
     SERVICE_AFFINITY, SERVICE_PASS_NO_BACKEND,
 };
 
-use super::endpoint;
 use crate::model::{AdminState, Config, Mode, NoBackend, ServiceConfig, AFFINITY_IDLE};
 use crate::select::Selector;
 
@@ -150,7 +149,7 @@ fn backends(
         .collect();
     out.freed_slots.sort();
     for (a, slot) in &out.slots {
-        let e = endpoint(*a);
+        let e = Endpoint::from(*a);
         let sticky = admin_up.contains(a) && !down.contains(a);
         out.backends.insert(
             *slot,
@@ -198,9 +197,9 @@ fn reverse(
         let learn = s.affinity && s.algorithm.learns();
         for b in &s.backends {
             out.insert(
-                endpoint(b.address),
+                Endpoint::from(b.address),
                 Reverse {
-                    vip: endpoint(s.vip),
+                    vip: Endpoint::from(s.vip),
                     service: ids[&s.vip],
                     slot: slots[&b.address],
                     algorithm: s.algorithm.raw(),
@@ -332,7 +331,7 @@ mod tests {
             "{per:?}"
         );
         assert_eq!(p.reverse.len(), 3);
-        let r = p.reverse[&endpoint(addr(B[1]))];
+        let r = p.reverse[&Endpoint::from(addr(B[1]))];
         assert_eq!((r.service, r.slot, r.learn), (0, 1, 1));
         assert!(p.gone.is_empty() && p.freed_slots.is_empty());
     }
@@ -381,7 +380,7 @@ mod tests {
         assert_eq!(p.backends[&2].flags, 0);
         assert_eq!(p.backends[&0].flags, BACKEND_STICKY);
         // Still reverse-NATed: its replies must come from the VIP.
-        assert!(p.reverse.contains_key(&endpoint(addr(B[2]))));
+        assert!(p.reverse.contains_key(&Endpoint::from(addr(B[2]))));
     }
 
     #[test]

@@ -7,24 +7,24 @@ use anyhow::{anyhow, Result};
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray};
 use balancer_common::maglev;
 use balancer_common::maps::{
-    reason, Affinity, AffinityKey, Backend, Endpoint, Service, Traffic, BACKEND_STICKY, NO_BACKEND,
-    SERVICE_AFFINITY,
+    names, reason, Affinity, AffinityKey, Backend, Endpoint, Service, Traffic, BACKEND_STICKY,
+    NO_BACKEND, SERVICE_AFFINITY,
 };
 
-use super::{endpoint, socket_addr, Dataplane};
+use super::Dataplane;
 pub use crate::control::protocol::Via;
 
 impl Dataplane {
     /// Where the kernel sends a key hash now: the dialog's affinity entry while
     /// it holds (fresh, backend sticky), else the live table; and which decided.
     pub fn lookup(&self, vip: SocketAddr, hash: u32) -> Result<(Option<SocketAddr>, Via)> {
-        let svc: BpfHashMap<&MapData, Endpoint, Service> = self.map_ref("SERVICES")?;
+        let svc: BpfHashMap<&MapData, Endpoint, Service> = self.map_ref(names::SERVICES)?;
         let s = svc
-            .get(&endpoint(vip), 0)
+            .get(&Endpoint::from(vip), 0)
             .map_err(|_| anyhow!("the kernel has no service {vip}"))?;
-        let backends: Array<&MapData, Backend> = self.map_ref("BACKENDS")?;
+        let backends: Array<&MapData, Backend> = self.map_ref(names::BACKENDS)?;
         let addr = |b: Backend| {
-            socket_addr(&Endpoint {
+            SocketAddr::from(Endpoint {
                 addr: b.addr,
                 port: b.port,
                 family: b.family,
@@ -32,7 +32,7 @@ impl Dataplane {
             })
         };
         if s.flags & SERVICE_AFFINITY != 0 {
-            let aff: BpfHashMap<&MapData, AffinityKey, Affinity> = self.map_ref("AFFINITY")?;
+            let aff: BpfHashMap<&MapData, AffinityKey, Affinity> = self.map_ref(names::AFFINITY)?;
             if let Ok(e) = aff.get(
                 &AffinityKey {
                     service: s.id,
@@ -40,14 +40,13 @@ impl Dataplane {
                 },
                 0,
             ) {
-                let idle = monotonic_ns().saturating_sub(e.seen);
                 let b = backends.get(&e.slot, 0)?;
-                if idle < s.affinity_idle as u64 * 1_000_000_000 && b.flags & BACKEND_STICKY != 0 {
+                if e.is_fresh(monotonic_ns(), s.affinity_idle) && b.flags & BACKEND_STICKY != 0 {
                     return Ok((Some(addr(b)), Via::Affinity));
                 }
             }
         }
-        let table: Array<&MapData, u32> = self.map_ref("MAGLEV")?;
+        let table: Array<&MapData, u32> = self.map_ref(names::MAGLEV)?;
         let idx = maglev::table_base(s.id, s.active) + maglev::index(hash, s.table_size);
         let slot = table.get(&idx, 0)?;
         if slot == NO_BACKEND {
@@ -58,7 +57,7 @@ impl Dataplane {
 
     /// Verdict counters summed over CPUs, by name.
     pub fn stats(&self) -> Result<Vec<(&'static str, u64)>> {
-        let m: PerCpuArray<&MapData, u64> = self.map_ref("STATS")?;
+        let m: PerCpuArray<&MapData, u64> = self.map_ref(names::STATS)?;
         (0..reason::COUNT)
             .map(|r| Ok((reason::NAMES[r as usize], m.get(&r, 0)?.iter().sum())))
             .collect()
@@ -66,12 +65,12 @@ impl Dataplane {
 
     /// Traffic of a backend slot, summed over CPUs.
     pub fn backend_traffic(&self, slot: u32) -> Result<Traffic> {
-        self.traffic("BACKEND_STATS", slot)
+        self.traffic(names::BACKEND_STATS, slot)
     }
 
     /// Traffic of a service, summed over CPUs.
     pub fn service_traffic(&self, id: u32) -> Result<Traffic> {
-        self.traffic("SERVICE_STATS", id)
+        self.traffic(names::SERVICE_STATS, id)
     }
 
     fn traffic(&self, map: &str, idx: u32) -> Result<Traffic> {

@@ -1,26 +1,70 @@
-//! Rewrites: addresses, ports, TTL, MACs, with incremental checksum updates.
+//! The next hop: `bpf_fib_lookup` behind a cache (NEXTHOP, and its per-slot copy
+//! SLOT_HOPS), and the MTU rule that decides when a cached answer may be used.
 
 use aya_ebpf::{
     bindings::{
-        bpf_fib_lookup, xdp_action, BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_NO_NEIGH,
+        bpf_fib_lookup, BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_NO_NEIGH,
         BPF_FIB_LKUP_RET_SUCCESS,
     },
-    helpers::{bpf_fib_lookup as fib_lookup, bpf_ktime_get_coarse_ns, bpf_redirect},
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_ktime_get_coarse_ns},
+    macros::map,
+    maps::{LruHashMap, PerCpuArray},
     programs::XdpContext,
 };
-use balancer_common::{
-    csum::{replace128, replace16, replace32, udp_nonzero},
-    maps::{reason, Endpoint, AF_INET, IPPROTO_UDP},
-};
+use balancer_common::maps::{Endpoint, AF_INET, IPPROTO_UDP, MAX_BACKENDS};
 
 use crate::{
-    addr,
-    maps::{NEXTHOP, NEXTHOP_TTL_NS, SCRATCH, SLOT_HOPS, TX_PORTS},
-    parse::{ptr_at, Udp},
+    addr::{self, word4},
+    events,
+    maps::SCRATCH,
 };
 
 const AF_INET_FIB: u8 = 2;
 const AF_INET6_FIB: u8 = 10;
+
+/// Next-hop cache: `bpf_fib_lookup` costs several hundred ns per call, so its
+/// answers are kept for a second per (destination, ingress interface). A changed
+/// neighbour MAC reaches the data plane within that second; an entry is used only
+/// for datagrams no larger than one the FIB has already accepted (MTU).
+#[map]
+pub static NEXTHOP: LruHashMap<NhKey, NhEntry> = LruHashMap::with_max_entries(65536, 0);
+
+/// How long a NEXTHOP entry holds.
+pub const NEXTHOP_TTL_NS: u64 = 1_000_000_000;
+
+#[repr(C, align(8))]
+pub struct NhKey {
+    pub addr: [u8; 16],
+    pub ingress: u32,
+    /// Address family; a whole word so building the key needs no byte-wise padding.
+    pub family: u32,
+}
+
+#[repr(C)]
+pub struct NhEntry {
+    pub expires: u64,
+    pub ifindex: u32,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+    /// The largest IP total length the FIB accepted for this route (MTU).
+    pub max_len: u16,
+    pub _pad: [u8; 2],
+}
+
+/// A backend slot's next hop: a copy of the NEXTHOP entry for the slot's
+/// address, found by an array lookup where NEXTHOP costs a hash lookup. Used
+/// while `addr` and `ingress` still match and the copied entry is valid, so it
+/// is never fresher or staler than NEXTHOP. Per CPU: written without locks.
+#[map]
+pub static SLOT_HOPS: PerCpuArray<SlotHop> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+#[repr(C)]
+pub struct SlotHop {
+    pub addr: [u8; 16],
+    pub ingress: u32,
+    pub _pad: u32,
+    pub nh: NhEntry,
+}
 
 /// Outcome of a next-hop lookup.
 pub enum Hop {
@@ -140,6 +184,8 @@ pub fn next_hop(ctx: &XdpContext, src: &Endpoint, dst: &Endpoint, tot_len: u16) 
         )
     };
     if rc < 0 {
+        // Not a routing answer: the arguments were refused.
+        events::note(events::FIB_REFUSED, 0, rc);
         return Hop::Fail;
     }
     match rc as u32 {
@@ -157,7 +203,9 @@ pub fn next_hop(ctx: &XdpContext, src: &Endpoint, dst: &Endpoint, tot_len: u16) 
             e.dmac = p.dmac;
             e.max_len = max_len;
             e._pad = [0; 2];
-            let _ = NEXTHOP.insert(&*key, &*e, 0);
+            if let Err(e) = NEXTHOP.insert(&*key, &*e, 0) {
+                events::note(events::NEXT_HOP_NOT_STORED, 0, e.into());
+            }
             Hop::Ok {
                 ifindex: p.ifindex,
                 smac: p.smac,
@@ -170,125 +218,8 @@ pub fn next_hop(ctx: &XdpContext, src: &Endpoint, dst: &Endpoint, tot_len: u16) 
     }
 }
 
-/// TTL / hop limit of the packet.
-#[inline(always)]
-pub fn ttl(ctx: &XdpContext, family: u8, l3: usize) -> Result<u8, u32> {
-    let off = if family == AF_INET { l3 + 8 } else { l3 + 7 };
-    Ok(unsafe { *ptr_at::<u8>(ctx, off)? })
-}
-
 /// IP total length as the FIB wants it (for the MTU check).
 #[inline(always)]
 pub fn ip_len(ctx: &XdpContext, l3: usize) -> u16 {
     (ctx.data_end() - ctx.data() - l3) as u16
-}
-
-/// Which address/port pair a rewrite changes.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    Src,
-    Dst,
-}
-
-/// Replaces the source or destination address and port, fixing the IPv4 header
-/// checksum and the UDP checksum (IPv4 UDP checksum 0 stays 0: none was sent).
-#[inline(always)]
-pub fn rewrite(ctx: &XdpContext, u: &Udp, side: Side, new: &Endpoint) -> Result<(), u32> {
-    let udp = ptr_at::<[u16; 4]>(ctx, u.l4)?;
-    let (port_idx, old) = match side {
-        Side::Src => (0, &u.src),
-        Side::Dst => (1, &u.dst),
-    };
-    unsafe {
-        let check = (*udp)[3];
-        (*udp)[port_idx] = new.port;
-        rewrite_addr(ctx, u.family, u.l3, side, &new.addr)?;
-        // The UDP checksum covers the pseudo-header: address and port changes.
-        if u.family == AF_INET {
-            if check != 0 {
-                let (o, n) = (word4(&old.addr), word4(&new.addr));
-                (*udp)[3] = udp_nonzero(replace16(replace32(check, o, n), old.port, new.port));
-            }
-        } else {
-            (*udp)[3] = udp_nonzero(replace16(
-                replace128(check, &old.addr, &new.addr),
-                old.port,
-                new.port,
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// The IPv4 address in the first four bytes, as the packet holds it.
-#[inline(always)]
-fn word4(a: &[u8; 16]) -> u32 {
-    u32::from_ne_bytes([a[0], a[1], a[2], a[3]])
-}
-
-/// Rewrites an IP address, fixing the IPv4 header checksum. Alone for a later
-/// fragment (no UDP header; the UDP checksum, in the first fragment, already
-/// accounts for the new address); `rewrite` adds port and UDP checksum.
-#[inline(always)]
-pub fn rewrite_addr(
-    ctx: &XdpContext,
-    family: u8,
-    l3: usize,
-    side: Side,
-    new: &[u8; 16],
-) -> Result<(), u32> {
-    unsafe {
-        if family == AF_INET {
-            let addr_off = if side == Side::Src { 12 } else { 16 };
-            let a = ptr_at::<u32>(ctx, l3 + addr_off)?;
-            let ipc = ptr_at::<u16>(ctx, l3 + 10)?;
-            let o = *a;
-            let n = word4(new);
-            *a = n;
-            *ipc = replace32(*ipc, o, n);
-        } else {
-            let addr_off = if side == Side::Src { 8 } else { 24 };
-            let a = ptr_at::<[u8; 16]>(ctx, l3 + addr_off)?;
-            *a = *new;
-        }
-    }
-    Ok(())
-}
-
-/// Decrements TTL / hop limit (we are a router on the DNAT path).
-#[inline(always)]
-pub fn dec_ttl(ctx: &XdpContext, family: u8, l3: usize) -> Result<(), u32> {
-    unsafe {
-        if family == AF_INET {
-            let w = ptr_at::<u16>(ctx, l3 + 8)?;
-            let ipc = ptr_at::<u16>(ctx, l3 + 10)?;
-            let old = *w;
-            let b = ptr_at::<u8>(ctx, l3 + 8)?;
-            *b -= 1;
-            *ipc = replace16(*ipc, old, *w);
-        } else {
-            let b = ptr_at::<u8>(ctx, l3 + 7)?;
-            *b -= 1;
-        }
-    }
-    Ok(())
-}
-
-/// Sets the MACs and sends the frame towards `ifindex`.
-#[inline(always)]
-pub fn forward(ctx: &XdpContext, ifindex: u32, smac: &[u8; 6], dmac: &[u8; 6]) -> Result<u32, u32> {
-    let eth = ptr_at::<[u8; 12]>(ctx, 0)?;
-    unsafe {
-        (&mut *eth)[..6].copy_from_slice(dmac);
-        (&mut *eth)[6..].copy_from_slice(smac);
-    }
-    if ifindex == unsafe { (*ctx.ctx).ingress_ifindex } {
-        crate::maps::count(reason::TX);
-        return Ok(xdp_action::XDP_TX);
-    }
-    crate::maps::count(reason::REDIRECT);
-    match TX_PORTS.redirect(ifindex, 0) {
-        Ok(v) => Ok(v),
-        Err(_) => Ok(unsafe { bpf_redirect(ifindex, 0) } as u32),
-    }
 }

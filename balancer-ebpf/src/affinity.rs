@@ -1,0 +1,88 @@
+//! Dialog affinity: a dialog stays on its backend while that backend takes its
+//! traffic, whatever the Maglev table says meanwhile.
+
+use aya_ebpf::{helpers::generated::bpf_ktime_get_coarse_ns, macros::map, maps::LruHashMap};
+use balancer_common::maps::{
+    reason, Affinity, AffinityKey, Reverse, Service, AFFINITY_ENTRIES, BACKEND_STICKY, NO_BACKEND,
+};
+
+use crate::{counters::count, events, maps::BACKENDS};
+
+/// (service, key hash) -> backend, least recently used entries evicted when
+/// full. User space may resize it at load time.
+#[map]
+pub static AFFINITY: LruHashMap<AffinityKey, Affinity> =
+    LruHashMap::with_max_entries(AFFINITY_ENTRIES, 0);
+
+/// The backend for a key whose table choice is `table`: the dialog's own while
+/// it is fresh and its backend sticky, else the table's, remembered for the dialog.
+#[inline(always)]
+pub fn choose(svc: &Service, hash: u32, table: u32) -> u32 {
+    let key = AffinityKey {
+        service: svc.id,
+        hash,
+    };
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    if let Some(e) = AFFINITY.get_ptr_mut(&key) {
+        let e = unsafe { &mut *e };
+        if e.is_fresh(now, svc.affinity_idle) && sticky(e.slot) {
+            e.seen = now;
+            count(reason::AFFINITY_HIT);
+            return e.slot;
+        }
+        if table != NO_BACKEND {
+            e.slot = table;
+            e.seen = now;
+            count(reason::AFFINITY_REPLACED);
+        }
+        return table;
+    }
+    if table != NO_BACKEND {
+        remember(&key, table, now);
+        count(reason::AFFINITY_NEW);
+    }
+    table
+}
+
+/// Enters the dialog of a backend's message (its key's hash) into the affinity
+/// map, pointing at that backend.
+#[inline(always)]
+pub fn learn(r: &Reverse, hash: u32) {
+    let key = AffinityKey {
+        service: r.service,
+        hash,
+    };
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    if let Some(e) = AFFINITY.get_ptr_mut(&key) {
+        let e = unsafe { &mut *e };
+        if e.slot == r.slot {
+            e.seen = now;
+            return;
+        }
+    }
+    remember(&key, r.slot, now);
+    count(reason::AFFINITY_LEARNED);
+}
+
+/// A new affinity entry (the LRU map evicts the least recently used when full:
+/// a failure is not a full map).
+#[inline(always)]
+fn remember(key: &AffinityKey, slot: u32, now: u64) {
+    let entry = Affinity {
+        slot,
+        _pad: 0,
+        seen: now,
+    };
+    if let Err(e) = AFFINITY.insert(key, &entry, 0) {
+        events::note(events::AFFINITY_NOT_STORED, key.service, e.into());
+    }
+}
+
+/// Whether dialogs pinned to `slot` stay there (active or draining, not down).
+#[inline(always)]
+fn sticky(slot: u32) -> bool {
+    match BACKENDS.get(slot) {
+        Some(b) => b.flags & BACKEND_STICKY != 0,
+        None => false,
+    }
+}
