@@ -256,7 +256,7 @@ pub mod names {
     pub const RR: &str = "RR";
     pub const SCRATCH: &str = "SCRATCH";
     pub const TRIVIAL: &str = "TRIVIAL";
-    /// aya-log's ring buffer: the program's log records (`balancer::ebpf_log`).
+    /// aya-log's ring buffer: the program's log records (`balancer::kernel::program_log`).
     pub const AYA_LOGS: &str = "AYA_LOGS";
 
     /// Every map of the object.
