@@ -152,7 +152,10 @@ fn script(cwd: &Path, steps: &[Step], env: &[(&str, String)]) -> String {
         let argv: Vec<String> = step.argv.iter().map(|a| quote(a)).collect();
         let label = quote(&step.label);
         s += &format!("echo \"vm: == \"{label}\n");
-        s += &format!("{} > /tmp/step.out 2>&1; rc=$?; cat /tmp/step.out\n", argv.join(" "));
+        s += &format!(
+            "{} > /tmp/step.out 2>&1; rc=$?; cat /tmp/step.out\n",
+            argv.join(" ")
+        );
         s += &format!(
             "if [ $rc = 0 ] && ! grep -q '^running 0 tests' /tmp/step.out; then echo ok {label} >> /run/vm/status; else echo failed {label} >> /run/vm/status; fi\n"
         );

@@ -6,7 +6,7 @@ mod host;
 mod interfaces;
 mod probes;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -19,7 +19,7 @@ use tokio::net::{UnixListener, UnixStream};
 
 use crate::control::protocol::{Detached, Reply};
 use crate::control::{self, Request, Response};
-use crate::health::{Prober, Tracker};
+use crate::health::{Event, Prober, Tracker};
 use crate::kernel::requirements::{self, KernelError, Rejected};
 use crate::kernel::Dataplane;
 use crate::model::{Config, ConfigError, Mode};
@@ -188,9 +188,7 @@ impl Daemon {
         let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
         self.prober = Some(Prober::new(tx).await?);
         self.update_probes()?;
-        // Let the first probe round go out before saying ready: it resolves the
-        // backends' neighbour entries.
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        self.first_probe_round(&mut events).await?;
         let c = self.dp.config();
         println!(
             "ready: instance {} serving {} services, {} backends on {} (control: {})",
@@ -217,6 +215,35 @@ impl Daemon {
                 }
             }
         }
+    }
+
+    /// Waits for every backend's first probe outcome, at most the longest probe
+    /// timeout (and 2 s): the round resolves the backends' neighbour entries,
+    /// and until they are, the program passes what it would forward to them
+    /// (counted `fib_no_neigh`). Only then is the daemon ready.
+    async fn first_probe_round(
+        &mut self,
+        events: &mut tokio::sync::mpsc::UnboundedReceiver<Event>,
+    ) -> Result<()> {
+        let params = self.dp.config().health_params()?;
+        let mut waiting: HashSet<SocketAddr> = params.iter().map(|(a, _)| *a).collect();
+        let longest = params
+            .iter()
+            .map(|(_, p)| p.timeout)
+            .max()
+            .unwrap_or_default();
+        let wait = (longest + Duration::from_millis(100)).min(Duration::from_secs(2));
+        let deadline = tokio::time::Instant::now() + wait;
+        while !waiting.is_empty() {
+            tokio::select! {
+                Some(ev) = events.recv() => {
+                    waiting.remove(&ev.backend);
+                    self.on_probe(ev);
+                }
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        Ok(())
     }
 
     /// Answers one request; returns whether it asked the daemon to detach.
