@@ -128,3 +128,21 @@ fn the_uri_window_ends_where_specified() {
         assert_eq!(uri_of(&b, Span { start: 0, len: n }), want, "; at {close}");
     }
 }
+
+#[test]
+fn at_most_lead_max_leading_line_ends() {
+    // RFC 3261 7.5 lets a stream carry CRLFs before a start line; the scan skips
+    // up to LEAD_MAX of them (CR or LF alike), and sees no request after more.
+    for lead in 0..=LEAD_MAX + 2 {
+        let mut m: Vec<u8> = (0..lead)
+            .map(|i| if i % 2 == 0 { b'\r' } else { b'\n' })
+            .collect();
+        m.extend_from_slice(b"INVITE sip:u@h SIP/2.0\r\n\r\n");
+        let (b, n) = buf(&m);
+        let want = (lead <= LEAD_MAX).then_some(Span {
+            start: lead as u32 + 11,
+            len: 1,
+        });
+        assert_eq!(ruri_user(&b, n), want, "{lead} leading bytes");
+    }
+}

@@ -78,6 +78,9 @@ enum Cmd {
         /// several. The report keeps the other mutants' last outcomes.
         #[arg(long = "file", short = 'f')]
         files: Vec<String>,
+        /// Only the mutants the last run of this selection did not catch.
+        #[arg(long)]
+        iterate: bool,
         /// Only rewrite the report from the last runs' outcomes.
         #[arg(long)]
         report: bool,
@@ -138,8 +141,9 @@ fn main() -> Result<()> {
         Cmd::Mutants {
             packages,
             files,
+            iterate,
             report,
-        } => mutants::run(&root(), &packages, &files, report),
+        } => mutants::run(&root(), &packages, &files, iterate, report),
     }
 }
 

@@ -63,7 +63,13 @@ const SURVIVORS: &str = "bench/mutants-survivors.tsv";
 /// Runs cargo-mutants over `packages` (all of [`CRATES`] when empty), only the
 /// files matching `files` when given, then writes the report from every run's
 /// outcomes. With `report_only`, just the report.
-pub fn run(root: &Path, packages: &[String], files: &[String], report_only: bool) -> Result<()> {
+pub fn run(
+    root: &Path,
+    packages: &[String],
+    files: &[String],
+    iterate: bool,
+    report_only: bool,
+) -> Result<()> {
     for p in packages {
         if !CRATES.iter().any(|c| c.package == p) {
             bail!("no mutation testing set up for package {p}");
@@ -75,7 +81,7 @@ pub fn run(root: &Path, packages: &[String], files: &[String], report_only: bool
             .iter()
             .filter(|c| packages.is_empty() || packages.iter().any(|p| p == c.package))
         {
-            test_crate(root, c, files)?;
+            test_crate(root, c, files, iterate)?;
         }
     }
     report(root)
@@ -107,13 +113,19 @@ fn out_dir(root: &Path, package: &str, files: &[String]) -> PathBuf {
         files
             .join("+")
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '.' { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect()
     };
     root.join("target/mutants").join(package).join(label)
 }
 
-fn test_crate(root: &Path, c: &Crate, files: &[String]) -> Result<()> {
+fn test_crate(root: &Path, c: &Crate, files: &[String], iterate: bool) -> Result<()> {
     if c.package == "balancer" {
         // Its build script builds the eBPF object.
         crate::setup::run()?;
@@ -151,6 +163,13 @@ fn test_crate(root: &Path, c: &Crate, files: &[String]) -> Result<()> {
     for t in c.tests {
         args.push(format!("--cargo-test-arg={t}"));
     }
+    // Every test binary runs, so a mutant's log names every test that caught it.
+    args.push("--cargo-test-arg=--no-fail-fast".into());
+    if iterate {
+        // Only the mutants not caught last time; cargo-mutants keeps the last
+        // run as mutants.out.old, which the report reads first.
+        args.push("--iterate".into());
+    }
     let start = Instant::now();
     let st = crate::cargo_cmd(&args.iter().map(String::as_str).collect::<Vec<_>>())
         // A caught mutant fails a property test; shrinking its counterexample
@@ -159,8 +178,9 @@ fn test_crate(root: &Path, c: &Crate, files: &[String]) -> Result<()> {
         .env("PROPTEST_MAX_SHRINK_ITERS", "0")
         .status()
         .context("running cargo mutants")?;
-    let secs = start.elapsed().as_secs();
-    std::fs::write(out.join("elapsed"), secs.to_string())?;
+    let mut elapsed = std::fs::read_to_string(out.join("elapsed")).unwrap_or_default();
+    writeln!(elapsed, "{}", start.elapsed().as_secs())?;
+    std::fs::write(out.join("elapsed"), elapsed)?;
     // Exit codes 2 (missed) and 3 (timeouts) are what the report is for; 1 is a
     // usage error and 4 a failing baseline.
     match st.code() {
@@ -177,35 +197,39 @@ struct Outcome {
 }
 
 /// The newest outcome of every mutant of `package` over all its runs, and the
-/// total run time of the runs that contributed.
+/// total run time of the runs.
 fn outcomes(root: &Path, package: &str) -> Result<(BTreeMap<String, Outcome>, u64)> {
     let dir = root.join("target/mutants").join(package);
-    let mut runs: Vec<(std::time::SystemTime, PathBuf)> = Vec::new();
+    let mut files: Vec<(std::time::SystemTime, PathBuf)> = Vec::new();
+    let mut secs = 0;
     if let Ok(rd) = std::fs::read_dir(&dir) {
         for e in rd {
-            let p = e?.path();
-            let f = p.join("mutants.out/outcomes.json");
-            if let Ok(m) = std::fs::metadata(&f) {
-                runs.push((m.modified()?, p));
+            let run = e?.path();
+            secs += std::fs::read_to_string(run.join("elapsed"))
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.trim().parse::<u64>().ok())
+                .sum::<u64>();
+            for out in ["mutants.out.old", "mutants.out"] {
+                let f = run.join(out).join("outcomes.json");
+                if let Ok(m) = std::fs::metadata(&f) {
+                    files.push((m.modified()?, f));
+                }
             }
         }
     }
-    runs.sort();
+    files.sort();
     let mut all = BTreeMap::new();
-    let mut secs = 0;
-    for (_, run) in runs {
-        let f = run.join("mutants.out/outcomes.json");
+    for (_, f) in files {
         let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&f)?)
             .with_context(|| format!("reading {}", f.display()))?;
-        secs += std::fs::read_to_string(run.join("elapsed"))
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .unwrap_or(0);
         for o in v["outcomes"].as_array().into_iter().flatten() {
             let m = &o["scenario"]["Mutant"];
-            let (Some(name), Some(file), Some(summary)) =
-                (m["name"].as_str(), m["file"].as_str(), o["summary"].as_str())
-            else {
+            let (Some(name), Some(file), Some(summary)) = (
+                m["name"].as_str(),
+                m["file"].as_str(),
+                o["summary"].as_str(),
+            ) else {
                 continue; // the baseline
             };
             all.insert(
@@ -267,7 +291,12 @@ fn report(root: &Path) -> Result<()> {
         let mut files: Vec<&str> = all.values().map(|o| o.file.as_str()).collect();
         files.sort();
         files.dedup();
-        writeln!(lists, "\n## {}\n\nFiles: {}.\n", c.package, files.join(", "))?;
+        writeln!(
+            lists,
+            "\n## {}\n\nFiles: {}.\n",
+            c.package,
+            files.join(", ")
+        )?;
         for (name, o) in &all {
             if o.summary != "MissedMutant" && o.summary != "Timeout" {
                 continue;
@@ -279,7 +308,11 @@ fn report(root: &Path) -> Result<()> {
                     "**no reason recorded: add a test, or the reason to bench/mutants-survivors.tsv**"
                 }
             };
-            let what = if o.summary == "Timeout" { " (timeout)" } else { "" };
+            let what = if o.summary == "Timeout" {
+                " (timeout)"
+            } else {
+                ""
+            };
             writeln!(lists, "- `{name}`{what}: {why}")?;
         }
     }
