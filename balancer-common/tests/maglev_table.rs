@@ -25,7 +25,12 @@ fn counts(t: &[Option<usize>], n: usize) -> Vec<usize> {
 
 #[test]
 fn primes_by_trial_division() {
-    let naive = |n: u32| n >= 2 && (2..n).take_while(|d| d * d <= n).all(|d| !n.is_multiple_of(d));
+    let naive = |n: u32| {
+        n >= 2
+            && (2..n)
+                .take_while(|d| d * d <= n)
+                .all(|d| !n.is_multiple_of(d))
+    };
     for n in 0..5000 {
         assert_eq!(is_prime(n), naive(n), "{n}");
     }
