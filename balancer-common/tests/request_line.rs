@@ -15,6 +15,13 @@ fn only_sip_slash_starts_a_response() {
     }
     // Shorter than four bytes, it cannot be a version.
     assert_eq!(request_user(b"S :u@"), Some(&b"u"[..]));
+    // The same after leading line ends, in short datagrams.
+    for lead in ["\r\n", "\r\n\r\n\r\n\r\n"] {
+        let m = format!("{lead}SIP/ s:u@h");
+        assert_eq!(request_user(m.as_bytes()), None, "{m:?}");
+        let m = format!("{lead}SIPX s:u@h");
+        assert_eq!(request_user(m.as_bytes()), Some(&b"u"[..]), "{m:?}");
+    }
 }
 
 #[test]
