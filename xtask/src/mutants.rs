@@ -244,6 +244,14 @@ fn outcomes(root: &Path, package: &str) -> Result<(BTreeMap<String, Outcome>, u6
     Ok((all, secs))
 }
 
+/// `file:line:col: what` as (file, line, col), to list mutants in source order.
+fn position(name: &str) -> (String, u32, u32) {
+    let mut p = name.splitn(4, ':');
+    let file = p.next().unwrap_or_default().to_string();
+    let mut num = || p.next().and_then(|n| n.trim().parse().ok()).unwrap_or(0);
+    (file, num(), num())
+}
+
 fn report(root: &Path) -> Result<()> {
     let reasons: BTreeMap<String, String> = std::fs::read_to_string(root.join(SURVIVORS))
         .unwrap_or_default()
@@ -260,7 +268,9 @@ fn report(root: &Path) -> Result<()> {
          over the pure files listed in `xtask/src/mutants.rs`). Caught: a test failed; \
          missed: every test passed; unviable: it does not build; timeout: the tests \
          did not end. Missed mutants are listed with why they do not matter \
-         (`bench/mutants-survivors.tsv`).\n\n\
+         (`bench/mutants-survivors.tsv`). Every test binary runs for every mutant \
+         (`--no-fail-fast`), and proptest does not shrink the failures \
+         (`PROPTEST_MAX_SHRINK_ITERS=0`; the case counts are the tests' own).\n\n\
          | crate | mutants | caught | missed | unviable | timeout | caught of viable | run time |\n\
          |---|---|---|---|---|---|---|---|\n",
     );
@@ -297,10 +307,12 @@ fn report(root: &Path) -> Result<()> {
             c.package,
             files.join(", ")
         )?;
-        for (name, o) in &all {
-            if o.summary != "MissedMutant" && o.summary != "Timeout" {
-                continue;
-            }
+        let mut survivors: Vec<(&String, &Outcome)> = all
+            .iter()
+            .filter(|(_, o)| o.summary == "MissedMutant" || o.summary == "Timeout")
+            .collect();
+        survivors.sort_by_key(|(name, _)| position(name));
+        for (name, o) in survivors {
             let why = match reasons.get(name) {
                 Some(r) => r.as_str(),
                 None => {
