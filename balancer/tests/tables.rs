@@ -46,10 +46,48 @@ fn snapshot(dp: &Dataplane, n: u32) -> Vec<Option<SocketAddr>> {
 #[test]
 fn removing_one_backend_moves_only_its_keys() {
     require_root();
+    use balancer_common::maglev::{build, Member};
+    // Every entry of the live table: hash `h` reads entry `h % M`, so the hashes
+    // 0..M are the table itself, and counts need no sampling tolerance.
+    let m = config(&[]).services[0].table_size;
+    let table = |dp: &Dataplane| -> Vec<Option<SocketAddr>> {
+        (0..m)
+            .map(|h| dp.lookup(VIP.parse().unwrap(), h).unwrap().0)
+            .collect()
+    };
+    // The table a configuration must give, from the Maglev builder and the
+    // backends' identities (address and port bytes, as maglev.rs specifies).
+    let expected = |backends: &[usize]| -> Vec<Option<SocketAddr>> {
+        let addrs: Vec<SocketAddr> = config(backends).services[0]
+            .backends
+            .iter()
+            .map(|b| b.address)
+            .collect();
+        let members: Vec<Member> = addrs
+            .iter()
+            .map(|a| {
+                let std::net::IpAddr::V4(ip) = a.ip() else {
+                    unreachable!("the test's backends are IPv4")
+                };
+                let mut id = ip.octets().to_vec();
+                id.extend_from_slice(&a.port().to_be_bytes());
+                Member { id, weight: 1 }
+            })
+            .collect();
+        build(&members, m)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.map(|i| addrs[i]))
+            .collect()
+    };
+    let count =
+        |t: &[Option<SocketAddr>], b: SocketAddr| t.iter().filter(|e| **e == Some(b)).count();
+
     let mut dp = Dataplane::load().expect("the verifier accepts the program");
     let r = dp.sync(&config(&[0, 1, 2, 3, 4])).unwrap();
     eprintln!("first table: in the kernel after {:?}", r.to_kernel);
-    let before = snapshot(&dp, 20_000);
+    let before = table(&dp);
+    assert_eq!(before, expected(&[0, 1, 2, 3, 4]));
     let gone: SocketAddr = "10.0.2.13:5060".parse().unwrap();
     let r = dp.sync(&config(&[0, 1, 3, 4])).unwrap();
     eprintln!(
@@ -57,7 +95,26 @@ fn removing_one_backend_moves_only_its_keys() {
         r.to_kernel, r.total
     );
     assert_eq!(r.tables, 1);
-    let after = snapshot(&dp, 20_000);
+    let after = table(&dp);
+    assert_eq!(after, expected(&[0, 1, 3, 4]));
+
+    // Maglev's population (maglev.rs, the paper's Algorithm 1) gives each of N
+    // equal backends one entry per round until the M entries are full, so each
+    // holds floor(M/N) or ceil(M/N) of them: a backend's share of keys is exact.
+    let share = |n: usize| (m as usize / n)..=(m as usize).div_ceil(n);
+    for (t, n) in [(&before, 5), (&after, 4)] {
+        let mut backends: Vec<SocketAddr> = t.iter().flatten().copied().collect();
+        backends.sort();
+        backends.dedup();
+        assert_eq!(backends.len(), n);
+        for b in backends {
+            assert!(
+                share(n).contains(&count(t, b)),
+                "{b}: {} of {m}",
+                count(t, b)
+            );
+        }
+    }
     let (mut moved, mut others) = (0, 0);
     for (b, a) in before.iter().zip(&after) {
         if *b == Some(gone) {
@@ -68,24 +125,22 @@ fn removing_one_backend_moves_only_its_keys() {
             others += 1;
         }
     }
-    let n = before.len() as f64;
-    eprintln!(
-        "keys of the removed backend moved: {moved} ({:.4}); keys of the others moved: {others} ({:.4})",
-        moved as f64 / n,
-        others as f64 / n
-    );
-    assert!((moved as f64 / n - 0.2).abs() < 0.02);
-    // Maglev's disruption is minimal up to a small collateral: the fill order
-    // shifts a few entries among the remaining backends (Maglev paper, 5.3).
-    // Measured here: 9 of 20000 keys. Dialog affinity keeps their dialogs.
+    eprintln!("entries of the removed backend moved: {moved}; entries of the others moved: {others} (of {m})");
+    assert!(share(5).contains(&moved));
+    // The paper gives no bound on the collateral, only measurements (5.3: the
+    // fill order shifts a few entries among the remaining backends). With both
+    // live tables equal to the builder's, the collateral is exactly what the
+    // configuration implies; what is claimed of it is minimal disruption: most
+    // of the entries that change are the removed backend's. Dialog affinity keeps
+    // the dialogs of the others.
     assert!(
-        others as f64 / n < 0.002,
-        "{others} keys of remaining backends moved"
+        others < moved,
+        "{others} entries of remaining backends moved"
     );
 
     // Adding it back restores exactly the first table (order-independent build).
     dp.sync(&config(&[4, 3, 2, 1, 0])).unwrap();
-    assert_eq!(snapshot(&dp, 20_000), before);
+    assert_eq!(table(&dp), before);
 
     // An unchanged configuration writes nothing.
     let r = dp.sync(&config(&[0, 1, 2, 3, 4])).unwrap();

@@ -1,4 +1,4 @@
-//! Developer and CI entry points: `cargo xtask setup|build|test|lab|bench`.
+//! Developer and CI entry points: `cargo xtask setup|build|test|lab|bench|mutants`.
 //!
 //! Every command that builds calls `setup` first, so a fresh Debian machine needs
 //! nothing but the Rust toolchain from rustup and this repository.
@@ -6,6 +6,7 @@
 mod bench;
 mod kernel_suite;
 mod kernels;
+mod mutants;
 mod setup;
 mod vm;
 
@@ -66,6 +67,24 @@ enum Cmd {
         #[arg(long)]
         only: Option<String>,
     },
+    /// Mutation testing of the pure code (balancer-common, balancer's pure files)
+    /// against its crate's unprivileged tests; writes bench/mutants.md. Not part of
+    /// `test`: about an hour.
+    Mutants {
+        /// Only this crate (balancer-common, balancer); repeat for several.
+        #[arg(long = "package", short = 'p')]
+        packages: Vec<String>,
+        /// Only the files matching this glob (from the workspace root); repeat for
+        /// several. The report keeps the other mutants' last outcomes.
+        #[arg(long = "file", short = 'f')]
+        files: Vec<String>,
+        /// Only the mutants the last run of this selection did not catch.
+        #[arg(long)]
+        iterate: bool,
+        /// Only rewrite the report from the last runs' outcomes.
+        #[arg(long)]
+        report: bool,
+    },
 }
 
 fn main() -> Result<()> {
@@ -119,6 +138,12 @@ fn main() -> Result<()> {
             setup::run()?;
             bench::run(&root(), smoke, only.as_deref())
         }
+        Cmd::Mutants {
+            packages,
+            files,
+            iterate,
+            report,
+        } => mutants::run(&root(), &packages, &files, iterate, report),
     }
 }
 
