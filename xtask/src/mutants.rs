@@ -20,15 +20,14 @@ use anyhow::{bail, Context, Result};
 /// The pure parts of `balancer`: globs from the workspace root, one per entry.
 /// Its unit tests (`--lib`) judge their mutants.
 pub const BALANCER_PURE: &[&str] = &[
-    "balancer/src/config.rs",
-    "balancer/src/health.rs",
-    "balancer/src/dispatcher.rs",
-    "balancer/src/select.rs",
-    "balancer/src/spec.rs",
     "balancer/src/model/**/*.rs",
-    "balancer/src/health/**/*.rs",
+    "balancer/src/health/config.rs",
+    "balancer/src/health/tracker.rs",
+    "balancer/src/health/probe.rs",
     "balancer/src/import/**/*.rs",
     "balancer/src/kernel/plan.rs",
+    "balancer/src/select.rs",
+    "balancer/src/control/protocol.rs",
 ];
 
 /// A crate whose mutants are tested.
