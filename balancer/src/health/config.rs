@@ -203,6 +203,18 @@ impl CodeMatch {
     }
 }
 
+/// Default parameters but `fall` and `rise` (the other modules' tests).
+#[cfg(test)]
+pub(crate) fn params(fall: u32, rise: u32) -> Params {
+    HealthConfig {
+        fall: Some(fall),
+        rise: Some(rise),
+        ..Default::default()
+    }
+    .params()
+    .unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,7 +13,7 @@
 //! | `from`        | `ds_ping_from`                 | `sip:balancer@<host address>` |
 //! | `method`      | `ds_ping_method`               | OPTIONS |
 
-mod config;
+pub(crate) mod config;
 mod probe;
 pub mod prober;
 mod tracker;

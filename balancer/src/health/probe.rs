@@ -168,17 +168,8 @@ pub fn parse_response(msg: &[u8]) -> Option<Response> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::health::config::params;
     use crate::health::HealthConfig;
-
-    fn params(fall: u32, rise: u32) -> Params {
-        HealthConfig {
-            fall: Some(fall),
-            rise: Some(rise),
-            ..Default::default()
-        }
-        .params()
-        .unwrap()
-    }
 
     #[test]
     fn probes_are_well_formed_and_answers_parse() {

@@ -172,17 +172,8 @@ fn ms(d: Duration) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::health::config::params;
     use crate::health::{CodeMatch, HealthConfig};
-
-    fn params(fall: u32, rise: u32) -> Params {
-        HealthConfig {
-            fall: Some(fall),
-            rise: Some(rise),
-            ..Default::default()
-        }
-        .params()
-        .unwrap()
-    }
 
     fn ok() -> Outcome {
         Outcome::Reply {
