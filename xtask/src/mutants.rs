@@ -56,6 +56,12 @@ const CRATES: [Crate; 2] = [
     },
 ];
 
+/// Tests that judge no mutant: `arbitrary_bytes_never_panic_or_escape` fails on
+/// its own whenever its random datagrams hit the Call-ID scanner's wrap at the end
+/// of a full window (a real bug, open), which would count any mutant as caught.
+/// Remove an entry once its test passes reliably.
+const SKIP_TESTS: &[&str] = &["arbitrary_bytes_never_panic_or_escape"];
+
 const REPORT: &str = "bench/mutants.md";
 const SURVIVORS: &str = "bench/mutants-survivors.tsv";
 
@@ -168,6 +174,14 @@ fn test_crate(root: &Path, c: &Crate, files: &[String], iterate: bool) -> Result
         // Only the mutants not caught last time; cargo-mutants keeps the last
         // run as mutants.out.old, which the report reads first.
         args.push("--iterate".into());
+    }
+    if !SKIP_TESTS.is_empty() {
+        // Last: after `-- --`, what the test binaries get.
+        args.push("--".into());
+        args.push("--".into());
+        for t in SKIP_TESTS {
+            args.extend(["--skip".into(), t.to_string()]);
+        }
     }
     let start = Instant::now();
     let st = crate::cargo_cmd(&args.iter().map(String::as_str).collect::<Vec<_>>())
