@@ -202,8 +202,10 @@ impl HeaderScan {
         let mut n = 0;
         if self.state == S_SKIP {
             while n < SKIP_BURST {
+                // The bound is checked on the unmasked offset: masked, a word at
+                // the window's end would wrap around to its start.
                 let base = (w * 8) & SCAN_MASK;
-                if base + 8 > self.len as usize
+                if w * 8 + 8 > self.len as usize
                     || !self.skippable(buf.word(base), buf.word_after(base))
                 {
                     break;
@@ -216,7 +218,7 @@ impl HeaderScan {
             // the value's end (what feeding its bytes one by one would do).
             while n < SKIP_BURST {
                 let base = (w * 8) & SCAN_MASK;
-                if base + 8 > self.len as usize {
+                if w * 8 + 8 > self.len as usize {
                     break;
                 }
                 let x = buf.word(base);
@@ -272,8 +274,13 @@ impl HeaderScan {
     /// scan has its answer and no more words are needed.
     #[inline(always)]
     fn step_word(&mut self, buf: &ScanBuf, w: u32) -> bool {
-        let base = (w as usize * 8) & SCAN_MASK;
         let len = self.len as usize;
+        // Past the window: done (the masked offset below would wrap to its start).
+        if w as usize * 8 >= len {
+            self.finish();
+            return true;
+        }
+        let base = (w as usize * 8) & SCAN_MASK;
         let word = buf.word(base);
         let mut k = 0;
         while k < 8 {
@@ -517,6 +524,27 @@ pub fn header_value(payload: &[u8], header: Header) -> Option<&[u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A Call-ID that runs to the end of a full window and beyond: the value is
+    /// still open where the window ends, so there is no Call-ID (the kernel
+    /// falls back to the source address), and nothing wraps around to the
+    /// window's start. Lengths around the window's end, whole words and not.
+    #[test]
+    fn a_value_open_at_the_end_of_the_window_is_none() {
+        for total in [4090, 4095, 4096, 4097, 4100, 4104, 5000, 9000] {
+            let mut m = b"INVITE sip:a@b SIP/2.0\r\nX: ".to_vec();
+            m.resize(3000, b'a');
+            m.extend_from_slice(b"\r\ni: ");
+            m.resize(total, b'c');
+            let got = call_id(&m);
+            if total <= SCAN_MAX {
+                // The whole datagram is in the window: the value ends with it.
+                assert_eq!(got.map(<[u8]>::len), Some(total - 3005), "{total}");
+            } else {
+                assert_eq!(got, None, "{total}");
+            }
+        }
+    }
 
     fn cid(m: &[u8]) -> Option<&[u8]> {
         call_id(m)
