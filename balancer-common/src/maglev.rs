@@ -31,7 +31,8 @@ pub const fn is_prime(n: u32) -> bool {
         return false;
     }
     let mut d = 2;
-    while d * d <= n {
+    // `d <= n / d`, not `d * d <= n`: the square overflows near u32::MAX.
+    while d <= n / d {
         if n.is_multiple_of(d) {
             return false;
         }

@@ -30,14 +30,23 @@ fn primes_by_trial_division() {
     let naive = |n: u32| {
         n >= 2
             && (2..n)
-                .take_while(|d| d * d <= n)
+                .take_while(|&d| (d as u64) * (d as u64) <= n as u64)
                 .all(|d| !n.is_multiple_of(d))
     };
     for n in 0..5000 {
         assert_eq!(is_prime(n), naive(n), "{n}");
     }
-    // Not above 65535^2: there `d * d` overflows in is_prime (to be fixed there).
-    for n in [65_521, 65_536, 65_537, 65_539, 1_000_003, 4_294_836_223] {
+    // Up to u32::MAX: a square of the divisor near there does not fit in u32.
+    for n in [
+        65_521,
+        65_536,
+        65_537,
+        65_539,
+        1_000_003,
+        4_294_836_223,
+        4_294_967_291,
+        u32::MAX,
+    ] {
         assert_eq!(is_prime(n), naive(n), "{n}");
     }
     assert!(is_prime(DEFAULT_TABLE) && is_prime(MAX_TABLE));
