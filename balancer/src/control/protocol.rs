@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::health::Health;
+pub use crate::kernel::Via;
 use crate::model::{AdminState, Algorithm, Mode, NoBackend, Op};
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -223,16 +224,6 @@ pub struct Whereis {
     /// `None` when the service has no usable backend.
     pub backend: Option<SocketAddr>,
     pub via: Via,
-}
-
-/// Which of the kernel's structures decided.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Via {
-    /// The dialog's affinity entry (fresh, backend sticky).
-    Affinity,
-    /// The service's Maglev table.
-    Table,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]

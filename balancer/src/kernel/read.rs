@@ -12,7 +12,17 @@ use balancer_common::maps::{
 };
 
 use super::Dataplane;
-pub use crate::control::protocol::Via;
+use serde::{Deserialize, Serialize};
+
+/// Which of the kernel's structures decided.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Via {
+    /// The dialog's affinity entry (fresh, backend sticky).
+    Affinity,
+    /// The service's Maglev table.
+    Table,
+}
 
 impl Dataplane {
     /// Where the kernel sends a key hash now: the dialog's affinity entry while
