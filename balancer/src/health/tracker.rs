@@ -175,6 +175,64 @@ mod tests {
     use crate::health::config::params;
     use crate::health::{CodeMatch, HealthConfig};
 
+    /// The names the log and `backend list` show are the JSON values.
+    #[test]
+    fn health_names_are_their_json() {
+        for h in [Health::Up, Health::Trying, Health::Down] {
+            assert_eq!(serde_json::to_value(h).unwrap(), h.name());
+        }
+        assert_eq!(Health::Trying.name(), "trying");
+    }
+
+    #[test]
+    fn round_trip_times_keep_last_max_and_mean() {
+        let mut r = Rtt::default();
+        assert_eq!(r.avg(), None);
+        for ms in [2, 6, 1] {
+            r.add(Duration::from_millis(ms));
+        }
+        assert_eq!(r.last, Some(Duration::from_millis(1)));
+        assert_eq!(r.max, Duration::from_millis(6));
+        assert_eq!(r.avg(), Some(Duration::from_millis(3)));
+    }
+
+    /// Every probe is counted, every failure too, and the reason says what
+    /// happened, with the round trip in milliseconds.
+    #[test]
+    fn counts_and_reasons() {
+        let p = params(2, 2);
+        let mut t = Tracker::default();
+        let slow = Outcome::Reply {
+            code: 200,
+            rtt: Duration::from_micros(2500),
+        };
+        assert_eq!(slow.to_string(), "answered 200 in 2.5 ms");
+        t.record(&p, &slow);
+        let tr = t.record(&p, &Outcome::Timeout).unwrap();
+        assert_eq!(tr.reason, "probe failed: no answer within the timeout");
+        let tr = t.record(&p, &Outcome::Error("no route".into())).unwrap();
+        assert_eq!(
+            tr.reason,
+            "2 failures in a row, last: probe not sent: no route"
+        );
+        t.record(&p, &slow);
+        let tr = t.record(&p, &slow).unwrap();
+        assert_eq!(
+            (tr.from, tr.to, tr.reason.as_str()),
+            (
+                Health::Down,
+                Health::Up,
+                "2 successes in a row, last: answered 200 in 2.5 ms"
+            )
+        );
+        assert_eq!((t.probes, t.failures), (5, 2));
+        // From trying, one success is enough, and says so.
+        t.record(&p, &Outcome::Timeout);
+        let tr = t.record(&p, &slow).unwrap();
+        assert_eq!(tr.reason, "probe succeeded: answered 200 in 2.5 ms");
+        assert_eq!((t.probes, t.failures), (7, 3));
+    }
+
     fn ok() -> Outcome {
         Outcome::Reply {
             code: 200,

@@ -312,6 +312,7 @@ mod tests {
         let p = plan(&config(&[(VIP, &B)]), &HashSet::new(), &Holdings::default()).unwrap();
         let s = &p.services[&addr(VIP)];
         assert!(s.write && s.fresh);
+        assert_eq!(p.writes(), 1);
         assert_eq!(s.entry.id, 0);
         assert_eq!(s.entry.active, 0);
         assert_eq!(p.new_slots, vec![0, 1, 2]);
@@ -426,6 +427,24 @@ mod tests {
         let e = p.services[&addr(VIP)].entry;
         assert_eq!(e.flags, SERVICE_AFFINITY);
         assert_eq!(e.affinity_idle as u64, AFFINITY_IDLE.as_secs());
+    }
+
+    /// Replies teach affinity only when the service keeps affinity and its key
+    /// is one the other party's answers carry too.
+    #[test]
+    fn learning_needs_affinity_and_a_key_answers_carry() {
+        let learn = |affinity: bool, alg: crate::model::Algorithm| {
+            let mut c = config(&[(VIP, &B[..1])]);
+            c.services[0].affinity = affinity;
+            c.services[0].algorithm = alg;
+            let p = plan(&c, &HashSet::new(), &Holdings::default()).unwrap();
+            p.reverse[&Endpoint::from(addr(B[0]))].learn
+        };
+        use crate::model::Algorithm::{CallId, RequestUri};
+        assert_eq!(learn(true, CallId), 1);
+        assert_eq!(learn(false, CallId), 0);
+        assert_eq!(learn(true, RequestUri), 0);
+        assert_eq!(learn(false, RequestUri), 0);
     }
 
     #[test]
