@@ -114,6 +114,24 @@ fn empty_line_at_every_alignment() {
     }
 }
 
+/// The start line is never a header, not even after leading CR/LF and in a
+/// datagram that ends inside a line: the scan is over at the datagram's end,
+/// it does not go on into the zeros after it and round to the first word.
+#[test]
+fn start_line_is_never_a_header_however_the_datagram_ends() {
+    for start in [
+        "\r\ni: start-line",
+        "\n\nCall-ID: start-line",
+        "\r\n\r\nI:x",
+    ] {
+        for pad in PADS {
+            let m = format!("{start}\r\nX: {}", "a".repeat(pad));
+            assert_eq!(call_id(m.as_bytes()), None, "{m:?}");
+            assert_eq!(oracle::call_id(m.as_bytes()), None, "{m:?}");
+        }
+    }
+}
+
 /// Values of every length from every alignment, with whitespace inside, trailing
 /// whitespace and folds: the value burst stops at whitespace only to look at it.
 #[test]
