@@ -695,6 +695,39 @@ mod tests {
         }
     }
 
+    /// The scan at the first step that begins in `state`.
+    fn scan_until(buf: &ScanBuf, len: u32, state: u32) -> HeaderScan {
+        let mut s = HeaderScan::new(Header::CALL_ID, len, true);
+        while s.state != state {
+            assert!(!s.advance(buf), "done before reaching state {state}");
+        }
+        s
+    }
+
+    /// The verifier unrolls one burst per `bpf_loop` step, so a step passes at
+    /// most `SKIP_BURST` words; where they can all be passed it passes exactly
+    /// that many and feeds none (`bursts_pass_ordinary_headers_and_long_values`
+    /// in tests/callid_words.rs shows the bursts are taken at all).
+    #[test]
+    fn a_step_passes_one_burst() {
+        let mut m = b"INVITE x SIP/2.0\r\nX: ".to_vec();
+        m.resize(1000, b'a');
+        m.extend_from_slice(b"\r\nCall-ID: ");
+        m.resize(2000, b'b');
+        m.extend_from_slice(b"\r\n\r\n");
+        let mut buf = ScanBuf::zeroed();
+        let (len, _) = buf.fill(&m);
+        for state in [S_SKIP, S_VALUE] {
+            let mut s = scan_until(&buf, len, state);
+            let w = s.next;
+            assert!(!s.advance(&buf));
+            assert_eq!((s.state, s.next), (state, w + SKIP_BURST as u32));
+            if state == S_VALUE {
+                assert_eq!(s.end, 8 * s.next);
+            }
+        }
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(3000))]
         #[test]
