@@ -63,6 +63,8 @@ const CALL_ID_CASES: &[(&[&str], Option<&str>)] = &[
     ),
     (&["Call-ID:  ", "i:\t", "Call-ID: v17"], Some("v17")),
     (&["X: y", "  Call-ID: continued", "i: v18"], Some("v18")),
+    // A line that begins with a CR not followed by LF is no end of the headers.
+    (&["\rX: y", "Call-ID: v19"], Some("v19")),
     // No Call-ID in the headers: the body's does not count.
     (&["Cab: x"], None),
     (&["Call-ID:"], None),
