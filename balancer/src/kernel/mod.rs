@@ -169,13 +169,7 @@ impl Dataplane {
         for slot in 0..MAX_BACKENDS {
             let b = backends.get(&slot, 0)?;
             if b.family != 0 {
-                let e = Endpoint {
-                    addr: b.addr,
-                    port: b.port,
-                    family: b.family,
-                    proto: 0,
-                };
-                slots.insert(SocketAddr::from(e), slot);
+                slots.insert(backend_addr(&b), slot);
                 vals.insert(slot, b);
             }
         }
@@ -268,6 +262,16 @@ pub fn remove_pins(dir: &Path) -> Result<()> {
         std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
     }
     Ok(())
+}
+
+/// The address a backend slot holds.
+fn backend_addr(b: &Backend) -> SocketAddr {
+    SocketAddr::from(Endpoint {
+        addr: b.addr,
+        port: b.port,
+        family: b.family,
+        proto: 0,
+    })
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.

@@ -11,7 +11,7 @@ use balancer_common::maps::{
     NO_BACKEND, SERVICE_AFFINITY,
 };
 
-use super::Dataplane;
+use super::{backend_addr, Dataplane};
 use serde::{Deserialize, Serialize};
 
 /// Which of the kernel's structures decided.
@@ -33,14 +33,6 @@ impl Dataplane {
             .get(&Endpoint::from(vip), 0)
             .map_err(|_| anyhow!("the kernel has no service {vip}"))?;
         let backends: Array<&MapData, Backend> = self.map_ref(names::BACKENDS)?;
-        let addr = |b: Backend| {
-            SocketAddr::from(Endpoint {
-                addr: b.addr,
-                port: b.port,
-                family: b.family,
-                proto: 0,
-            })
-        };
         if s.flags & SERVICE_AFFINITY != 0 {
             let aff: BpfHashMap<&MapData, AffinityKey, Affinity> = self.map_ref(names::AFFINITY)?;
             if let Ok(e) = aff.get(
@@ -52,7 +44,7 @@ impl Dataplane {
             ) {
                 let b = backends.get(&e.slot, 0)?;
                 if e.is_fresh(monotonic_ns(), s.affinity_idle) && b.flags & BACKEND_STICKY != 0 {
-                    return Ok((Some(addr(b)), Via::Affinity));
+                    return Ok((Some(backend_addr(&b)), Via::Affinity));
                 }
             }
         }
@@ -62,7 +54,7 @@ impl Dataplane {
         if slot == NO_BACKEND {
             return Ok((None, Via::Table));
         }
-        Ok((Some(addr(backends.get(&slot, 0)?)), Via::Table))
+        Ok((Some(backend_addr(&backends.get(&slot, 0)?)), Via::Table))
     }
 
     /// Verdict counters summed over CPUs, by name.
