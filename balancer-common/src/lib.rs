@@ -11,6 +11,7 @@ pub mod callid;
 pub mod csum;
 pub mod hash;
 pub mod keys;
+pub mod limits;
 pub mod maglev;
 pub mod maps;
 pub mod sip;

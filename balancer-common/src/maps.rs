@@ -104,6 +104,17 @@ pub struct Service {
     pub flags: u32,
     /// Dialog affinity: entries idle longer than this many seconds are ignored.
     pub affinity_idle: u32,
+    /// Per source (`RateKey`): datagrams per second and burst; rate 0: no limit.
+    pub rate: u32,
+    pub burst: u32,
+    /// Per source: new dialogs (affinity entries) per second and burst; rate 0: no limit.
+    pub dialog_rate: u32,
+    pub dialog_burst: u32,
+    /// A source over either limit is dropped for this many seconds (0: only
+    /// what is over the limit is dropped).
+    pub block_s: u32,
+    /// Largest UDP payload accepted, bytes (0: any).
+    pub max_size: u32,
 }
 
 /// `Service::flags`: with no usable backend, pass datagrams to the local stack
@@ -111,6 +122,10 @@ pub struct Service {
 pub const SERVICE_PASS_NO_BACKEND: u32 = 1;
 /// `Service::flags`: dialog affinity on.
 pub const SERVICE_AFFINITY: u32 = 2;
+/// `Service::flags`: only sources in the service's allow-list (`ALLOWED`) are served.
+pub const SERVICE_ALLOW_LIST: u32 = 4;
+/// `Service::flags`: requests whose User-Agent begins with a `SCANNERS` entry are dropped.
+pub const SERVICE_SCANNERS: u32 = 8;
 
 /// A backend slot. `family == 0` marks an empty slot.
 #[repr(C, align(4))]
@@ -209,6 +224,90 @@ pub const FRAG_KEEP: u32 = 3;
 /// `ipfrag_time` default is 30).
 pub const FRAG_TIMEOUT_S: u64 = 30;
 
+/// A source address the balancer knows (a backend's, a VIP, one of this host's):
+/// the key of `GUARD`.
+#[repr(C, align(4))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct SourceAddr {
+    pub addr: [u8; 16],
+    pub family: u32,
+}
+
+/// Strict reverse path: datagrams from a `GUARD` address are accepted only on
+/// `ifindex`, the interface the route to that address uses; 0 (a VIP, an
+/// address of this host) means never from the outside.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Guard {
+    pub ifindex: u32,
+}
+
+/// The data of an LPM trie key for the block list (`BLOCKED`): family, then the
+/// address. The prefix length counts the family's 32 bits too.
+#[repr(C, align(4))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct Cidr {
+    pub family: u32,
+    pub addr: [u8; 16],
+}
+
+/// Bits of a [`Cidr`] key before the address.
+pub const CIDR_FAMILY_BITS: u32 = 32;
+
+/// A block-list entry: dropped until `until` (the kernel's monotonic clock, ns;
+/// 0: until removed).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Block {
+    pub until: u64,
+}
+
+/// The data of an LPM trie key for a service's allow-list (`ALLOWED`): the
+/// service id, family, address. The prefix length counts 64 bits before the address.
+#[repr(C, align(4))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct AllowCidr {
+    pub service: u32,
+    pub family: u32,
+    pub addr: [u8; 16],
+}
+
+/// Bits of an [`AllowCidr`] key before the address.
+pub const ALLOW_PREFIX_BITS: u32 = 64;
+
+/// Per-source rate state key: the service and the source, IPv4 whole (/32),
+/// IPv6 by its /64 (one subscriber's prefix).
+#[repr(C, align(4))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct RateKey {
+    pub addr: [u8; 16],
+    pub family: u32,
+    pub service: u32,
+}
+
+/// User-Agent prefixes a service with `SERVICE_SCANNERS` drops (`SCANNERS`
+/// array, lower case; `len == 0` ends the list).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct UaPattern {
+    pub len: u32,
+    pub bytes: [u8; UA_PATTERN_MAX],
+}
+
+/// Longest User-Agent prefix in `SCANNERS`.
+pub const UA_PATTERN_MAX: usize = 28;
+/// Entries of `SCANNERS`.
+pub const MAX_UA_PATTERNS: u32 = 16;
+/// Capacity of the per-source rate map (least recently seen sources evicted:
+/// an evicted source starts again with a full bucket).
+pub const RATE_ENTRIES: u32 = 262_144;
+/// Capacity of the block-list and allow-list tries.
+pub const BLOCK_ENTRIES: u32 = 16_384;
+pub const ALLOW_ENTRIES: u32 = 16_384;
+/// Capacity of `LEARNED`, the affinity entries backends teach (a map of their
+/// own: client traffic cannot evict them).
+pub const LEARNED_ENTRIES: u32 = 65_536;
+
 /// Default capacity of the affinity map (live dialogs over all services).
 pub const AFFINITY_ENTRIES: u32 = 262_144;
 
@@ -256,6 +355,12 @@ pub mod names {
     pub const RR: &str = "RR";
     pub const SCRATCH: &str = "SCRATCH";
     pub const TRIVIAL: &str = "TRIVIAL";
+    pub const GUARD: &str = "GUARD";
+    pub const BLOCKED: &str = "BLOCKED";
+    pub const ALLOWED: &str = "ALLOWED";
+    pub const RATES: &str = "RATES";
+    pub const LEARNED: &str = "LEARNED";
+    pub const SCANNERS: &str = "SCANNERS";
     /// aya-log's ring buffer: the program's log records (`balancer::kernel::program_log`).
     pub const AYA_LOGS: &str = "AYA_LOGS";
 
@@ -277,6 +382,12 @@ pub mod names {
         SCRATCH,
         TRIVIAL,
         AYA_LOGS,
+        GUARD,
+        BLOCKED,
+        ALLOWED,
+        RATES,
+        LEARNED,
+        SCANNERS,
     ];
 }
 
@@ -336,7 +447,26 @@ pub mod reason {
     /// A later IP fragment with no (or a stale) first-fragment decision: passed
     /// to the kernel untouched.
     pub const FRAGMENT_MISS: u32 = 24;
-    pub const COUNT: u32 = 25;
+    /// The source is a backend, a VIP or an address of this host, and the
+    /// datagram came in on an interface the route to it does not use: dropped.
+    pub const SPOOFED: u32 = 25;
+    /// The source is in the block list (or blocked for going over a limit): dropped.
+    pub const BLOCKED: u32 = 26;
+    /// The service has an allow-list and the source is not in it: dropped.
+    pub const NOT_ALLOWED: u32 = 27;
+    /// The source sent more datagrams than the service's per-source rate: dropped.
+    pub const RATE_LIMITED: u32 = 28;
+    /// The source started more dialogs than the service's per-source rate: dropped.
+    pub const DIALOG_LIMITED: u32 = 29;
+    /// A source went over a limit and is now blocked for the service's block time.
+    pub const AUTO_BLOCKED: u32 = 30;
+    /// Larger than the service's maximum datagram size: dropped.
+    pub const TOO_BIG: u32 = 31;
+    /// A request from a known scanner's User-Agent: dropped.
+    pub const SCANNER: u32 = 32;
+    /// IPv6 UDP with a zero checksum (not allowed, RFC 8200): dropped.
+    pub const ZERO_CHECKSUM: u32 = 33;
+    pub const COUNT: u32 = 34;
 
     pub const NAMES: [&str; COUNT as usize] = [
         "pass_not_ip",
@@ -364,6 +494,15 @@ pub mod reason {
         "affinity_replaced",
         "affinity_learned",
         "fragment_miss",
+        "spoofed",
+        "blocked",
+        "not_allowed",
+        "rate_limited",
+        "dialog_limited",
+        "auto_blocked",
+        "too_big",
+        "scanner",
+        "zero_checksum",
     ];
 }
 
@@ -394,6 +533,14 @@ aya_pod!(
     FragEntry,
     Traffic,
     TrivialTarget,
+    SourceAddr,
+    Guard,
+    Cidr,
+    Block,
+    AllowCidr,
+    RateKey,
+    UaPattern,
+    crate::limits::Bucket,
 );
 
 #[cfg(test)]

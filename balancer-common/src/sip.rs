@@ -13,3 +13,51 @@ pub const fn lower(b: u8) -> u8 {
         b
     }
 }
+
+/// Whether a request begins a dialog (or a subscription) and so may create
+/// dialog-affinity state: INVITE, SUBSCRIBE, REFER. Everything else (in-dialog
+/// requests, OPTIONS, REGISTER, keepalives, responses) only follows state that
+/// exists. `start` is the payload's first bytes (fewer when it is shorter);
+/// methods are case-sensitive (RFC 3261, 7.1).
+#[inline(always)]
+pub fn starts_dialog(start: &[u8; 10]) -> bool {
+    start[..7] == *b"INVITE " || start[..6] == *b"REFER " || start[..] == *b"SUBSCRIBE "
+}
+
+#[cfg(test)]
+mod tests {
+    use super::starts_dialog;
+
+    fn first10(s: &[u8]) -> [u8; 10] {
+        let mut a = [0u8; 10];
+        let n = s.len().min(10);
+        a[..n].copy_from_slice(&s[..n]);
+        a
+    }
+
+    #[test]
+    fn dialog_starting_methods() {
+        for m in [
+            "INVITE sip:a@b SIP/2.0",
+            "SUBSCRIBE sip:a@b SIP/2.0",
+            "REFER sip:x SIP/2.0",
+        ] {
+            assert!(starts_dialog(&first10(m.as_bytes())), "{m}");
+        }
+        for m in [
+            "OPTIONS sip:a@b SIP/2.0",
+            "REGISTER sip:b SIP/2.0",
+            "ACK sip:a@b SIP/2.0",
+            "BYE sip:a@b SIP/2.0",
+            "SIP/2.0 200 OK",
+            "\r\n\r\n",
+            "",
+            "invite sip:a@b SIP/2.0",
+            "INVITEX sip:a SIP/2.0",
+            "SUBSCRIBED",
+            "REFERENCE",
+        ] {
+            assert!(!starts_dialog(&first10(m.as_bytes())), "{m}");
+        }
+    }
+}
