@@ -18,6 +18,9 @@ pub const VIP: &str = "10.0.0.10";
 pub const CLIENT: &str = "10.0.1.2";
 pub const LB_CLIENT_SIDE: &str = "10.0.1.1";
 pub const LB_BACKEND_SIDE: &str = "10.0.2.1";
+/// The attacker of [`Bed::add_attacker`], on a client-facing network of its own.
+pub const ATTACKER: &str = "10.0.3.2";
+pub const LB_ATTACKER_SIDE: &str = "10.0.3.1";
 
 pub fn backend_ip(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 0, 2, 11 + i as u8)
@@ -189,6 +192,100 @@ impl Bed {
         bed
     }
 
+    /// An attacker: namespace `atk` (address 10.0.3.2, interface `a0`) behind a
+    /// second client-facing interface of the balancer host, `l2` (10.0.3.1), on
+    /// a network of its own. A daemon that is to see its traffic attaches to `l2`
+    /// too (`interfaces = ["l0", "l2"]`). It sends like a wire host and the
+    /// balancer's side runs NAPI, as on the client's link.
+    pub fn add_attacker(&self) {
+        let (atk, lb) = (self.ns("atk"), self.ns("lb"));
+        sh(&format!("ip netns add {atk} && ip -n {atk} link set lo up"));
+        sh(&format!(
+            "ip link add a0 netns {atk} type veth peer name l2 netns {lb}"
+        ));
+        sh(&format!(
+            "ip -n {atk} addr add {ATTACKER}/24 dev a0 && ip -n {atk} link set a0 up && ip -n {atk} route add default via {LB_ATTACKER_SIDE}"
+        ));
+        sh(&format!(
+            "ip -n {lb} addr add {LB_ATTACKER_SIDE}/24 dev l2 && ip -n {lb} link set l2 up"
+        ));
+        sh(&format!(
+            "ip netns exec {atk} ethtool -K a0 tx off gro on >/dev/null"
+        ));
+        sh(&format!(
+            "ip netns exec {lb} ethtool -K l2 gro on >/dev/null && ip netns exec {lb} sh -c 'echo 1 > /sys/class/net/l2/threaded'"
+        ));
+    }
+
+    /// A one-armed balancer host: client, balancer and backends on one switch,
+    /// the balancer attached by its one interface `l0`. The client (10.0.1.2)
+    /// and the backends (10.0.2.11, ...) are on two subnets of that one link,
+    /// both routed through the balancer host (10.0.1.1 and 10.0.2.1 on `l0`), so
+    /// that backends' replies to clients pass it (on a single subnet they would
+    /// go to the client directly and never be reverse-NATed). Datagrams leave by
+    /// the interface they came in on (`XDP_TX`); the host sends no ICMP
+    /// redirects, which a router on a stick otherwise would.
+    pub fn one_armed(prefix: &str, backends: usize) -> Bed {
+        assert!(backends <= MAX_BACKENDS, "at most {MAX_BACKENDS} backends");
+        let bed = Bed {
+            prefix: prefix.to_string(),
+        };
+        bed.cleanup();
+        let (cli, lb, sw) = (bed.ns("cli"), bed.ns("lb"), bed.ns("sw"));
+        for n in [&cli, &lb, &sw] {
+            sh(&format!("ip netns add {n} && ip -n {n} link set lo up"));
+        }
+        sh(&format!(
+            "ip -n {sw} link add br0 type bridge && ip -n {sw} link set br0 up"
+        ));
+        sh(&format!(
+            "ip link add l0 netns {lb} type veth peer name s0 netns {sw}"
+        ));
+        sh(&format!(
+            "ip link add c0 netns {cli} type veth peer name sc netns {sw}"
+        ));
+        sh(&format!(
+            "ip -n {sw} link set s0 master br0 up && ip -n {sw} link set sc master br0 up"
+        ));
+        sh(&format!(
+            "ip -n {cli} addr add {CLIENT}/24 dev c0 && ip -n {cli} link set c0 up && ip -n {cli} route add default via {LB_CLIENT_SIDE}"
+        ));
+        sh(&format!(
+            "ip -n {lb} addr add {LB_CLIENT_SIDE}/24 dev l0 && ip -n {lb} addr add {LB_BACKEND_SIDE}/24 dev l0 && ip -n {lb} link set l0 up"
+        ));
+        sh(&format!(
+            "ip netns exec {lb} sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.send_redirects=0 net.ipv4.conf.l0.send_redirects=0"
+        ));
+        for i in 0..backends {
+            let b = bed.backend_ns(i);
+            sh(&format!("ip netns add {b} && ip -n {b} link set lo up"));
+            sh(&format!(
+                "ip link add e0 netns {b} type veth peer name s{} netns {sw}",
+                i + 1
+            ));
+            sh(&format!("ip -n {sw} link set s{} master br0 up", i + 1));
+            sh(&format!(
+                "ip -n {b} addr add {}/24 dev e0 && ip -n {b} link set e0 up && ip -n {b} route add default via {LB_BACKEND_SIDE}",
+                backend_ip(i)
+            ));
+            sh(&format!(
+                "ip netns exec {b} ethtool -K e0 tx off gro on >/dev/null"
+            ));
+        }
+        sh(&format!(
+            "ip netns exec {cli} ethtool -K c0 tx off gro on >/dev/null"
+        ));
+        // Frames the balancer sends back out of `l0` (XDP_TX) land on the
+        // switch port `s0`; a veth wakes its peer for them only when the peer
+        // has an XDP program of its own (GRO alone does for redirects, not for
+        // XDP_TX), so `s0` gets one that passes everything.
+        xdp_pass(&sw, "s0");
+        sh(&format!(
+            "ip netns exec {lb} ethtool -K l0 gro on >/dev/null && ip netns exec {lb} sh -c 'echo 1 > /sys/class/net/l0/threaded'"
+        ));
+        bed
+    }
+
     /// The `balancer attach` arguments for this bed: client side `l0`, the VIP on
     /// port 5060, `mode`, `instance`, and the backends (`IP:PORT[,weight=N]`).
     pub fn attach_args(mode: &str, instance: &str, backends: &[String]) -> Vec<String> {
@@ -277,7 +374,7 @@ impl Bed {
         // Instances in tests are named like their bed.
         let _ = std::fs::remove_file(config_path(&self.prefix));
         let _ = std::fs::remove_dir_all(format!("/sys/fs/bpf/balancer/{}", self.prefix));
-        let mut names = vec![self.ns("cli"), self.ns("lb"), self.ns("sw")];
+        let mut names = vec![self.ns("cli"), self.ns("lb"), self.ns("sw"), self.ns("atk")];
         for i in 0..MAX_BACKENDS {
             names.push(self.backend_ns(i));
         }
@@ -294,4 +391,52 @@ impl Drop for Bed {
     fn drop(&mut self) {
         self.cleanup();
     }
+}
+
+/// Attaches an XDP program that passes every frame (`r0 = XDP_PASS; exit`) to
+/// `dev` in namespace `ns`, in native mode. Loaded with the bpf syscall, pinned
+/// for as long as `ip` takes to attach it (netlink: the attachment then lives
+/// with the device, which goes with the namespace), then unpinned.
+fn xdp_pass(ns: &str, dev: &str) {
+    const BPF_PROG_LOAD: libc::c_long = 5;
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    const BPF_PROG_TYPE_XDP: u32 = 6;
+    const XDP_PASS: i32 = 2;
+    // mov64 r0, XDP_PASS; exit
+    let mut insns = [0u8; 16];
+    insns[0] = 0xb7;
+    insns[4..8].copy_from_slice(&XDP_PASS.to_ne_bytes());
+    insns[8] = 0x95;
+    let license = b"GPL\0";
+    let mut attr = [0u8; 128];
+    attr[0..4].copy_from_slice(&BPF_PROG_TYPE_XDP.to_ne_bytes());
+    attr[4..8].copy_from_slice(&2u32.to_ne_bytes());
+    attr[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
+    attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
+    attr[48..52].copy_from_slice(b"pass");
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_LOAD, attr.as_ptr(), attr.len()) };
+    assert!(
+        fd >= 0,
+        "loading an XDP pass program: {}",
+        std::io::Error::last_os_error()
+    );
+    let pin = format!("/sys/fs/bpf/balancer-test-pass-{ns}-{dev}\0");
+    let mut attr = [0u8; 128];
+    attr[0..8].copy_from_slice(&(pin.as_ptr() as u64).to_ne_bytes());
+    attr[8..12].copy_from_slice(&(fd as u32).to_ne_bytes());
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_PIN, attr.as_ptr(), attr.len()) };
+    let pinned = std::io::Error::last_os_error();
+    unsafe { libc::close(fd as i32) };
+    assert_eq!(rc, 0, "pinning the XDP pass program at {pin}: {pinned}");
+    let pin = pin.trim_end_matches('\0');
+    // `nsenter`, not `ip -n`: the latter remounts /sys, which hides bpffs.
+    let attached = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{ns}"))
+        .args(["ip", "link", "set", "dev", dev, "xdpdrv", "pinned", pin])
+        .status();
+    let _ = std::fs::remove_file(pin);
+    assert!(
+        attached.is_ok_and(|s| s.success()),
+        "attaching the XDP pass program to {dev} in {ns}"
+    );
 }

@@ -6,6 +6,8 @@
 //! - [`bed`]: the netns test bed (client, balancer host, switch, backends);
 //! - [`binomial`]: how far a hash's spread may stray from the weights;
 //! - [`daemon`]: the balancer binary run in the bed, and its CLI;
+//! - [`forge`]: forged frames with any source address, captures, and
+//!   packet-filter counters, for the hostile-network tests;
 //! - [`peers`], [`kamailio`], [`sipp`]: SIP peers, from minimal UDP ones to real
 //!   servers and callers (the sipp scenarios are in `sipp/` beside this crate);
 //! - [`netns`], [`packet`], [`sip`], [`xdp`]: the kernel fixtures' namespace,
@@ -15,6 +17,7 @@
 pub mod bed;
 pub mod binomial;
 pub mod daemon;
+pub mod forge;
 pub mod kamailio;
 pub mod netns;
 pub mod packet;

@@ -30,6 +30,7 @@ pub fn naive_call_id(msg: &[u8]) -> Option<String> {
 
 pub struct Uas {
     pub seen: Arc<Mutex<HashMap<String, u32>>>,
+    sock: UdpSocket,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -53,7 +54,7 @@ impl Uas {
             big_rcvbuf(&sock);
             sock.set_read_timeout(Some(Duration::from_millis(100)))
                 .unwrap();
-            ready_tx.send(()).unwrap();
+            ready_tx.send(sock.try_clone().unwrap()).unwrap();
             let mut buf = [0u8; 65536];
             while !st2.load(Ordering::Relaxed) {
                 let Ok((n, from)) = sock.recv_from(&mut buf) else {
@@ -64,6 +65,11 @@ impl Uas {
                 };
                 *s2.lock().unwrap().entry(id.clone()).or_insert(0) += 1;
                 let msg = String::from_utf8_lossy(&buf[..n]);
+                // Answering a response would start an endless exchange with
+                // another UAS, should a request come with its address forged.
+                if msg.starts_with("SIP/2.0 ") {
+                    continue;
+                }
                 let cseq = msg
                     .lines()
                     .find_map(|l| l.strip_prefix("CSeq: "))
@@ -76,14 +82,28 @@ impl Uas {
                 let _ = sock.send_to(reply.as_bytes(), from);
             }
         });
-        ready_rx
+        let sock = ready_rx
             .recv_timeout(Duration::from_secs(5))
             .expect("UAS ready");
         Uas {
             seen,
+            sock,
             stop,
             thread: Some(thread),
         }
+    }
+}
+
+impl Uas {
+    /// Sends from the UAS's own socket (its address and port), as a backend
+    /// starting a dialog does.
+    pub fn send_to(&self, msg: &[u8], to: SocketAddr) {
+        self.sock.send_to(msg, to).expect("send from the UAS");
+    }
+
+    /// How many datagrams with this Call-ID arrived.
+    pub fn count(&self, call_id: &str) -> u32 {
+        self.seen.lock().unwrap().get(call_id).copied().unwrap_or(0)
     }
 }
 

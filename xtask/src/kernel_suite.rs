@@ -5,6 +5,9 @@
 //!   output bytes and counters, and the verifier's headroom;
 //! - the netns end-to-end tests: `balancer attach` with real XDP on veth,
 //!   forwarding SIP by Call-ID, DSR and fragments;
+//! - the cheap hostile-network tests: forged backend addresses towards the
+//!   VIP and towards a client (the strict reverse-path check), and a one-armed
+//!   host whose backends' real replies must still pass it;
 //! - the hitless restart: pinned maps adopted, the program replaced on its
 //!   link with `bpf_link_update`, by SIGTERM, SIGKILL and after a configuration
 //!   change, every dialog answered once by the backend the table names.
@@ -27,6 +30,17 @@ const SUPPORTED: &[Step] = &[
     ),
     ("kernel fixtures", "kernel_fixtures", &["--test-threads=2"]),
     ("netns end-to-end", "netns_e2e", &["--test-threads=1"]),
+    (
+        "hostile network",
+        "hostile_network",
+        &[
+            "--test-threads=1",
+            "--exact",
+            "invites_to_the_vip_with_a_backends_address_reach_no_backend",
+            "a_backends_address_towards_a_client_is_neither_reflected_nor_learned",
+            "a_one_armed_balancer_reverse_nats_real_backend_replies",
+        ],
+    ),
     (
         "hitless restart",
         "control_plane",
