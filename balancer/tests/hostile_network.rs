@@ -237,6 +237,9 @@ fn attacked(tag: &str, n: usize, serving: usize, extra: &str) -> (Bed, Vec<Uas>,
 /// INVITE that claims to come from one is an INVITE for free. 60 of them from
 /// the attacker's network to the VIP, each with a backend's address: none may
 /// reach a backend, all are counted `spoofed`, and the client's calls go on.
+/// (Forwarded, one whose Call-ID the table puts on the very backend it claims
+/// to come from would be dropped by that backend's kernel, a martian source;
+/// the others arrive, and the backend's answer goes to the forged one.)
 #[test]
 fn invites_to_the_vip_with_a_backends_address_reach_no_backend() {
     let (bed, uas, lb) = attacked("ha", 3, 3, "");
@@ -651,6 +654,9 @@ fn mentions(v: &Value, s: &str) -> bool {
     }
 }
 
+/// The block list: a network blocked for 2 s is dropped (counted `blocked`)
+/// and listed, then served again; a permanent entry until `block remove`; an
+/// entry kept in the configuration file and in force after a restart.
 #[test]
 fn the_block_list_drops_a_source_until_it_expires_or_is_removed_and_survives_a_restart() {
     let (bed, uas, mut lb) = attacked("hl", 3, 3, "");
@@ -698,6 +704,9 @@ fn the_block_list_drops_a_source_until_it_expires_or_is_removed_and_survives_a_r
     );
 
     // Kept in the configuration file, like every change: a restart keeps it.
+    // (Another prefix than the expired entry's, which the daemon may or may
+    // not have removed by now.)
+    let net = "10.0.3.0/28";
     lb.cli(&["block", "add", net, "--reason", "persisted"]);
     let saved = std::fs::read_to_string(bed::config_path(&lb.inst)).unwrap();
     assert!(
@@ -723,6 +732,8 @@ fn the_block_list_drops_a_source_until_it_expires_or_is_removed_and_survives_a_r
     assert_eq!(answers.by_call_id.len(), 50, "the client is still served");
 }
 
+/// An allow-list: the service admits the client's network, drops the
+/// attacker's (counted `not_allowed`), and serves its client as before.
 #[test]
 fn an_allow_list_serves_its_clients_and_drops_everyone_else() {
     // The service on the VIP admits the client's network only; a second one,
