@@ -977,7 +977,7 @@ fn a_one_armed_balancer_reverse_nats_real_backend_replies() {
     );
     let r0 = lb.reasons();
     let ids: Vec<String> = (0..CALLS).map(|i| format!("arm-{i}@10.0.1.2")).collect();
-    let answers = peers::run_client(&bed.ns("cli"), vip(), &ids, 2, 200);
+    let answers = peers::run_client(&bed.ns("cli"), vip(), &ids, 2, 32);
     let r1 = lb.reasons();
     let to_table = table(&[0, 1, 2]);
     let misrouted: Vec<(&String, SocketAddr, Reached)> = ids
