@@ -2,14 +2,17 @@
 //! service lookup or reverse NAT, key, backend, rewrite, next hop, out. Every
 //! early exit is counted and passes the frame untouched.
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action, helpers::bpf_ktime_get_coarse_ns, macros::xdp, programs::XdpContext,
+};
 use balancer_common::{
     hash::hash_addr,
     maglev,
     maps::{
-        reason, Endpoint, Reverse, Service, ALG_ROUND_ROBIN, FRAG_DST, FRAG_KEEP, FRAG_SRC,
-        MODE_DSR, NO_BACKEND, SERVICE_AFFINITY, SERVICE_PASS_NO_BACKEND,
+        reason, Endpoint, Reverse, Service, AF_INET6, ALG_ROUND_ROBIN, FRAG_DST, FRAG_KEEP,
+        FRAG_SRC, MODE_DSR, NO_BACKEND, SERVICE_AFFINITY, SERVICE_PASS_NO_BACKEND,
     },
+    sip::starts_dialog,
 };
 
 use crate::{
@@ -19,10 +22,11 @@ use crate::{
     egress::{send, TX_PORTS},
     events,
     fib::{backend_hop, ip_len, next_hop, Hop},
-    fragments,
+    fragments, guard,
     key::key_of,
     maps::{BACKENDS, MAGLEV, REVERSE, SCRATCH, SERVICES, TRIVIAL},
     parse::{join, parse, parse_fragment, Udp},
+    policy,
     rewrite::{rewrite, rewrite_addr, ttl, Side},
 };
 
@@ -49,8 +53,18 @@ fn try_balancer(ctx: &XdpContext) -> Result<u32, u32> {
     // The key search is the bulk of what the verifier checks: one call site for
     // both directions, so it is checked once, not once per direction.
     let svc = if let Some(s) = unsafe { SERVICES.get(&u.dst) } {
-        *s
+        let s = *s;
+        if let Err(r) = screen(ctx, &u, &s) {
+            count(r);
+            return Ok(xdp_action::XDP_DROP);
+        }
+        s
     } else if let Some(r) = unsafe { REVERSE.get(&u.src) } {
+        // Only a backend's own datagrams are reverse-NATed or teach affinity.
+        if !guard::source_ok(ctx, &u) {
+            count(reason::SPOOFED);
+            return Ok(xdp_action::XDP_DROP);
+        }
         // Learning needs the backend's requests only (a dialog it starts begins
         // with one); its responses belong to dialogs already known.
         if r.learn == 0 || is_response(ctx, &u) {
@@ -74,7 +88,8 @@ fn try_balancer(ctx: &XdpContext) -> Result<u32, u32> {
             Some(h) => h,
             None => hash_addr(&u.src.addr, u.family),
         };
-        return dispatch(ctx, &u, s, hash);
+        let starts = key.is_some() && request_starts_dialog(ctx, &u);
+        return dispatch(ctx, &u, s, hash, starts);
     }
     match unsafe { REVERSE.get(&u.src) } {
         Some(r) => {
@@ -82,6 +97,33 @@ fn try_balancer(ctx: &XdpContext) -> Result<u32, u32> {
             reverse(ctx, &u, &r, key)
         }
         None => Err(reason::PASS_NO_SERVICE),
+    }
+}
+
+/// What a datagram to a service must pass before anything is done for it:
+/// the reverse-path check, an IPv6 checksum, the service's source policy and
+/// limits (`policy::admit`). `Err`: drop it, counted under that reason.
+#[inline(always)]
+fn screen(ctx: &XdpContext, u: &Udp, svc: &Service) -> Result<(), u32> {
+    if !guard::source_ok(ctx, u) {
+        return Err(reason::SPOOFED);
+    }
+    if u.family == AF_INET6 && u.first_fragment == 0 {
+        // RFC 8200 8.1: an IPv6 UDP datagram with a zero checksum is discarded.
+        let check = ptr_at::<u16>(ctx, u.l4 + 6).map_err(|_| reason::MALFORMED)?;
+        if unsafe { *check } == 0 {
+            return Err(reason::ZERO_CHECKSUM);
+        }
+    }
+    policy::admit(u, svc, unsafe { bpf_ktime_get_coarse_ns() })
+}
+
+/// Whether the datagram is a request that begins a dialog (its first bytes).
+#[inline(always)]
+fn request_starts_dialog(ctx: &XdpContext, u: &Udp) -> bool {
+    match ptr_at::<[u8; 10]>(ctx, u.l4 + 8) {
+        Ok(p) => starts_dialog(unsafe { &*p }),
+        Err(_) => false,
     }
 }
 
@@ -96,8 +138,17 @@ fn is_response(ctx: &XdpContext, u: &Udp) -> bool {
 
 /// Client -> VIP: pick a backend and send the datagram there.
 #[inline(always)]
-fn dispatch(ctx: &XdpContext, u: &Udp, svc: Service, hash: u32) -> Result<u32, u32> {
-    let slot = pick(&svc, hash)?;
+fn dispatch(ctx: &XdpContext, u: &Udp, svc: Service, hash: u32, starts: bool) -> Result<u32, u32> {
+    let slot = match pick(u, &svc, hash, starts) {
+        Ok(slot) => slot,
+        Err(r)
+            if r == reason::DIALOG_LIMITED || r == reason::AUTO_BLOCKED || r == reason::BLOCKED =>
+        {
+            count(r);
+            return Ok(xdp_action::XDP_DROP);
+        }
+        Err(r) => return Err(r),
+    };
     if slot == NO_BACKEND {
         if svc.flags & SERVICE_PASS_NO_BACKEND != 0 {
             return Err(reason::NO_BACKEND_PASS);
@@ -146,7 +197,7 @@ fn dispatch(ctx: &XdpContext, u: &Udp, svc: Service, hash: u32) -> Result<u32, u
 /// The backend for a key: the Maglev table's, or with dialog affinity the
 /// dialog's own while that backend still takes its traffic.
 #[inline(always)]
-fn pick(svc: &Service, hash: u32) -> Result<u32, u32> {
+fn pick(u: &Udp, svc: &Service, hash: u32, starts: bool) -> Result<u32, u32> {
     let idx = maglev::table_base(svc.id, svc.active) + maglev::index(hash, svc.table_size);
     let Some(&table) = MAGLEV.get(idx) else {
         // Only a service user space got wrong (id, table size) lands outside.
@@ -157,7 +208,7 @@ fn pick(svc: &Service, hash: u32) -> Result<u32, u32> {
     if svc.flags & SERVICE_AFFINITY == 0 || svc.algorithm == ALG_ROUND_ROBIN {
         return Ok(table);
     }
-    Ok(affinity::choose(svc, hash, table))
+    affinity::choose(u, svc, hash, table, starts)
 }
 
 /// A backend's message on its way to a client: learn its dialog (the backend may
