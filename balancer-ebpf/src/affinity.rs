@@ -7,7 +7,7 @@ use balancer_common::maps::{
     LEARNED_ENTRIES, NO_BACKEND,
 };
 
-use crate::{counters::count, events, maps::BACKENDS, parse::Udp, policy};
+use crate::{counters::count, events, maps::BACKENDS, policy};
 
 /// (service, key hash) -> backend for the dialogs clients start, least
 /// recently used entries evicted when full. User space may resize it at load time.
@@ -26,7 +26,7 @@ pub static LEARNED: LruHashMap<AffinityKey, Affinity> =
 /// starts a dialog (`starts`) creates or replaces an entry, and a new one costs
 /// its source a new-dialog token (`Err`: over the limit, drop it).
 #[inline(always)]
-pub fn choose(u: &Udp, svc: &Service, hash: u32, table: u32, starts: bool) -> Result<u32, u32> {
+pub fn choose(svc: &Service, hash: u32, table: u32, starts: bool) -> Result<u32, u32> {
     let key = AffinityKey {
         service: svc.id,
         hash,
@@ -55,7 +55,7 @@ pub fn choose(u: &Udp, svc: &Service, hash: u32, table: u32, starts: bool) -> Re
         }
     }
     if starts && table != NO_BACKEND {
-        policy::new_dialog(u, svc)?;
+        policy::new_dialog(svc)?;
         remember(&AFFINITY, &key, table, now);
         count(reason::AFFINITY_NEW);
     }

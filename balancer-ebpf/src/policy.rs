@@ -10,12 +10,12 @@ use aya_ebpf::{
 use balancer_common::{
     limits::{source_prefix, Bucket, Verdict},
     maps::{
-        reason, AllowCidr, Block, Cidr, RateKey, Service, ALLOW_ENTRIES, ALLOW_PREFIX_BITS,
-        BLOCK_ENTRIES, CIDR_FAMILY_BITS, RATE_ENTRIES, SERVICE_ALLOW_LIST,
+        reason, AllowCidr, Block, Cidr, RateKey, Service, AF_INET, ALLOW_ENTRIES,
+        ALLOW_PREFIX_BITS, BLOCK_ENTRIES, CIDR_FAMILY_BITS, RATE_ENTRIES, SERVICE_ALLOW_LIST,
     },
 };
 
-use crate::{counters::count, parse::Udp};
+use crate::{counters::count, maps::SCRATCH};
 
 /// The block list (every service): prefix -> until when. (aya adds the
 /// `BPF_F_NO_PREALLOC` an LPM trie needs.)
@@ -31,82 +31,103 @@ pub static ALLOWED: LpmTrie<AllowCidr, u32> = LpmTrie::with_max_entries(ALLOW_EN
 #[map]
 pub static RATES: LruHashMap<RateKey, Bucket> = LruHashMap::with_max_entries(RATE_ENTRIES, 0);
 
-/// Admits a datagram to `svc` from `u`'s source, or names the reason it is
-/// dropped. Takes a datagram token.
+/// `admit`'s input (filled by the caller) and its keys, in per-CPU memory:
+/// the main path's stack has no room for them.
+#[repr(C)]
+pub struct Admission {
+    pub service: Service,
+    /// The source (the block list's key data).
+    pub cidr: Key<Cidr>,
+    pub payload_len: u32,
+    /// Non-zero: an IPv6 datagram with a zero UDP checksum.
+    pub zero_check: u32,
+    allow: Key<AllowCidr>,
+    rate: RateKey,
+    fresh: Bucket,
+}
+
+/// Admits a datagram to a service from its source (`Scratch::policy`), or
+/// names the reason it is dropped (0: admitted). Takes a datagram token. A
+/// subprogram of its own: its branches stay out of the caller's verifier
+/// state (it returns 0 or a reason, nothing else the caller goes on with),
+/// and its keys out of the caller's stack.
+#[inline(never)]
+pub fn admit() -> u32 {
+    let Some(s) = SCRATCH.get_ptr_mut(0) else {
+        return reason::MALFORMED;
+    };
+    let p = unsafe { &mut (*s).policy };
+    match check(p) {
+        Ok(()) => 0,
+        Err(r) => r,
+    }
+}
+
 #[inline(always)]
-pub fn admit(u: &Udp, svc: &Service, now: u64) -> Result<(), u32> {
-    if svc.max_size != 0 && u.payload_len > svc.max_size {
+fn check(p: &mut Admission) -> Result<(), u32> {
+    let svc = &p.service;
+    if p.zero_check != 0 {
+        // RFC 8200 8.1: an IPv6 UDP datagram with a zero checksum is discarded.
+        return Err(reason::ZERO_CHECKSUM);
+    }
+    if svc.max_size != 0 && p.payload_len > svc.max_size {
         return Err(reason::TOO_BIG);
     }
-    let bits = if u.family == balancer_common::maps::AF_INET {
+    let bits = if p.cidr.data.family == AF_INET as u32 {
         32
     } else {
         128
     };
-    let block = Key::new(
-        CIDR_FAMILY_BITS + bits,
-        Cidr {
-            family: u.family as u32,
-            addr: u.src.addr,
-        },
-    );
-    if let Some(b) = BLOCKED.get(&block) {
+    p.cidr.prefix_len = CIDR_FAMILY_BITS + bits;
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    if let Some(b) = BLOCKED.get(&p.cidr) {
         if b.until == 0 || now < b.until {
             return Err(reason::BLOCKED);
         }
     }
     if svc.flags & SERVICE_ALLOW_LIST != 0 {
-        let allow = Key::new(
-            ALLOW_PREFIX_BITS + bits,
-            AllowCidr {
-                service: svc.id,
-                family: u.family as u32,
-                addr: u.src.addr,
-            },
-        );
-        if ALLOWED.get(&allow).is_none() {
+        p.allow.prefix_len = ALLOW_PREFIX_BITS + bits;
+        p.allow.data.service = svc.id;
+        p.allow.data.family = p.cidr.data.family;
+        p.allow.data.addr = p.cidr.data.addr;
+        if ALLOWED.get(&p.allow).is_none() {
             return Err(reason::NOT_ALLOWED);
         }
     }
     if svc.rate == 0 && svc.dialog_rate == 0 {
         return Ok(());
     }
-    let key = rate_key(u, svc);
-    match RATES.get_ptr_mut(&key) {
+    p.rate.addr = source_prefix(&p.cidr.data.addr, p.cidr.data.family as u8);
+    p.rate.family = p.cidr.data.family;
+    p.rate.service = svc.id;
+    match RATES.get_ptr_mut(&p.rate) {
         Some(b) => {
             let b = unsafe { &mut *b };
             b.refill(svc, now);
             verdict(b.datagram(svc, now), reason::RATE_LIMITED)
         }
         None => {
-            let mut b = Bucket::fresh(svc, now);
-            let v = b.datagram(svc, now);
-            let _ = RATES.insert(&key, &b, 0);
+            p.fresh = Bucket::fresh(svc, now);
+            let v = p.fresh.datagram(svc, now);
+            let _ = RATES.insert(&p.rate, &p.fresh, 0);
             verdict(v, reason::RATE_LIMITED)
         }
     }
 }
 
-/// Takes a new-dialog token for `u`'s source (its bucket was made by `admit`).
+/// Takes a new-dialog token for the source `admit` last saw (its bucket key
+/// is still in `Scratch::policy`).
 #[inline(always)]
-pub fn new_dialog(u: &Udp, svc: &Service) -> Result<(), u32> {
+pub fn new_dialog(svc: &Service) -> Result<(), u32> {
     if svc.dialog_rate == 0 {
         return Ok(());
     }
+    let s = SCRATCH.get_ptr_mut(0).ok_or(reason::MALFORMED)?;
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    match RATES.get_ptr_mut(&rate_key(u, svc)) {
+    match RATES.get_ptr_mut(unsafe { &(*s).policy.rate }) {
         Some(b) => verdict(unsafe { (*b).dialog(svc, now) }, reason::DIALOG_LIMITED),
         // Evicted since `admit`: a fresh bucket would allow it anyway.
         None => Ok(()),
-    }
-}
-
-#[inline(always)]
-fn rate_key(u: &Udp, svc: &Service) -> RateKey {
-    RateKey {
-        addr: source_prefix(&u.src.addr, u.family),
-        family: u.family as u32,
-        service: svc.id,
     }
 }
 

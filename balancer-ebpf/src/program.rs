@@ -108,14 +108,25 @@ fn screen(ctx: &XdpContext, u: &Udp, svc: &Service) -> Result<(), u32> {
     if !guard::source_ok(ctx, u) {
         return Err(reason::SPOOFED);
     }
-    if u.family == AF_INET6 && u.first_fragment == 0 {
-        // RFC 8200 8.1: an IPv6 UDP datagram with a zero checksum is discarded.
-        let check = ptr_at::<u16>(ctx, u.l4 + 6).map_err(|_| reason::MALFORMED)?;
-        if unsafe { *check } == 0 {
-            return Err(reason::ZERO_CHECKSUM);
-        }
+    let s = SCRATCH.get_ptr_mut(0).ok_or(reason::MALFORMED)?;
+    let zero_check = if u.family == AF_INET6 && u.first_fragment == 0 {
+        let check = ptr_at::<u16>(ctx, u.l4 + 6)?;
+        unsafe { *check == 0 }
+    } else {
+        false
+    };
+    unsafe {
+        let p = &mut (*s).policy;
+        p.service = *svc;
+        p.cidr.data.family = u.family as u32;
+        p.cidr.data.addr = u.src.addr;
+        p.payload_len = u.payload_len;
+        p.zero_check = zero_check as u32;
     }
-    policy::admit(u, svc, unsafe { bpf_ktime_get_coarse_ns() })
+    match policy::admit() {
+        0 => Ok(()),
+        r => Err(r),
+    }
 }
 
 /// Whether the datagram is a request that begins a dialog (its first bytes).
@@ -139,7 +150,7 @@ fn is_response(ctx: &XdpContext, u: &Udp) -> bool {
 /// Client -> VIP: pick a backend and send the datagram there.
 #[inline(always)]
 fn dispatch(ctx: &XdpContext, u: &Udp, svc: Service, hash: u32, starts: bool) -> Result<u32, u32> {
-    let slot = match pick(u, &svc, hash, starts) {
+    let slot = match pick(&svc, hash, starts) {
         Ok(slot) => slot,
         Err(r)
             if r == reason::DIALOG_LIMITED || r == reason::AUTO_BLOCKED || r == reason::BLOCKED =>
@@ -197,7 +208,7 @@ fn dispatch(ctx: &XdpContext, u: &Udp, svc: Service, hash: u32, starts: bool) ->
 /// The backend for a key: the Maglev table's, or with dialog affinity the
 /// dialog's own while that backend still takes its traffic.
 #[inline(always)]
-fn pick(u: &Udp, svc: &Service, hash: u32, starts: bool) -> Result<u32, u32> {
+fn pick(svc: &Service, hash: u32, starts: bool) -> Result<u32, u32> {
     let idx = maglev::table_base(svc.id, svc.active) + maglev::index(hash, svc.table_size);
     let Some(&table) = MAGLEV.get(idx) else {
         // Only a service user space got wrong (id, table size) lands outside.
@@ -208,7 +219,7 @@ fn pick(u: &Udp, svc: &Service, hash: u32, starts: bool) -> Result<u32, u32> {
     if svc.flags & SERVICE_AFFINITY == 0 || svc.algorithm == ALG_ROUND_ROBIN {
         return Ok(table);
     }
-    affinity::choose(u, svc, hash, table, starts)
+    affinity::choose(svc, hash, table, starts)
 }
 
 /// A backend's message on its way to a client: learn its dialog (the backend may
