@@ -1,13 +1,16 @@
 //! Dialog affinity: a dialog stays on its backend while that backend takes its
 //! traffic, whatever the Maglev table says meanwhile.
 
-use aya_ebpf::{helpers::generated::bpf_ktime_get_coarse_ns, macros::map, maps::LruHashMap};
+use aya_ebpf::{
+    helpers::generated::bpf_ktime_get_coarse_ns, macros::map, maps::LruHashMap,
+    programs::XdpContext,
+};
 use balancer_common::maps::{
     reason, Affinity, AffinityKey, Reverse, Service, AFFINITY_ENTRIES, BACKEND_STICKY,
     LEARNED_ENTRIES, NO_BACKEND,
 };
 
-use crate::{counters::count, events, maps::BACKENDS, policy};
+use crate::{counters::count, events, maps::BACKENDS, parse::Udp, policy};
 
 /// (service, key hash) -> backend for the dialogs clients start, least
 /// recently used entries evicted when full. User space may resize it at load time.
@@ -22,11 +25,11 @@ pub static LEARNED: LruHashMap<AffinityKey, Affinity> =
     LruHashMap::with_max_entries(LEARNED_ENTRIES, 0);
 
 /// The backend for a key whose table choice is `table`: the dialog's own while
-/// it is fresh and its backend sticky, else the table's. Only a message that
-/// starts a dialog (`starts`) creates or replaces an entry, and a new one costs
-/// its source a new-dialog token (`Err`: over the limit, drop it).
+/// it is fresh and its backend sticky, else the table's. Only a request that
+/// starts a dialog (`policy::starts_dialog`) creates or replaces an entry, and
+/// a new one costs its source a new-dialog token (`Err`: over the limit, drop it).
 #[inline(always)]
-pub fn choose(svc: &Service, hash: u32, table: u32, starts: bool) -> Result<u32, u32> {
+pub fn choose(ctx: &XdpContext, u: &Udp, svc: &Service, hash: u32, table: u32) -> Result<u32, u32> {
     let key = AffinityKey {
         service: svc.id,
         hash,
@@ -39,7 +42,7 @@ pub fn choose(svc: &Service, hash: u32, table: u32, starts: bool) -> Result<u32,
             count(reason::AFFINITY_HIT);
             return Ok(e.slot);
         }
-        if starts && table != NO_BACKEND {
+        if table != NO_BACKEND && policy::starts_dialog(ctx, u) {
             e.slot = table;
             e.seen = now;
             count(reason::AFFINITY_REPLACED);
@@ -54,7 +57,7 @@ pub fn choose(svc: &Service, hash: u32, table: u32, starts: bool) -> Result<u32,
             return Ok(e.slot);
         }
     }
-    if starts && table != NO_BACKEND {
+    if table != NO_BACKEND && policy::starts_dialog(ctx, u) {
         policy::new_dialog(svc)?;
         remember(&AFFINITY, &key, table, now);
         count(reason::AFFINITY_NEW);

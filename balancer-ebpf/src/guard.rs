@@ -7,8 +7,6 @@
 use aya_ebpf::{macros::map, maps::HashMap, programs::XdpContext};
 use balancer_common::maps::{Guard, SourceAddr, MAX_BACKENDS};
 
-use crate::parse::Udp;
-
 /// Source address -> the only interface it may arrive on (0: none).
 #[map]
 pub static GUARD: HashMap<SourceAddr, Guard> = HashMap::with_max_entries(2 * MAX_BACKENDS, 0);
@@ -16,10 +14,10 @@ pub static GUARD: HashMap<SourceAddr, Guard> = HashMap::with_max_entries(2 * MAX
 /// Whether the datagram's source may come in where it did: any source the
 /// balancer does not know, or a known one on its own interface.
 #[inline(always)]
-pub fn source_ok(ctx: &XdpContext, u: &Udp) -> bool {
+pub fn source_ok(ctx: &XdpContext, addr: &[u8; 16], family: u32) -> bool {
     let key = SourceAddr {
-        addr: u.src.addr,
-        family: u.family as u32,
+        addr: *addr,
+        family,
     };
     match unsafe { GUARD.get(&key) } {
         Some(g) => g.ifindex != 0 && g.ifindex == unsafe { (*ctx.ctx).ingress_ifindex },

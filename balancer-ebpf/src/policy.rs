@@ -6,16 +6,18 @@ use aya_ebpf::{
     helpers::bpf_ktime_get_coarse_ns,
     macros::map,
     maps::{lpm_trie::Key, LpmTrie, LruHashMap},
+    programs::XdpContext,
 };
 use balancer_common::{
     limits::{source_prefix, Bucket, Verdict},
     maps::{
-        reason, AllowCidr, Block, Cidr, RateKey, Service, AF_INET, ALLOW_ENTRIES,
+        reason, AllowCidr, Block, Cidr, RateKey, Service, AF_INET, AF_INET6, ALLOW_ENTRIES,
         ALLOW_PREFIX_BITS, BLOCK_ENTRIES, CIDR_FAMILY_BITS, RATE_ENTRIES, SERVICE_ALLOW_LIST,
     },
+    sip,
 };
 
-use crate::{counters::count, maps::SCRATCH};
+use crate::{bounds::ptr_at, counters::count, guard, maps::SCRATCH, parse::Udp};
 
 /// The block list (every service): prefix -> until when. (aya adds the
 /// `BPF_F_NO_PREALLOC` an LPM trie needs.)
@@ -39,8 +41,10 @@ pub struct Admission {
     /// The source (the block list's key data).
     pub cidr: Key<Cidr>,
     pub payload_len: u32,
-    /// Non-zero: an IPv6 datagram with a zero UDP checksum.
-    pub zero_check: u32,
+    pub l4: u32,
+    pub first_fragment: u32,
+    /// Non-zero: the datagram's key came from the message (not a fallback).
+    keyed: u32,
     allow: Key<AllowCidr>,
     rate: RateKey,
     fresh: Bucket,
@@ -52,24 +56,30 @@ pub struct Admission {
 /// state (it returns 0 or a reason, nothing else the caller goes on with),
 /// and its keys out of the caller's stack.
 #[inline(never)]
-pub fn admit() -> u32 {
+pub fn admit(ctx: &XdpContext) -> u32 {
     let Some(s) = SCRATCH.get_ptr_mut(0) else {
         return reason::MALFORMED;
     };
     let p = unsafe { &mut (*s).policy };
-    match check(p) {
+    match check(ctx, p) {
         Ok(()) => 0,
         Err(r) => r,
     }
 }
 
 #[inline(always)]
-fn check(p: &mut Admission) -> Result<(), u32> {
-    let svc = &p.service;
-    if p.zero_check != 0 {
-        // RFC 8200 8.1: an IPv6 UDP datagram with a zero checksum is discarded.
-        return Err(reason::ZERO_CHECKSUM);
+fn check(ctx: &XdpContext, p: &mut Admission) -> Result<(), u32> {
+    if !guard::source_ok(ctx, &p.cidr.data.addr, p.cidr.data.family) {
+        return Err(reason::SPOOFED);
     }
+    if p.cidr.data.family == AF_INET6 as u32 && p.first_fragment == 0 {
+        // RFC 8200 8.1: an IPv6 UDP datagram with a zero checksum is discarded.
+        let check = ptr_at::<u16>(ctx, (p.l4 & 127) as usize + 6)?;
+        if unsafe { *check } == 0 {
+            return Err(reason::ZERO_CHECKSUM);
+        }
+    }
+    let svc = &p.service;
     if svc.max_size != 0 && p.payload_len > svc.max_size {
         return Err(reason::TOO_BIG);
     }
@@ -141,5 +151,30 @@ fn verdict(v: Verdict, over: u32) -> Result<(), u32> {
             Err(reason::AUTO_BLOCKED)
         }
         Verdict::StillBlocked => Err(reason::BLOCKED),
+    }
+}
+
+/// Records whether the datagram's key came from the message, for
+/// [`starts_dialog`] (volatile: the verifier must not keep the value).
+#[inline(always)]
+pub fn set_keyed(keyed: bool) {
+    if let Some(s) = SCRATCH.get_ptr_mut(0) {
+        unsafe { core::ptr::write_volatile(&mut (*s).policy.keyed, keyed as u32) };
+    }
+}
+
+/// Whether the datagram may create dialog state: its key came from the
+/// message (fallbacks never do) and it is a request that begins a dialog.
+#[inline(always)]
+pub fn starts_dialog(ctx: &XdpContext, u: &Udp) -> bool {
+    let Some(s) = SCRATCH.get_ptr_mut(0) else {
+        return false;
+    };
+    if unsafe { core::ptr::read_volatile(&(*s).policy.keyed) } == 0 {
+        return false;
+    }
+    match ptr_at::<[u8; 10]>(ctx, u.l4 + 8) {
+        Ok(p) => sip::starts_dialog(unsafe { &*p }),
+        Err(_) => false,
     }
 }

@@ -2,17 +2,14 @@
 //! service lookup or reverse NAT, key, backend, rewrite, next hop, out. Every
 //! early exit is counted and passes the frame untouched.
 
-use aya_ebpf::{
-    bindings::xdp_action, helpers::bpf_ktime_get_coarse_ns, macros::xdp, programs::XdpContext,
-};
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use balancer_common::{
     hash::hash_addr,
     maglev,
     maps::{
-        reason, Endpoint, Reverse, Service, AF_INET6, ALG_ROUND_ROBIN, FRAG_DST, FRAG_KEEP,
-        FRAG_SRC, MODE_DSR, NO_BACKEND, SERVICE_AFFINITY, SERVICE_PASS_NO_BACKEND,
+        reason, Endpoint, Reverse, Service, ALG_ROUND_ROBIN, FRAG_DST, FRAG_KEEP, FRAG_SRC,
+        MODE_DSR, NO_BACKEND, SERVICE_AFFINITY, SERVICE_PASS_NO_BACKEND,
     },
-    sip::starts_dialog,
 };
 
 use crate::{
@@ -61,7 +58,7 @@ fn try_balancer(ctx: &XdpContext) -> Result<u32, u32> {
         s
     } else if let Some(r) = unsafe { REVERSE.get(&u.src) } {
         // Only a backend's own datagrams are reverse-NATed or teach affinity.
-        if !guard::source_ok(ctx, &u) {
+        if !guard::source_ok(ctx, &u.src.addr, u.family as u32) {
             count(reason::SPOOFED);
             return Ok(xdp_action::XDP_DROP);
         }
@@ -88,8 +85,10 @@ fn try_balancer(ctx: &XdpContext) -> Result<u32, u32> {
             Some(h) => h,
             None => hash_addr(&u.src.addr, u.family),
         };
-        let starts = key.is_some() && request_starts_dialog(ctx, &u);
-        return dispatch(ctx, &u, s, hash, starts);
+        // Read back where a dialog may be created (`affinity::choose`), from
+        // memory: a flag kept here would split the verifier's paths.
+        policy::set_keyed(key.is_some());
+        return dispatch(ctx, &u, s, hash);
     }
     match unsafe { REVERSE.get(&u.src) } {
         Some(r) => {
@@ -100,41 +99,23 @@ fn try_balancer(ctx: &XdpContext) -> Result<u32, u32> {
     }
 }
 
-/// What a datagram to a service must pass before anything is done for it:
-/// the reverse-path check, an IPv6 checksum, the service's source policy and
-/// limits (`policy::admit`). `Err`: drop it, counted under that reason.
+/// What a datagram to a service must pass before anything is done for it
+/// (`policy::admit`). `Err`: drop it, counted under that reason.
 #[inline(always)]
 fn screen(ctx: &XdpContext, u: &Udp, svc: &Service) -> Result<(), u32> {
-    if !guard::source_ok(ctx, u) {
-        return Err(reason::SPOOFED);
-    }
     let s = SCRATCH.get_ptr_mut(0).ok_or(reason::MALFORMED)?;
-    let zero_check = if u.family == AF_INET6 && u.first_fragment == 0 {
-        let check = ptr_at::<u16>(ctx, u.l4 + 6)?;
-        unsafe { *check == 0 }
-    } else {
-        false
-    };
     unsafe {
         let p = &mut (*s).policy;
         p.service = *svc;
         p.cidr.data.family = u.family as u32;
         p.cidr.data.addr = u.src.addr;
         p.payload_len = u.payload_len;
-        p.zero_check = zero_check as u32;
+        p.l4 = u.l4 as u32;
+        p.first_fragment = u.first_fragment;
     }
-    match policy::admit() {
+    match policy::admit(ctx) {
         0 => Ok(()),
         r => Err(r),
-    }
-}
-
-/// Whether the datagram is a request that begins a dialog (its first bytes).
-#[inline(always)]
-fn request_starts_dialog(ctx: &XdpContext, u: &Udp) -> bool {
-    match ptr_at::<[u8; 10]>(ctx, u.l4 + 8) {
-        Ok(p) => starts_dialog(unsafe { &*p }),
-        Err(_) => false,
     }
 }
 
@@ -149,8 +130,8 @@ fn is_response(ctx: &XdpContext, u: &Udp) -> bool {
 
 /// Client -> VIP: pick a backend and send the datagram there.
 #[inline(always)]
-fn dispatch(ctx: &XdpContext, u: &Udp, svc: Service, hash: u32, starts: bool) -> Result<u32, u32> {
-    let slot = match pick(&svc, hash, starts) {
+fn dispatch(ctx: &XdpContext, u: &Udp, svc: Service, hash: u32) -> Result<u32, u32> {
+    let slot = match pick(ctx, u, &svc, hash) {
         Ok(slot) => slot,
         Err(r)
             if r == reason::DIALOG_LIMITED || r == reason::AUTO_BLOCKED || r == reason::BLOCKED =>
@@ -208,7 +189,7 @@ fn dispatch(ctx: &XdpContext, u: &Udp, svc: Service, hash: u32, starts: bool) ->
 /// The backend for a key: the Maglev table's, or with dialog affinity the
 /// dialog's own while that backend still takes its traffic.
 #[inline(always)]
-fn pick(svc: &Service, hash: u32, starts: bool) -> Result<u32, u32> {
+fn pick(ctx: &XdpContext, u: &Udp, svc: &Service, hash: u32) -> Result<u32, u32> {
     let idx = maglev::table_base(svc.id, svc.active) + maglev::index(hash, svc.table_size);
     let Some(&table) = MAGLEV.get(idx) else {
         // Only a service user space got wrong (id, table size) lands outside.
@@ -219,7 +200,7 @@ fn pick(svc: &Service, hash: u32, starts: bool) -> Result<u32, u32> {
     if svc.flags & SERVICE_AFFINITY == 0 || svc.algorithm == ALG_ROUND_ROBIN {
         return Ok(table);
     }
-    affinity::choose(svc, hash, table, starts)
+    affinity::choose(ctx, u, svc, hash, table)
 }
 
 /// A backend's message on its way to a client: learn its dialog (the backend may
