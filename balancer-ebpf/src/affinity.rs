@@ -1,23 +1,35 @@
 //! Dialog affinity: a dialog stays on its backend while that backend takes its
 //! traffic, whatever the Maglev table says meanwhile.
 
-use aya_ebpf::{helpers::generated::bpf_ktime_get_coarse_ns, macros::map, maps::LruHashMap};
+use aya_ebpf::{
+    helpers::generated::bpf_ktime_get_coarse_ns, macros::map, maps::LruHashMap,
+    programs::XdpContext,
+};
 use balancer_common::maps::{
-    reason, Affinity, AffinityKey, Reverse, Service, AFFINITY_ENTRIES, BACKEND_STICKY, NO_BACKEND,
+    reason, Affinity, AffinityKey, Reverse, Service, AFFINITY_ENTRIES, BACKEND_STICKY,
+    LEARNED_ENTRIES, NO_BACKEND,
 };
 
-use crate::{counters::count, events, maps::BACKENDS};
+use crate::{counters::count, events, maps::BACKENDS, parse::Udp, policy};
 
-/// (service, key hash) -> backend, least recently used entries evicted when
-/// full. User space may resize it at load time.
+/// (service, key hash) -> backend for the dialogs clients start, least
+/// recently used entries evicted when full. User space may resize it at load time.
 #[map]
 pub static AFFINITY: LruHashMap<AffinityKey, Affinity> =
     LruHashMap::with_max_entries(AFFINITY_ENTRIES, 0);
 
+/// The same for dialogs backends start (learned from their requests): a map
+/// of its own, so no amount of client traffic evicts them.
+#[map]
+pub static LEARNED: LruHashMap<AffinityKey, Affinity> =
+    LruHashMap::with_max_entries(LEARNED_ENTRIES, 0);
+
 /// The backend for a key whose table choice is `table`: the dialog's own while
-/// it is fresh and its backend sticky, else the table's, remembered for the dialog.
+/// it is fresh and its backend sticky, else the table's. Only a request that
+/// starts a dialog (`policy::starts_dialog`) creates or replaces an entry, and
+/// a new one costs its source a new-dialog token (`Err`: over the limit, drop it).
 #[inline(always)]
-pub fn choose(svc: &Service, hash: u32, table: u32) -> u32 {
+pub fn choose(ctx: &XdpContext, u: &Udp, svc: &Service, hash: u32, table: u32) -> Result<u32, u32> {
     let key = AffinityKey {
         service: svc.id,
         hash,
@@ -28,24 +40,33 @@ pub fn choose(svc: &Service, hash: u32, table: u32) -> u32 {
         if e.is_fresh(now, svc.affinity_idle) && sticky(e.slot) {
             e.seen = now;
             count(reason::AFFINITY_HIT);
-            return e.slot;
+            return Ok(e.slot);
         }
-        if table != NO_BACKEND {
+        if table != NO_BACKEND && policy::starts_dialog(ctx, u) {
             e.slot = table;
             e.seen = now;
             count(reason::AFFINITY_REPLACED);
         }
-        return table;
+        return Ok(table);
     }
-    if table != NO_BACKEND {
-        remember(&key, table, now);
+    if let Some(e) = LEARNED.get_ptr_mut(&key) {
+        let e = unsafe { &mut *e };
+        if e.is_fresh(now, svc.affinity_idle) && sticky(e.slot) {
+            e.seen = now;
+            count(reason::AFFINITY_HIT);
+            return Ok(e.slot);
+        }
+    }
+    if table != NO_BACKEND && policy::starts_dialog(ctx, u) {
+        policy::new_dialog(svc)?;
+        remember(&AFFINITY, &key, table, now);
         count(reason::AFFINITY_NEW);
     }
-    table
+    Ok(table)
 }
 
-/// Enters the dialog of a backend's message (its key's hash) into the affinity
-/// map, pointing at that backend.
+/// Enters the dialog of a backend's message (its key's hash) into `LEARNED`,
+/// pointing at that backend.
 #[inline(always)]
 pub fn learn(r: &Reverse, hash: u32) {
     let key = AffinityKey {
@@ -53,27 +74,27 @@ pub fn learn(r: &Reverse, hash: u32) {
         hash,
     };
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    if let Some(e) = AFFINITY.get_ptr_mut(&key) {
+    if let Some(e) = LEARNED.get_ptr_mut(&key) {
         let e = unsafe { &mut *e };
         if e.slot == r.slot {
             e.seen = now;
             return;
         }
     }
-    remember(&key, r.slot, now);
+    remember(&LEARNED, &key, r.slot, now);
     count(reason::AFFINITY_LEARNED);
 }
 
 /// A new affinity entry (the LRU map evicts the least recently used when full:
 /// a failure is not a full map).
 #[inline(always)]
-fn remember(key: &AffinityKey, slot: u32, now: u64) {
+fn remember(map: &LruHashMap<AffinityKey, Affinity>, key: &AffinityKey, slot: u32, now: u64) {
     let entry = Affinity {
         slot,
         _pad: 0,
         seen: now,
     };
-    if let Err(e) = AFFINITY.insert(key, &entry, 0) {
+    if let Err(e) = map.insert(key, &entry, 0) {
         events::note(events::AFFINITY_NOT_STORED, key.service, e.into());
     }
 }

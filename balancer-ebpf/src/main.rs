@@ -22,11 +22,15 @@ mod fib;
 #[cfg(target_arch = "bpf")]
 mod fragments;
 #[cfg(target_arch = "bpf")]
+mod guard;
+#[cfg(target_arch = "bpf")]
 mod key;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod parse;
+#[cfg(target_arch = "bpf")]
+mod policy;
 #[cfg(target_arch = "bpf")]
 mod program;
 #[cfg(target_arch = "bpf")]

@@ -65,6 +65,8 @@ pub struct Scratch {
     /// A rare event for the exit's log (`events`); after `buf`, so adding it
     /// moved no other field.
     pub event: Event,
+    /// `policy::admit`'s input and keys.
+    pub policy: crate::policy::Admission,
 }
 
 #[map]

@@ -19,10 +19,11 @@ use crate::{
     egress::{send, TX_PORTS},
     events,
     fib::{backend_hop, ip_len, next_hop, Hop},
-    fragments,
+    fragments, guard,
     key::key_of,
     maps::{BACKENDS, MAGLEV, REVERSE, SCRATCH, SERVICES, TRIVIAL},
     parse::{join, parse, parse_fragment, Udp},
+    policy,
     rewrite::{rewrite, rewrite_addr, ttl, Side},
 };
 
@@ -49,8 +50,18 @@ fn try_balancer(ctx: &XdpContext) -> Result<u32, u32> {
     // The key search is the bulk of what the verifier checks: one call site for
     // both directions, so it is checked once, not once per direction.
     let svc = if let Some(s) = unsafe { SERVICES.get(&u.dst) } {
-        *s
+        let s = *s;
+        if let Err(r) = screen(ctx, &u, &s) {
+            count(r);
+            return Ok(xdp_action::XDP_DROP);
+        }
+        s
     } else if let Some(r) = unsafe { REVERSE.get(&u.src) } {
+        // Only a backend's own datagrams are reverse-NATed or teach affinity.
+        if !guard::source_ok(ctx, &u.src.addr, u.family as u32) {
+            count(reason::SPOOFED);
+            return Ok(xdp_action::XDP_DROP);
+        }
         // Learning needs the backend's requests only (a dialog it starts begins
         // with one); its responses belong to dialogs already known.
         if r.learn == 0 || is_response(ctx, &u) {
@@ -74,6 +85,9 @@ fn try_balancer(ctx: &XdpContext) -> Result<u32, u32> {
             Some(h) => h,
             None => hash_addr(&u.src.addr, u.family),
         };
+        // Read back where a dialog may be created (`affinity::choose`), from
+        // memory: a flag kept here would split the verifier's paths.
+        policy::set_keyed(key.is_some());
         return dispatch(ctx, &u, s, hash);
     }
     match unsafe { REVERSE.get(&u.src) } {
@@ -82,6 +96,26 @@ fn try_balancer(ctx: &XdpContext) -> Result<u32, u32> {
             reverse(ctx, &u, &r, key)
         }
         None => Err(reason::PASS_NO_SERVICE),
+    }
+}
+
+/// What a datagram to a service must pass before anything is done for it
+/// (`policy::admit`). `Err`: drop it, counted under that reason.
+#[inline(always)]
+fn screen(ctx: &XdpContext, u: &Udp, svc: &Service) -> Result<(), u32> {
+    let s = SCRATCH.get_ptr_mut(0).ok_or(reason::MALFORMED)?;
+    unsafe {
+        let p = &mut (*s).policy;
+        p.service = *svc;
+        p.cidr.data.family = u.family as u32;
+        p.cidr.data.addr = u.src.addr;
+        p.payload_len = u.payload_len;
+        p.l4 = u.l4 as u32;
+        p.first_fragment = u.first_fragment;
+    }
+    match policy::admit(ctx) {
+        0 => Ok(()),
+        r => Err(r),
     }
 }
 
@@ -97,7 +131,16 @@ fn is_response(ctx: &XdpContext, u: &Udp) -> bool {
 /// Client -> VIP: pick a backend and send the datagram there.
 #[inline(always)]
 fn dispatch(ctx: &XdpContext, u: &Udp, svc: Service, hash: u32) -> Result<u32, u32> {
-    let slot = pick(&svc, hash)?;
+    let slot = match pick(ctx, u, &svc, hash) {
+        Ok(slot) => slot,
+        Err(r)
+            if r == reason::DIALOG_LIMITED || r == reason::AUTO_BLOCKED || r == reason::BLOCKED =>
+        {
+            count(r);
+            return Ok(xdp_action::XDP_DROP);
+        }
+        Err(r) => return Err(r),
+    };
     if slot == NO_BACKEND {
         if svc.flags & SERVICE_PASS_NO_BACKEND != 0 {
             return Err(reason::NO_BACKEND_PASS);
@@ -146,7 +189,7 @@ fn dispatch(ctx: &XdpContext, u: &Udp, svc: Service, hash: u32) -> Result<u32, u
 /// The backend for a key: the Maglev table's, or with dialog affinity the
 /// dialog's own while that backend still takes its traffic.
 #[inline(always)]
-fn pick(svc: &Service, hash: u32) -> Result<u32, u32> {
+fn pick(ctx: &XdpContext, u: &Udp, svc: &Service, hash: u32) -> Result<u32, u32> {
     let idx = maglev::table_base(svc.id, svc.active) + maglev::index(hash, svc.table_size);
     let Some(&table) = MAGLEV.get(idx) else {
         // Only a service user space got wrong (id, table size) lands outside.
@@ -157,7 +200,7 @@ fn pick(svc: &Service, hash: u32) -> Result<u32, u32> {
     if svc.flags & SERVICE_AFFINITY == 0 || svc.algorithm == ALG_ROUND_ROBIN {
         return Ok(table);
     }
-    Ok(affinity::choose(svc, hash, table))
+    affinity::choose(ctx, u, svc, hash, table)
 }
 
 /// A backend's message on its way to a client: learn its dialog (the backend may

@@ -1584,20 +1584,28 @@ fn long_key_cases() -> Vec<Case> {
                         .moved(&["affinity_new", "redirect", "uri"])
                         .step(),
                 );
+                steps.push(Step::AffinityHash {
+                    vip: V4_VIP,
+                    hash: d.hash,
+                });
             } else {
                 assert_eq!(found, None, "alg {alg}, {n} bytes");
                 assert_ne!(reason::NAMES[d.reason as usize], "uri");
-                steps.push(
-                    Packet::client(client_v4(&msg))
-                        .out(Out::Dnat(To::Dispatch(V4_VIP, alg)))
-                        .predicted_with(alg, "affinity_new")
-                        .step(),
-                );
+                // A fallback follows the table and creates no dialog state.
+                let fallback = reason::NAMES[d.reason as usize].starts_with("fallback");
+                let p = Packet::client(client_v4(&msg)).out(Out::Dnat(To::Dispatch(V4_VIP, alg)));
+                steps.push(if fallback {
+                    p.predicted(alg).step()
+                } else {
+                    p.predicted_with(alg, "affinity_new").step()
+                });
+                if !fallback {
+                    steps.push(Step::AffinityHash {
+                        vip: V4_VIP,
+                        hash: d.hash,
+                    });
+                }
             }
-            steps.push(Step::AffinityHash {
-                vip: V4_VIP,
-                hash: d.hash,
-            });
             let what = if n <= edge {
                 "hashed whole"
             } else {

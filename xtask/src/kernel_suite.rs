@@ -3,6 +3,8 @@
 //!
 //! - the kernel fixture suite: the real verifier, BPF_PROG_TEST_RUN, exact
 //!   output bytes and counters, and the verifier's headroom;
+//! - the protection fixtures: reverse path, block and allow lists, per-source
+//!   limits, dialog state only where dialogs begin;
 //! - the netns end-to-end tests: `balancer attach` with real XDP on veth,
 //!   forwarding SIP by Call-ID, DSR and fragments;
 //! - the cheap hostile-network tests: forged backend addresses towards the
@@ -29,6 +31,7 @@ const SUPPORTED: &[Step] = &[
         &["--exact", "this_kernel_has_what_the_data_plane_needs"],
     ),
     ("kernel fixtures", "kernel_fixtures", &["--test-threads=2"]),
+    ("protection", "kernel_protection", &["--test-threads=1"]),
     ("netns end-to-end", "netns_e2e", &["--test-threads=1"]),
     (
         "hostile network",
