@@ -154,10 +154,8 @@ fn monotonic_ns() -> u64 {
 }
 
 fn ifindex(bed: &bed::Bed, dev: &str) -> u32 {
-    let out = balancer_test_support::netns::sh_out(&format!(
-        "ip -n {} -o link show {dev}",
-        bed.ns("lb")
-    ));
+    let out =
+        balancer_test_support::netns::sh_out(&format!("ip -n {} -o link show {dev}", bed.ns("lb")));
     out.split(':').next().unwrap().trim().parse().unwrap()
 }
 
@@ -192,7 +190,12 @@ fn block_list_reaches_the_kernel_survives_a_restart_and_expires() {
     let g = guard(&inst);
     assert_eq!(g.get(&bed::backend_ip(0).into()), Some(&l1), "{g:?}");
     assert_eq!(g.get(&bed::backend_ip(1).into()), Some(&l1), "{g:?}");
-    for never in [bed::VIP, bed::LB_CLIENT_SIDE, bed::LB_BACKEND_SIDE, "127.0.0.1"] {
+    for never in [
+        bed::VIP,
+        bed::LB_CLIENT_SIDE,
+        bed::LB_BACKEND_SIDE,
+        "127.0.0.1",
+    ] {
         assert_eq!(g.get(&ip(never)), Some(&0), "{never}: {g:?}");
     }
     assert_eq!(g.get(&ip(bed::CLIENT)), None);
@@ -211,7 +214,10 @@ fn block_list_reaches_the_kernel_survives_a_restart_and_expires() {
     let a = peers::run_client(&bed.ns("cli"), vip(), &ids("blocked"), 1, 20);
     assert!(a.by_call_id.is_empty(), "blocked, yet answered: {a:?}");
     let stats = json(&inst, &["stats", "--json"]);
-    assert!(stats["reasons"]["blocked"].as_u64().unwrap() >= 20, "{stats}");
+    assert!(
+        stats["reasons"]["blocked"].as_u64().unwrap() >= 20,
+        "{stats}"
+    );
 
     let b = blocked(&inst);
     assert_eq!(b.len(), 3, "{b:?}");
@@ -233,7 +239,9 @@ fn block_list_reaches_the_kernel_survives_a_restart_and_expires() {
     assert!(list["automatic"].as_array().unwrap().is_empty());
     let human = cli_ok(&inst, &["block", "list"]);
     assert!(
-        human.contains("10.0.1.2/32") && human.contains("permanent") && human.contains("test client"),
+        human.contains("10.0.1.2/32")
+            && human.contains("permanent")
+            && human.contains("test client"),
         "{human}"
     );
 
@@ -305,11 +313,13 @@ fn guard_follows_a_backends_route_to_another_interface() {
 
     // A more specific route moves the backend to l2: GUARD follows, and the
     // program is attached there.
-    sh(&format!(
-        "ip -n {lb} route add {b}/32 via 10.0.3.2 dev l2"
-    ));
+    sh(&format!("ip -n {lb} route add {b}/32 via 10.0.3.2 dev l2"));
     let took = within(Duration::from_secs(3), || guard(&inst).get(&b) == Some(&l2));
-    assert!(took.is_some(), "GUARD follows the route: {:?}", guard(&inst));
+    assert!(
+        took.is_some(),
+        "GUARD follows the route: {:?}",
+        guard(&inst)
+    );
     eprintln!("GUARD followed the route in {took:?}");
     let link = balancer_test_support::netns::sh_out(&format!("ip -n {lb} -d link show l2"));
     assert!(link.contains("xdp"), "attached to l2: {link}");

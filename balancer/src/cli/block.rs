@@ -6,9 +6,9 @@ use anyhow::Result;
 use balancer::{
     control::{call, protocol::Blocks, Request},
     model::{
-        parse_cidr,
+        parse_cidr, parse_duration,
         policy::{whole_seconds, BlockEntry},
-        parse_duration, Op,
+        Op,
     },
 };
 use ipnet::IpNet;
@@ -61,8 +61,8 @@ pub fn run(instance: &str, c: Command) -> Result<()> {
             reason,
         } => {
             // The file keeps whole seconds: round the end up, never short.
-            let until = duration
-                .map(|d| whole_seconds(SystemTime::now() + d + Duration::from_millis(999)));
+            let until =
+                duration.map(|d| whole_seconds(SystemTime::now() + d + Duration::from_millis(999)));
             let entry = BlockEntry {
                 cidr,
                 until,

@@ -30,9 +30,7 @@ impl Daemon {
             .map(|b| ConfiguredBlock {
                 cidr: b.cidr.to_string(),
                 until: b.until.map(fmt_time),
-                remaining_s: b
-                    .until
-                    .map(|u| u.duration_since(now).map_or(0, ceil_secs)),
+                remaining_s: b.until.map(|u| u.duration_since(now).map_or(0, ceil_secs)),
                 reason: b.reason.clone(),
             })
             .collect();

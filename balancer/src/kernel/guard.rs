@@ -42,7 +42,11 @@ pub fn entries(
             out.insert(source(b.address.ip()), Guard { ifindex });
         }
     }
-    let never = c.services.iter().map(|s| s.vip.ip()).chain(local.iter().copied());
+    let never = c
+        .services
+        .iter()
+        .map(|s| s.vip.ip())
+        .chain(local.iter().copied());
     for ip in never {
         out.insert(source(ip), Guard { ifindex: NEVER });
     }

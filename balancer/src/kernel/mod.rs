@@ -42,8 +42,8 @@ use table::TableMap;
 
 pub use apply::{Installed, SyncReport};
 pub use plan::{plan, Clock, Held, Holdings, MapContents, PlanError};
-pub use read::{AutoBlock, Via};
 use read::monotonic_ns;
+pub use read::{AutoBlock, Via};
 
 /// The compiled XDP object, built by `build.rs` with aya-build.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/balancer"));

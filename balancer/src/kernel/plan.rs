@@ -598,11 +598,20 @@ mod tests {
     #[test]
     fn policy_fields_reach_the_entry() {
         let mut c = config(&[(VIP, &B)]);
-        let e = plan(&c, &HashSet::new(), &Holdings::default()).unwrap().services[&addr(VIP)]
+        let e = plan(&c, &HashSet::new(), &Holdings::default())
+            .unwrap()
+            .services[&addr(VIP)]
             .entry;
         // Defaults: 20000 datagrams/s and 2000 dialogs/s, bursts as large, no block.
         assert_eq!(
-            (e.rate, e.burst, e.dialog_rate, e.dialog_burst, e.block_s, e.max_size),
+            (
+                e.rate,
+                e.burst,
+                e.dialog_rate,
+                e.dialog_burst,
+                e.block_s,
+                e.max_size
+            ),
             (20000, 20000, 2000, 2000, 0, 0)
         );
         assert_eq!(e.flags & (SERVICE_ALLOW_LIST | SERVICE_SCANNERS), 0);
@@ -623,7 +632,14 @@ mod tests {
         let s = &p.services[&addr(VIP)];
         let e = s.entry;
         assert_eq!(
-            (e.rate, e.burst, e.dialog_rate, e.dialog_burst, e.block_s, e.max_size),
+            (
+                e.rate,
+                e.burst,
+                e.dialog_rate,
+                e.dialog_burst,
+                e.block_s,
+                e.max_size
+            ),
             (0, 0, 30, 60, 90, 1500)
         );
         assert_eq!(

@@ -9,12 +9,12 @@ use anyhow::{anyhow, Result};
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray};
 use balancer_common::limits::Bucket;
 use balancer_common::maglev;
-use balancer_common::maps::{RateKey, AF_INET6};
-use ipnet::IpNet;
 use balancer_common::maps::{
     names, reason, Affinity, AffinityKey, Backend, Endpoint, Service, Traffic, ALG_ROUND_ROBIN,
     BACKEND_STICKY, NO_BACKEND, SERVICE_AFFINITY,
 };
+use balancer_common::maps::{RateKey, AF_INET6};
+use ipnet::IpNet;
 
 use super::{backend_addr, Dataplane};
 use serde::{Deserialize, Serialize};
@@ -58,7 +58,10 @@ impl Dataplane {
                 hash,
             };
             let now = monotonic_ns();
-            for (map, via) in [(names::AFFINITY, Via::Affinity), (names::LEARNED, Via::Learned)] {
+            for (map, via) in [
+                (names::AFFINITY, Via::Affinity),
+                (names::LEARNED, Via::Learned),
+            ] {
                 let m: BpfHashMap<&MapData, AffinityKey, Affinity> = self.map_ref(map)?;
                 let Ok(e) = m.get(&key, 0) else { continue };
                 let b = backends.get(&e.slot, 0)?;

@@ -220,10 +220,7 @@ mod tests {
         let rm = Op::BlockRemove { cidr: net };
         let (c3, _) = apply(&c2, std::slice::from_ref(&rm)).unwrap();
         assert!(c3.blocks.is_empty());
-        assert_eq!(
-            apply(&c3, &[rm]).unwrap_err(),
-            ConfigError::NotBlocked(net)
-        );
+        assert_eq!(apply(&c3, &[rm]).unwrap_err(), ConfigError::NotBlocked(net));
         let j = serde_json::to_string(&add(None)).unwrap();
         assert!(j.contains("\"cidr\":\"203.0.113.0/24\""), "{j}");
         assert_eq!(serde_json::from_str::<Op>(&j).unwrap(), add(None));

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use balancer_common::limits::MAX_RATE;
-use balancer_common::maps::{UA_PATTERN_MAX, MAX_UA_PATTERNS};
+use balancer_common::maps::{MAX_UA_PATTERNS, UA_PATTERN_MAX};
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -37,7 +37,9 @@ pub fn default_user_agents() -> Vec<String> {
 }
 
 pub fn is_default_user_agents(v: &[String]) -> bool {
-    v.iter().map(String::as_str).eq(DEFAULT_USER_AGENTS.iter().copied())
+    v.iter()
+        .map(String::as_str)
+        .eq(DEFAULT_USER_AGENTS.iter().copied())
 }
 
 /// A `[[block]]` entry: sources in `cidr` are dropped, until `until` if set.
@@ -236,9 +238,8 @@ pub fn fmt_time(t: SystemTime) -> String {
 
 /// RFC 3339 in UTC (`Z`), truncated to whole seconds (what the file keeps).
 pub fn parse_time(s: &str) -> Result<SystemTime, String> {
-    let t = humantime::parse_rfc3339(s.trim()).map_err(|_| {
-        format!("`{s}` is not an RFC 3339 UTC time (like 2026-11-30T09:00:00Z)")
-    })?;
+    let t = humantime::parse_rfc3339(s.trim())
+        .map_err(|_| format!("`{s}` is not an RFC 3339 UTC time (like 2026-11-30T09:00:00Z)"))?;
     Ok(whole_seconds(t))
 }
 
@@ -271,7 +272,10 @@ mod tests {
             "2001:db8::1/128"
         );
         let e = parse_cidr("203.0.113.7/24").unwrap_err().to_string();
-        assert!(e.contains("host bits") && e.contains("203.0.113.0/24"), "{e}");
+        assert!(
+            e.contains("host bits") && e.contains("203.0.113.0/24"),
+            "{e}"
+        );
         let e = parse_cidr("203.0.113.0/33").unwrap_err().to_string();
         assert!(e.contains("not a CIDR"), "{e}");
         assert!(parse_cidr("eth0").is_err());
@@ -297,7 +301,10 @@ mod tests {
             ..Limits::default()
         };
         let e = l.effective();
-        assert_eq!((e.rate, e.burst, e.dialog_burst, e.block_s), (100, 100, 7, 60));
+        assert_eq!(
+            (e.rate, e.burst, e.dialog_burst, e.block_s),
+            (100, 100, 7, 60)
+        );
         assert!(l.check().is_ok());
         let off = Limits {
             datagrams: Some(0),
@@ -315,7 +322,10 @@ mod tests {
             dialogs_burst: Some(0),
             ..Limits::default()
         };
-        assert!(zero_burst.check().unwrap_err().contains("dialogs_burst = 0"));
+        assert!(zero_burst
+            .check()
+            .unwrap_err()
+            .contains("dialogs_burst = 0"));
         let half = Limits {
             block_for: Some(Duration::from_millis(500)),
             ..Limits::default()
