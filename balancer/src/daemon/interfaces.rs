@@ -17,9 +17,8 @@ impl Daemon {
                 // once per backend per change (routing notifications refresh
                 // the cache: `guard.rs`).
                 let ip = b.address.ip();
-                if !self.routes.contains_key(&ip) {
-                    let d = route::egress_interface(ip)?;
-                    self.routes.insert(ip, d);
+                if let std::collections::hash_map::Entry::Vacant(e) = self.routes.entry(ip) {
+                    e.insert(route::egress_interface(ip)?);
                 }
             }
         }
