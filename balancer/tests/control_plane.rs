@@ -77,7 +77,11 @@ fn backends_change_while_traffic_flows() {
     let uas: Vec<peers::Uas> = (0..4)
         .map(|i| peers::Uas::start(&bed.backend_ns(i), "0.0.0.0:5060"))
         .collect();
-    let args = bed::Bed::attach_args("dnat", &inst, &[backend(0), backend(1), backend(2)]);
+    // `attach` with the service in the file: without per-source limits (one
+    // client sends thousands of new dialogs a second here).
+    let conf = bed::config_path(&inst);
+    std::fs::write(&conf, restart_config(&[(0, 1), (1, 1), (2, 1)])).unwrap();
+    let args = ["attach", "l0", "--instance", &inst, "--config", &conf].map(String::from);
     let d = Daemon::start(&bed.ns("lb"), &args);
 
     // Only root may talk to the daemon.
@@ -192,10 +196,13 @@ const TRANSIT: Duration = Duration::from_millis(50);
 /// `(backend index, weight)` of the restart test's service.
 type Members = [(usize, u32)];
 
-/// The configuration file of the restart test: one service with `members`.
+/// The configuration file of the restart test: one service with `members`,
+/// without per-source limits (the tests' one client starts thousands of
+/// dialogs a second, more than the default 2000).
 fn restart_config(members: &Members) -> String {
     let mut c = format!(
-        "interfaces = [\"l0\"]\n\n[[service]]\nvip = \"{}\"\n",
+        "interfaces = [\"l0\"]\n\n[[service]]\nvip = \"{}\"\n\n\
+         [service.limits]\ndatagrams = 0\ndialogs = 0\n",
         vip()
     );
     for &(i, w) in members {

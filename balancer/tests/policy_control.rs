@@ -180,7 +180,14 @@ fn block_list_reaches_the_kernel_survives_a_restart_and_expires() {
         .map(|i| peers::Uas::start(&bed.backend_ns(i), "0.0.0.0:5060"))
         .collect();
     let conf = bed::config_path(&inst);
-    std::fs::write(&conf, config(&[0, 1])).unwrap();
+    // A second service, without backends, whose limit blocks a source at its
+    // eleventh datagram for 30 s.
+    let limited = "10.0.0.11:5060";
+    let text = format!(
+        "{}\n[[service]]\nvip = \"{limited}\"\n\n[service.limits]\ndatagrams = 10\nblock_for = \"30s\"\n",
+        config(&[0, 1])
+    );
+    std::fs::write(&conf, text).unwrap();
     let run = ["run", "--config", &conf, "--persist", "--instance", &inst].map(String::from);
     let d = Run::start(&bed.ns("lb"), &run);
 
@@ -232,11 +239,11 @@ fn block_list_reaches_the_kernel_survives_a_restart_and_expires() {
     let list = json(&inst, &["block", "list", "--json"]);
     let rows = list["configured"].as_array().unwrap();
     assert_eq!(rows.len(), 3, "{list}");
+    assert!(list["automatic"].as_array().unwrap().is_empty(), "{list}");
     assert_eq!(rows[0]["cidr"], "10.0.1.2/32");
     assert_eq!(rows[0]["reason"], "test client");
     assert_eq!(rows[0]["until"], Value::Null);
     assert!(rows[2]["remaining_s"].as_u64().unwrap() <= 4, "{list}");
-    assert!(list["automatic"].as_array().unwrap().is_empty());
     let human = cli_ok(&inst, &["block", "list"]);
     assert!(
         human.contains("10.0.1.2/32")
@@ -282,6 +289,25 @@ fn block_list_reaches_the_kernel_survives_a_restart_and_expires() {
     assert_eq!(blocked(&inst).len(), 1);
     let a = peers::run_client(&bed.ns("cli"), vip(), &ids("after"), 1, 20);
     assert_eq!(a.by_call_id.len(), 20);
+
+    // Over the second service's limit: blocked automatically, and listed so.
+    let flood: Vec<String> = (0..30).map(|i| format!("flood-{i}@c")).collect();
+    peers::run_client(&bed.ns("cli"), limited.parse().unwrap(), &flood, 1, 30);
+    let list = json(&inst, &["block", "list", "--json"]);
+    let auto = list["automatic"].as_array().unwrap();
+    assert_eq!(auto.len(), 1, "{list}");
+    assert_eq!(auto[0]["service"], limited);
+    assert_eq!(auto[0]["source"], "10.0.1.2/32");
+    let left = auto[0]["remaining_s"].as_u64().unwrap();
+    assert!((20..=30).contains(&left), "{list}");
+    let stats = json(&inst, &["stats", "--json"]);
+    assert_eq!(stats["reasons"]["auto_blocked"], 1, "{stats}");
+    let human = cli_ok(&inst, &["block", "list"]);
+    assert!(
+        human.contains("over the limits of 10.0.0.11:5060"),
+        "{human}"
+    );
+
     assert!(d.terminate());
     cli_ok(&inst, &["detach"]);
 }
