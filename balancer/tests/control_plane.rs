@@ -77,11 +77,7 @@ fn backends_change_while_traffic_flows() {
     let uas: Vec<peers::Uas> = (0..4)
         .map(|i| peers::Uas::start(&bed.backend_ns(i), "0.0.0.0:5060"))
         .collect();
-    // `attach` with the service in the file: without per-source limits (one
-    // client sends thousands of new dialogs a second here).
-    let conf = bed::config_path(&inst);
-    std::fs::write(&conf, restart_config(&[(0, 1), (1, 1), (2, 1)])).unwrap();
-    let args = ["attach", "l0", "--instance", &inst, "--config", &conf].map(String::from);
+    let args = bed::Bed::attach_args("dnat", &inst, &[backend(0), backend(1), backend(2)]);
     let d = Daemon::start(&bed.ns("lb"), &args);
 
     // Only root may talk to the daemon.
@@ -180,6 +176,8 @@ fn backends_change_while_traffic_flows() {
         saved.contains(&backend(3)) && !saved.contains(&backend(2)),
         "{saved}"
     );
+    // `attach` kept the file's limits for its VIP.
+    assert!(saved.contains("dialogs = 0"), "{saved}");
     assert!(
         saved.contains("state = \"draining\"") && saved.contains("weight = 3"),
         "{saved}"

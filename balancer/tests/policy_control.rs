@@ -225,6 +225,15 @@ fn block_list_reaches_the_kernel_survives_a_restart_and_expires() {
         stats["reasons"]["blocked"].as_u64().unwrap() >= 20,
         "{stats}"
     );
+    // `stats` shows it among the drops.
+    let human = cli_ok(&inst, &["stats"]);
+    let drops = human.split("  dropped\n").nth(1).expect("a dropped group");
+    assert!(
+        drops
+            .lines()
+            .any(|l| l.trim_start().starts_with("blocked ")),
+        "{human}"
+    );
 
     let b = blocked(&inst);
     assert_eq!(b.len(), 3, "{b:?}");
