@@ -11,7 +11,8 @@ use crate::model::policy::fmt_time;
 use crate::model::Op;
 
 /// How often expired entries are looked for. The kernel stops blocking at the
-/// entry's expiry by itself; this only tidies the list and the file.
+/// entry's expiry by itself; this tidies the list and the file, and follows
+/// steps of the wall clock.
 pub(super) const EXPIRY_CHECK: Duration = Duration::from_secs(5);
 
 /// Whole seconds, rounded up: a block with 0.2 s left is not "0 s" left.
@@ -51,8 +52,13 @@ impl Daemon {
     }
 
     /// Removes expired entries from the configuration (and so from the kernel
-    /// and the file), as one change.
+    /// and the file), as one change; and rewrites any entry whose expiry in the
+    /// kernel no longer matches the wall clock (it was stepped).
     pub(super) fn expire_blocks(&mut self) {
+        let config = self.dp.config().clone();
+        if let Err(e) = self.dp.write_blocked(&config) {
+            eprintln!("error: refreshing the block list in the kernel: {e:#}");
+        }
         let now = SystemTime::now();
         let ops: Vec<Op> = self
             .dp

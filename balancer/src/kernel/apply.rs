@@ -66,12 +66,12 @@ impl Dataplane {
         // Tracked from now on, so a failure further down leaves no slot unknown.
         self.slots.extend(p.slots.iter().map(|(a, s)| (*a, *s)));
         self.write_reverse(&p)?;
-        // New allow-list entries before a service entry asks for them; stale
-        // ones once no service entry does.
+        // New allow-list entries (and patterns) before a service entry asks
+        // for them; stale ones once no service entry does.
         let stale_allowed = self.write_allowed(&p)?;
+        self.write_scanners(&p.scanners)?;
         self.write_services(&p)?;
         self.write_blocked(next)?;
-        self.write_scanners(&p.scanners)?;
         report.to_kernel = start.elapsed();
 
         // After a grace period no packet still reads an old half, an old service
@@ -153,8 +153,9 @@ impl Dataplane {
 
     /// The block list as of now: entries written where they differ (expiry
     /// compared to the second: both clocks are read anew each time), removed
-    /// where no longer configured or expired.
-    fn write_blocked(&mut self, next: &Config) -> Result<()> {
+    /// where no longer configured or expired. Called again now and then, it
+    /// follows a step of the wall clock (the kernel only knows the monotonic one).
+    pub fn write_blocked(&mut self, next: &Config) -> Result<()> {
         let want = blocked(next, Clock::now());
         let mut m: LpmTrie<&mut MapData, Cidr, Block> = self.map(names::BLOCKED)?;
         let held: HashMap<(u32, Cidr), Block> = m
