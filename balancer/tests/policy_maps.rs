@@ -209,8 +209,10 @@ fn whereis_reads_affinity_then_learned_then_the_table() {
         Map::LruHashMap(pins.map("AFFINITY")).try_into().unwrap();
     affinity.insert(key, entry(table, now), 0).unwrap();
     assert_eq!(dp.lookup(vip, hash).unwrap(), (Some(table), Via::Affinity));
-    // ...and stale it sends the key to the table, learned entry or not: the
-    // kernel's `choose` does not look further once AFFINITY has the key.
-    affinity.insert(key, entry(other, stale), 0).unwrap();
+    // ...and stale it gives way to a fresh learned entry...
+    affinity.insert(key, entry(table, stale), 0).unwrap();
+    assert_eq!(dp.lookup(vip, hash).unwrap(), (Some(other), Via::Learned));
+    // ...and with that one stale too, to the table.
+    learned.insert(key, entry(other, stale), 0).unwrap();
     assert_eq!(dp.lookup(vip, hash).unwrap(), (Some(table), Via::Table));
 }

@@ -42,10 +42,8 @@ pub struct AutoBlock {
 impl Dataplane {
     /// Where the kernel sends a key hash now, and which structure decided, in
     /// the data plane's order (`balancer-ebpf/src/affinity.rs`, `choose`): the
-    /// dialog's `AFFINITY` entry while it holds (fresh, backend sticky); with
-    /// no entry there, a `LEARNED` one that holds; else the live table. An
-    /// `AFFINITY` entry that no longer holds sends the key to the table
-    /// without looking at `LEARNED`, as the kernel does.
+    /// dialog's `AFFINITY` entry while it holds (fresh, backend sticky); else
+    /// a `LEARNED` one that holds; else the live table.
     pub fn lookup(&self, vip: SocketAddr, hash: u32) -> Result<(Option<SocketAddr>, Via)> {
         let svc: BpfHashMap<&MapData, Endpoint, Service> = self.map_ref(names::SERVICES)?;
         let s = svc
@@ -68,7 +66,6 @@ impl Dataplane {
                 if e.is_fresh(now, s.affinity_idle) && b.flags & BACKEND_STICKY != 0 {
                     return Ok((Some(backend_addr(&b)), via));
                 }
-                break;
             }
         }
         let table: Array<&MapData, u32> = self.map_ref(names::MAGLEV)?;
