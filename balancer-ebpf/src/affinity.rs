@@ -35,19 +35,16 @@ pub fn choose(ctx: &XdpContext, u: &Udp, svc: &Service, hash: u32, table: u32) -
         hash,
     };
     let now = unsafe { bpf_ktime_get_coarse_ns() };
+    // An entry that no longer holds is replaced in place by a dialog start.
+    let mut stale: Option<*mut Affinity> = None;
     if let Some(e) = AFFINITY.get_ptr_mut(&key) {
-        let e = unsafe { &mut *e };
-        if e.is_fresh(now, svc.affinity_idle) && sticky(e.slot) {
-            e.seen = now;
+        let entry = unsafe { &mut *e };
+        if entry.is_fresh(now, svc.affinity_idle) && sticky(entry.slot) {
+            entry.seen = now;
             count(reason::AFFINITY_HIT);
-            return Ok(e.slot);
+            return Ok(entry.slot);
         }
-        if table != NO_BACKEND && policy::starts_dialog(ctx, u) {
-            e.slot = table;
-            e.seen = now;
-            count(reason::AFFINITY_REPLACED);
-        }
-        return Ok(table);
+        stale = Some(e);
     }
     if let Some(e) = LEARNED.get_ptr_mut(&key) {
         let e = unsafe { &mut *e };
@@ -57,18 +54,31 @@ pub fn choose(ctx: &XdpContext, u: &Udp, svc: &Service, hash: u32, table: u32) -
             return Ok(e.slot);
         }
     }
-    if table != NO_BACKEND && policy::starts_dialog(ctx, u) {
-        policy::new_dialog(svc)?;
-        remember(&AFFINITY, &key, table, now);
-        count(reason::AFFINITY_NEW);
+    if table == NO_BACKEND || !policy::starts_dialog(ctx, u) {
+        return Ok(table);
+    }
+    match stale {
+        Some(e) => {
+            let e = unsafe { &mut *e };
+            e.slot = table;
+            e.seen = now;
+            count(reason::AFFINITY_REPLACED);
+        }
+        None => {
+            policy::new_dialog(svc)?;
+            remember(&AFFINITY, &key, table, now);
+            count(reason::AFFINITY_NEW);
+        }
     }
     Ok(table)
 }
 
-/// Enters the dialog of a backend's message (its key's hash) into `LEARNED`,
-/// pointing at that backend.
+/// Enters the dialog of a backend's request (its key's hash) into `LEARNED`,
+/// pointing at that backend, when the request begins one (`starts`); other
+/// requests only refresh what is there. A backend's OPTIONS pings to its
+/// phones (a fresh Call-ID each) would otherwise fill the map.
 #[inline(always)]
-pub fn learn(r: &Reverse, hash: u32) {
+pub fn learn(r: &Reverse, hash: u32, starts: bool) {
     let key = AffinityKey {
         service: r.service,
         hash,
@@ -80,6 +90,9 @@ pub fn learn(r: &Reverse, hash: u32) {
             e.seen = now;
             return;
         }
+    }
+    if !starts {
+        return;
     }
     remember(&LEARNED, &key, r.slot, now);
     count(reason::AFFINITY_LEARNED);

@@ -173,6 +173,12 @@ pub fn starts_dialog(ctx: &XdpContext, u: &Udp) -> bool {
     if unsafe { core::ptr::read_volatile(&(*s).policy.keyed) } == 0 {
         return false;
     }
+    request_starts_dialog(ctx, u)
+}
+
+/// Whether the datagram is a request that begins a dialog (by its method).
+#[inline(always)]
+pub fn request_starts_dialog(ctx: &XdpContext, u: &Udp) -> bool {
     match ptr_at::<[u8; 10]>(ctx, u.l4 + 8) {
         Ok(p) => sip::starts_dialog(unsafe { &*p }),
         Err(_) => false,

@@ -220,7 +220,7 @@ fn reverse(ctx: &XdpContext, u: &Udp, r: &Reverse, key: Option<u32>) -> Result<u
         return Err(reason::TTL_EXCEEDED);
     }
     if let Some(hash) = key {
-        affinity::learn(r, hash);
+        affinity::learn(r, hash, policy::request_starts_dialog(ctx, u));
     }
     if u.first_fragment != 0 {
         fragments::remember(u, &vip.addr, FRAG_SRC);

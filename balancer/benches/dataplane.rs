@@ -99,6 +99,61 @@ fn duration_ns(d: Duration) -> f64 {
     d.as_nanos() as f64
 }
 
+/// Every check of a datagram's path in place and taking its full cost, none
+/// ever refusing what the bench sends: per-source limits far above the bench's
+/// rate (buckets looked up and updated), a block list with entries (the trie
+/// walked), the reverse-path map holding the backends, the VIP and this
+/// host's addresses (the backends' replies found there and checked).
+fn protect(dp: &mut Dataplane, bk: u32) {
+    use aya::maps::{lpm_trie::Key, HashMap, LpmTrie, MapData};
+    use balancer_common::{
+        limits::MAX_RATE,
+        maps::{Block, Cidr, Endpoint, Guard, Service, SourceAddr, AF_INET, CIDR_FAMILY_BITS},
+    };
+    let v4 = |a: [u8; 4]| {
+        let mut addr = [0u8; 16];
+        addr[..4].copy_from_slice(&a);
+        addr
+    };
+    let mut services: HashMap<MapData, Endpoint, Service> =
+        program_map(dp, "SERVICES").try_into().unwrap();
+    let key = Endpoint::from("10.0.0.10:5060".parse::<std::net::SocketAddr>().unwrap());
+    let mut s = services.get(&key, 0).unwrap();
+    (s.rate, s.burst, s.dialog_rate, s.dialog_burst) = (MAX_RATE, MAX_RATE, MAX_RATE, MAX_RATE);
+    services.insert(key, s, 0).unwrap();
+    let mut guard: HashMap<MapData, SourceAddr, Guard> =
+        program_map(dp, "GUARD").try_into().unwrap();
+    for (a, ifindex) in [
+        ([10, 0, 2, 11], bk),
+        ([10, 0, 2, 12], bk),
+        ([10, 0, 2, 13], bk),
+        ([10, 0, 0, 10], 0),
+        ([10, 0, 1, 1], 0),
+        ([10, 0, 2, 1], 0),
+    ] {
+        let k = SourceAddr {
+            addr: v4(a),
+            family: AF_INET as u32,
+        };
+        guard.insert(k, Guard { ifindex }, 0).unwrap();
+    }
+    let mut blocked: LpmTrie<MapData, Cidr, Block> = program_map(dp, "BLOCKED").try_into().unwrap();
+    for (a, bits) in [
+        ([203, 0, 113, 0], 24),
+        ([198, 51, 100, 0], 24),
+        ([10, 0, 1, 66], 32),
+    ] {
+        let k = Key::new(
+            CIDR_FAMILY_BITS + bits,
+            Cidr {
+                family: AF_INET as u32,
+                addr: v4(a),
+            },
+        );
+        blocked.insert(&k, Block { until: 0 }, 0).unwrap();
+    }
+}
+
 fn main() {
     require_root();
     pin_to_last_cpu();
@@ -115,6 +170,7 @@ fn main() {
     .unwrap();
     dp.add_tx_port(cli).unwrap();
     dp.add_tx_port(bk).unwrap();
+    protect(&mut dp, bk);
     let t = TrivialTarget {
         addr: [10, 0, 2, 11],
         port: 5060u16.to_be(),

@@ -26,6 +26,8 @@ enum Command {
     Service(cli::service::Command),
     #[command(subcommand)]
     Backend(cli::backend::Command),
+    #[command(subcommand)]
+    Block(cli::block::Command),
     Whereis(cli::whereis::Args),
     Stats(cli::stats::Args),
     Detach(cli::detach::Args),
@@ -53,6 +55,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run(a) => cli::attach::run(&i, a),
         Command::Service(c) => cli::service::run(&i, c),
         Command::Backend(c) => cli::backend::run(&i, c),
+        Command::Block(c) => cli::block::run(&i, c),
         Command::Whereis(a) => cli::whereis::run(&i, a),
         Command::Stats(a) => cli::stats::run(&i, a),
         Command::Detach(a) => cli::detach::run(&i, a),

@@ -1,5 +1,6 @@
 //! Which interface leads to an address, per the kernel's routing table.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::process::Command;
 
@@ -20,6 +21,88 @@ pub fn egress_interface(addr: IpAddr) -> Result<String> {
     }
     let text = String::from_utf8_lossy(&out.stdout);
     parse_dev(&text).with_context(|| format!("no `dev` in `ip route get {addr}`: {text}"))
+}
+
+/// The egress interface of each address, with one `ip` process for all of
+/// them (`ip -batch`): after a routing change every backend is looked up
+/// again. An address without a route is missing from the answer.
+pub fn egress_interfaces(addrs: &[IpAddr]) -> Result<HashMap<IpAddr, String>> {
+    use std::io::Write;
+    use std::process::Stdio;
+    if addrs.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let mut child = Command::new("ip")
+        .args(["-o", "-force", "-batch", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("running `ip -batch` (iproute2)")?;
+    let mut script = String::new();
+    for a in addrs {
+        script += &format!("route get {a}\n");
+    }
+    let mut stdin = child.stdin.take().expect("piped");
+    // Written from a thread: ip answers while it reads, and a full pipe
+    // either way would stall both.
+    let writer = std::thread::spawn(move || stdin.write_all(script.as_bytes()));
+    let out = child.wait_with_output().context("reading `ip -batch`")?;
+    let _ = writer.join();
+    Ok(parse_batch(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// `ip -o route get` lines: each names its destination first (after a route
+/// type such as `local`), then `dev`.
+fn parse_batch(text: &str) -> HashMap<IpAddr, String> {
+    let mut out = HashMap::new();
+    for line in text.lines() {
+        let dst = line
+            .split_whitespace()
+            .take(2)
+            .find_map(|w| w.parse::<IpAddr>().ok());
+        if let (Some(dst), Some(dev)) = (dst, parse_dev(line)) {
+            out.insert(dst, dev);
+        }
+    }
+    out
+}
+
+/// Every address of this host (in this network namespace), `getifaddrs`.
+pub fn local_addresses() -> Result<Vec<IpAddr>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list freed below; each entry's
+    // address is read according to its own family.
+    unsafe {
+        if libc::getifaddrs(&mut head) != 0 {
+            return Err(std::io::Error::last_os_error()).context("getifaddrs");
+        }
+        let mut out = Vec::new();
+        let mut p = head;
+        while !p.is_null() {
+            let a = (*p).ifa_addr;
+            if !a.is_null() {
+                match (*a).sa_family as i32 {
+                    libc::AF_INET => {
+                        let sin = &*(a as *const libc::sockaddr_in);
+                        out.push(IpAddr::from(
+                            u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
+                        ));
+                    }
+                    libc::AF_INET6 => {
+                        let sin6 = &*(a as *const libc::sockaddr_in6);
+                        out.push(IpAddr::from(sin6.sin6_addr.s6_addr));
+                    }
+                    _ => {}
+                }
+            }
+            p = (*p).ifa_next;
+        }
+        libc::freeifaddrs(head);
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
 }
 
 fn parse_dev(text: &str) -> Option<String> {
@@ -103,6 +186,27 @@ mod tests {
             super::parse_dev("local 10.0.0.1 dev lo table local"),
             Some("lo".into())
         );
+    }
+
+    #[test]
+    fn parses_a_batch_by_destination() {
+        let t = "local 127.0.0.1 dev lo src 127.0.0.1 uid 0 \\    cache <local> \n\
+                 10.255.255.1 via 192.0.2.1 dev eth0 src 192.0.2.2 uid 0 \\    cache \n\
+                 fd00:2::11 from :: dev l1 proto kernel src fd00:2::1 metric 256 pref medium\n";
+        let m = super::parse_batch(t);
+        assert_eq!(m.len(), 3);
+        assert_eq!(m[&"127.0.0.1".parse().unwrap()], "lo");
+        assert_eq!(m[&"10.255.255.1".parse().unwrap()], "eth0");
+        assert_eq!(m[&"fd00:2::11".parse().unwrap()], "l1");
+    }
+
+    #[test]
+    fn the_host_has_its_loopback_address_and_a_route_to_it() {
+        let local = super::local_addresses().unwrap();
+        assert!(local.contains(&"127.0.0.1".parse().unwrap()), "{local:?}");
+        let lo: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+        let r = super::egress_interfaces(&[lo]).unwrap();
+        assert_eq!(r.get(&lo).map(String::as_str), Some("lo"));
     }
 
     #[test]

@@ -176,6 +176,8 @@ fn backends_change_while_traffic_flows() {
         saved.contains(&backend(3)) && !saved.contains(&backend(2)),
         "{saved}"
     );
+    // `attach` kept the file's limits for its VIP.
+    assert!(saved.contains("dialogs = 0"), "{saved}");
     assert!(
         saved.contains("state = \"draining\"") && saved.contains("weight = 3"),
         "{saved}"
@@ -192,10 +194,13 @@ const TRANSIT: Duration = Duration::from_millis(50);
 /// `(backend index, weight)` of the restart test's service.
 type Members = [(usize, u32)];
 
-/// The configuration file of the restart test: one service with `members`.
+/// The configuration file of the restart test: one service with `members`,
+/// without per-source limits (the tests' one client starts thousands of
+/// dialogs a second, more than the default 2000).
 fn restart_config(members: &Members) -> String {
     let mut c = format!(
-        "interfaces = [\"l0\"]\n\n[[service]]\nvip = \"{}\"\n",
+        "interfaces = [\"l0\"]\n\n[[service]]\nvip = \"{}\"\n\n\
+         [service.limits]\ndatagrams = 0\ndialogs = 0\n",
         vip()
     );
     for &(i, w) in members {

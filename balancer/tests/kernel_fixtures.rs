@@ -360,7 +360,7 @@ enum Step {
 enum Act {
     /// Rewrites the SERVICES entry's algorithm (`maps::ALG_*`).
     Algorithm(&'static str, u32),
-    Install(ServiceConfig),
+    Install(Box<ServiceConfig>),
     /// The service at the VIP passes datagrams it has no backend for.
     NoBackendPass(&'static str),
     /// Dialog affinity on for the service at the VIP.
@@ -726,7 +726,7 @@ impl Run<'_> {
         match a {
             Act::Algorithm(vip, alg) => set_algorithm(dp, vip.parse().unwrap(), *alg),
             Act::Install(s) => {
-                dp.install_service(s.clone()).unwrap();
+                dp.install_service((**s).clone()).unwrap();
             }
             Act::NoBackendPass(vip) | Act::Affinity(vip) => {
                 let mut c = dp.config().clone();
@@ -1384,7 +1384,7 @@ fn algorithm_and_set_up_cases() -> Vec<Case> {
     t.push(case(
         "a service without backends drops, or passes when told to",
         vec![
-            Step::Do(Act::Install(empty)),
+            Step::Do(Act::Install(Box::new(empty))),
             Packet::client(f.clone())
                 .out(Out::Drop)
                 .moved(&["callid", "no_backend"])

@@ -451,6 +451,14 @@ fn learned_dialogs_survive_a_flood_of_new_ones() {
             to != Some(addr(BACKENDS[1]))
         })
         .unwrap();
+    // A backend's pings to its phones (a fresh Call-ID each) teach nothing.
+    for i in 0..3 {
+        let ping = format!("OPTIONS sip:alice@10.0.1.2 SIP/2.0\r\nCall-ID: ping-{i}\r\n\r\n");
+        let (v, moved) = b.send(&from_backend(BACKENDS[1], ping.as_bytes()), bk);
+        assert_eq!(v, XDP_REDIRECT, "the backend's OPTIONS: {moved:?}");
+        assert!(!moved.contains_key("affinity_learned"), "{moved:?}");
+    }
+    assert!(b.affinity("LEARNED").is_empty(), "pings were learned");
     let invite = format!(
         "INVITE sip:alice@10.0.1.2 SIP/2.0\r\nCall-ID: {learned}\r\nCSeq: 1 INVITE\r\n\r\n"
     );
@@ -465,6 +473,20 @@ fn learned_dialogs_survive_a_flood_of_new_ones() {
         assert_eq!(v, XDP_REDIRECT, "flood INVITE {i}");
     }
     assert!(b.affinity("AFFINITY").len() <= 64);
+    // A client entry for the same key that no longer holds (its slot is
+    // empty) gives way to the learned one.
+    let mut m: BpfHashMap<MapData, AffinityKey, Affinity> =
+        program_map(&mut b.dp, "AFFINITY").try_into().unwrap();
+    let key = AffinityKey {
+        service: b.service(VIP, |_| {}).id,
+        hash: hash_bytes(learned.as_bytes()),
+    };
+    let gone = Affinity {
+        slot: 4000,
+        _pad: 0,
+        seen: 0,
+    };
+    m.insert(key, gone, 0).unwrap();
     // The client's answer still reaches the backend that called it.
     let ok = format!(
         "SIP/2.0 200 OK\r\nCall-ID: {learned}\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"

@@ -288,7 +288,17 @@ impl Bed {
 
     /// The `balancer attach` arguments for this bed: client side `l0`, the VIP on
     /// port 5060, `mode`, `instance`, and the backends (`IP:PORT[,weight=N]`).
+    /// Writes the instance's configuration file first with the VIP's service
+    /// and no per-source limits, which `attach` keeps: the tests' one client
+    /// starts dialogs faster than the default limits allow.
     pub fn attach_args(mode: &str, instance: &str, backends: &[String]) -> Vec<String> {
+        std::fs::write(
+            config_path(instance),
+            format!(
+                "[[service]]\nvip = \"{VIP}:5060\"\n\n[service.limits]\ndatagrams = 0\ndialogs = 0\n"
+            ),
+        )
+        .expect("writing the test configuration");
         let mut args: Vec<String> = [
             "attach",
             "l0",

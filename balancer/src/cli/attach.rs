@@ -18,7 +18,8 @@ pub struct AttachArgs {
     /// Client-facing interfaces (where SIP traffic to the VIPs arrives).
     #[arg(required = true)]
     ifaces: Vec<String>,
-    /// A service to serve (replaces one with the same VIP in the file).
+    /// A service to serve: replaces one with the same VIP in the file, whose
+    /// access policy (allow, drop_scanners, max_size, limits) it keeps.
     #[arg(long, value_parser = parse_addr)]
     vip: Option<std::net::SocketAddr>,
     /// The service's backends, IP:PORT[,weight=N]; repeat the flag or list several.
@@ -80,6 +81,14 @@ pub fn attach(instance: &str, a: AttachArgs) -> Result<()> {
         s.mode = a.mode;
         s.algorithm = a.algorithm;
         s.table_size = a.table_size;
+        // Who may use the service is not said on this command line: keep
+        // what the file says rather than silently lifting it.
+        if let Some(old) = config.services.iter().find(|x| x.vip == vip) {
+            s.allow = old.allow.clone();
+            s.drop_scanners = old.drop_scanners;
+            s.max_size = old.max_size;
+            s.limits = old.limits.clone();
+        }
         config.services.retain(|x| x.vip != vip);
         config.services.push(s);
     }

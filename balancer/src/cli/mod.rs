@@ -1,5 +1,6 @@
 pub mod attach;
 pub mod backend;
+pub mod block;
 pub mod detach;
 pub mod import;
 pub mod inspect;

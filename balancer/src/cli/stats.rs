@@ -12,6 +12,63 @@ pub struct Args {
     json: bool,
 }
 
+/// The verdict counters by what happened to the datagram.
+const GROUPS: &[(&str, &[&str])] = &[
+    (
+        "dispatched (by what)",
+        &[
+            "callid",
+            "uri",
+            "source",
+            "round_robin",
+            "fallback_no_callid",
+            "fallback_keepalive",
+            "fragment_follow",
+            "reverse_nat",
+        ],
+    ),
+    (
+        "dialog affinity",
+        &[
+            "affinity_hit",
+            "affinity_new",
+            "affinity_replaced",
+            "affinity_learned",
+        ],
+    ),
+    ("sent", &["tx", "redirect"]),
+    (
+        "to the host's stack",
+        &[
+            "pass_not_ip",
+            "pass_not_udp",
+            "pass_no_service",
+            "pass_local",
+            "malformed",
+            "fragment_miss",
+            "no_backend_pass",
+            "fib_no_neigh",
+            "fib_fail",
+            "ttl_exceeded",
+        ],
+    ),
+    (
+        "dropped",
+        &[
+            "no_backend",
+            "spoofed",
+            "blocked",
+            "not_allowed",
+            "rate_limited",
+            "dialog_limited",
+            "auto_blocked",
+            "too_big",
+            "scanner",
+            "zero_checksum",
+        ],
+    ),
+];
+
 pub fn run(instance: &str, a: Args) -> Result<()> {
     let s: Stats = call(instance, &Request::Stats)?;
     if a.json {
@@ -19,10 +76,26 @@ pub fn run(instance: &str, a: Args) -> Result<()> {
         return Ok(());
     }
     println!("verdicts");
-    // In the kernel's order, which groups them by what happened.
-    for name in reason::NAMES {
-        if let Some(n) = s.reasons.get(name) {
-            println!("  {name:<20} {n:>14}");
+    for (group, names) in GROUPS {
+        println!("  {group}");
+        for name in *names {
+            if let Some(n) = s.reasons.get(*name) {
+                println!("    {name:<20} {n:>14}");
+            }
+        }
+    }
+    // A counter of a newer program than this table knows.
+    let other: Vec<&str> = reason::NAMES
+        .iter()
+        .copied()
+        .filter(|n| !GROUPS.iter().any(|(_, g)| g.contains(n)))
+        .collect();
+    if !other.is_empty() {
+        println!("  other");
+        for name in other {
+            if let Some(n) = s.reasons.get(name) {
+                println!("    {name:<20} {n:>14}");
+            }
         }
     }
     let ms = |v: Option<f64>| v.map_or("-".to_string(), |m| format!("{m:.3}"));
@@ -50,4 +123,19 @@ pub fn run(instance: &str, a: Args) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_counter_is_in_one_group() {
+        for name in reason::NAMES {
+            let n = GROUPS.iter().filter(|(_, g)| g.contains(&name)).count();
+            assert_eq!(n, 1, "{name} is in {n} groups");
+        }
+        let listed: usize = GROUPS.iter().map(|(_, g)| g.len()).sum();
+        assert_eq!(listed, reason::NAMES.len());
+    }
 }

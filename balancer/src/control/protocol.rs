@@ -27,6 +27,9 @@ pub enum Request {
     },
     /// Verdict counters and traffic. Answer: [`Stats`].
     Stats,
+    /// The block list and the sources blocked for going over a limit.
+    /// Answer: [`Blocks`].
+    Blocks,
     /// Detach everywhere, remove the pins and exit. Answer: [`Detached`].
     Detach,
 }
@@ -71,6 +74,7 @@ pub enum Reply {
     Status(Status),
     Stats(Stats),
     Whereis(Whereis),
+    Blocks(Blocks),
     Detached(Detached),
 }
 
@@ -226,6 +230,36 @@ pub struct Whereis {
     pub via: Via,
 }
 
+/// `block list`: what is blocked, and for how long.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Blocks {
+    /// The configured block list (`[[block]]`, `block add`).
+    pub configured: Vec<ConfiguredBlock>,
+    /// Sources the kernel blocks for going over a service's limits.
+    pub automatic: Vec<AutoBlockRow>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ConfiguredBlock {
+    /// `203.0.113.0/24`, `2001:db8::/48`.
+    pub cidr: String,
+    /// RFC 3339 UTC; `None`: until removed.
+    pub until: Option<String>,
+    /// Seconds left; `None`: until removed.
+    pub remaining_s: Option<u64>,
+    pub reason: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AutoBlockRow {
+    /// The service whose limit the source went over.
+    pub service: SocketAddr,
+    /// An IPv4 address (/32) or an IPv6 /64.
+    pub source: String,
+    /// Seconds left (rounded up).
+    pub remaining_s: u64,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Detached {
     pub detached: bool,
@@ -379,6 +413,33 @@ mod tests {
         );
         assert_eq!(w["via"], "affinity");
         assert_eq!(w["backend"], Value::Null);
+        assert_eq!(serde_json::to_value(Via::Learned).unwrap(), "learned");
+        assert_eq!(serde_json::to_value(Via::Table).unwrap(), "table");
+
+        let b = Blocks {
+            configured: vec![ConfiguredBlock {
+                cidr: "203.0.113.0/24".into(),
+                until: Some("2026-11-30T09:00:00Z".into()),
+                remaining_s: Some(60),
+                reason: None,
+            }],
+            automatic: vec![AutoBlockRow {
+                service: "10.0.0.10:5060".parse().unwrap(),
+                source: "198.51.100.7/32".into(),
+                remaining_s: 30,
+            }],
+        };
+        let b = serde_json::to_value(b).unwrap();
+        assert_eq!(keys(&b), sorted(&["configured", "automatic"]));
+        assert_eq!(
+            keys(&b["configured"][0]),
+            sorted(&["cidr", "until", "remaining_s", "reason"])
+        );
+        assert_eq!(b["configured"][0]["reason"], Value::Null);
+        assert_eq!(
+            keys(&b["automatic"][0]),
+            sorted(&["service", "source", "remaining_s"])
+        );
     }
 
     #[test]

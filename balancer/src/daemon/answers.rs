@@ -54,6 +54,9 @@ impl Daemon {
                 report.to_kernel.as_secs_f64() * 1e3
             );
         }
+        if let Err(e) = self.update_guard() {
+            eprintln!("error: updating GUARD after the change: {e:#}");
+        }
         self.update_probes()?;
         Ok(Applied {
             changes: said,

@@ -11,25 +11,46 @@ impl Daemon {
     /// Attaches to the client-facing interfaces and to every interface the
     /// routing table names towards a backend.
     pub(super) fn ensure_interfaces(&mut self, c: &Config) -> Result<()> {
-        let mut want = c.interfaces.clone();
         for s in &c.services {
             for b in &s.backends {
                 // `ip route get` is a process: once per backend address, not
-                // once per backend per change.
+                // once per backend per change (routing notifications refresh
+                // the cache: `guard.rs`).
                 let ip = b.address.ip();
-                let dev = match self.routes.get(&ip) {
-                    Some(d) => d.clone(),
-                    None => {
-                        let d = route::egress_interface(ip)?;
-                        self.routes.insert(ip, d.clone());
-                        d
-                    }
-                };
-                if !want.contains(&dev) {
-                    want.push(dev);
+                if let std::collections::hash_map::Entry::Vacant(e) = self.routes.entry(ip) {
+                    e.insert(route::egress_interface(ip)?);
                 }
             }
         }
+        let mut want = c.interfaces.clone();
+        for s in &c.services {
+            for b in &s.backends {
+                let dev = &self.routes[&b.address.ip()];
+                if !want.contains(dev) {
+                    want.push(dev.clone());
+                }
+            }
+        }
+        self.attach_interfaces(want)
+    }
+
+    /// The client-facing interfaces and those the cached routes to the
+    /// configured backends use.
+    pub(super) fn wanted_interfaces(&self) -> Vec<String> {
+        let c = self.dp.config();
+        let mut want = c.interfaces.clone();
+        for b in c.services.iter().flat_map(|s| &s.backends) {
+            if let Some(dev) = self.routes.get(&b.address.ip()) {
+                if !want.contains(dev) {
+                    want.push(dev.clone());
+                }
+            }
+        }
+        want
+    }
+
+    /// Attaches to those of `want` the program is not on yet.
+    pub(super) fn attach_interfaces(&mut self, want: Vec<String>) -> Result<()> {
         for i in want {
             if self.ifaces.contains(&i) {
                 continue;

@@ -2,6 +2,8 @@
 //! the control socket, writes every change back to the configuration file.
 
 mod answers;
+mod blocks;
+mod guard;
 mod host;
 mod interfaces;
 mod probes;
@@ -103,6 +105,7 @@ pub fn run(opts: Options) -> Result<()> {
     if let Err(e) = d
         .ensure_interfaces(&config)
         .and_then(|_| d.dp.sync(&config))
+        .and_then(|_| d.update_guard())
     {
         if !d.opts.persist {
             let _ = d.dp.unpin();
@@ -202,11 +205,25 @@ impl Daemon {
         std::io::stdout().flush()?;
 
         let mut term = signal(SignalKind::terminate())?;
+        let mut routing = guard::watch();
+        // Routes were looked up at start: changes from then on count.
+        let mut follow_at: Option<tokio::time::Instant> = None;
+        let mut expiry = tokio::time::interval(blocks::EXPIRY_CHECK);
         loop {
+            let follow = follow_at
+                .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => return Ok(Exit::Signal),
                 _ = term.recv() => return Ok(Exit::Signal),
                 Some(ev) = events.recv() => self.on_probe(ev),
+                Some(()) = routing.recv() => {
+                    follow_at.get_or_insert_with(|| tokio::time::Instant::now() + guard::QUIET);
+                }
+                _ = tokio::time::sleep_until(follow), if follow_at.is_some() => {
+                    follow_at = None;
+                    self.follow_routes().await;
+                }
+                _ = expiry.tick() => self.expire_blocks(),
                 conn = listener.accept() => {
                     let Ok((stream, _)) = conn else { continue };
                     if self.converse(stream).await {
@@ -281,6 +298,7 @@ impl Daemon {
             Request::Status => Reply::Status(self.status()?),
             Request::Whereis { service, key } => Reply::Whereis(self.whereis(service, &key)?),
             Request::Stats => Reply::Stats(self.stats()?),
+            Request::Blocks => Reply::Blocks(self.blocks()?),
             Request::Detach => unreachable!("handled by converse"),
         })
     }

@@ -1,15 +1,19 @@
 //! Writing a [`MapContents`] into the kernel: only what differs from what the
 //! maps hold, tables into idle halves, and nothing freed before a grace period.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, AsRawFd};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray, PerCpuValues};
 use balancer_common::maglev;
-use balancer_common::maps::{names, Backend, Endpoint, Reverse, Service, Traffic};
+use balancer_common::maps::{
+    names, AllowCidr, Backend, Block, Cidr, Endpoint, Reverse, Service, Traffic, UaPattern,
+};
 
+use super::plan::{blocked, Clock};
 use super::table::{grace_period, maglev_entries, TableMap};
 use super::{plan, Dataplane, Live, MapContents};
 use crate::model::{Config, ServiceConfig};
@@ -62,7 +66,12 @@ impl Dataplane {
         // Tracked from now on, so a failure further down leaves no slot unknown.
         self.slots.extend(p.slots.iter().map(|(a, s)| (*a, *s)));
         self.write_reverse(&p)?;
+        // New allow-list entries (and patterns) before a service entry asks
+        // for them; stale ones once no service entry does.
+        let stale_allowed = self.write_allowed(&p)?;
+        self.write_scanners(&p.scanners)?;
         self.write_services(&p)?;
+        self.write_blocked(next)?;
         report.to_kernel = start.elapsed();
 
         // After a grace period no packet still reads an old half, an old service
@@ -81,6 +90,12 @@ impl Dataplane {
             let mut m: BpfHashMap<&mut MapData, Endpoint, Reverse> = self.map(names::REVERSE)?;
             for k in &stale_reverse {
                 let _ = m.remove(k);
+            }
+        }
+        if !stale_allowed.is_empty() {
+            let mut m: LpmTrie<&mut MapData, AllowCidr, u32> = self.map(names::ALLOWED)?;
+            for (len, k) in &stale_allowed {
+                let _ = m.remove(&Key::new(*len, *k));
             }
         }
         for slot in &p.freed_slots {
@@ -115,6 +130,64 @@ impl Dataplane {
         for (k, v) in &p.reverse {
             if m.get(k, 0).ok() != Some(*v) {
                 m.insert(k, v, 0)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds the allow-list entries the plan has and the kernel lacks; returns
+    /// the kernel's entries the plan no longer has.
+    fn write_allowed(&mut self, p: &MapContents) -> Result<Vec<(u32, AllowCidr)>> {
+        let mut m: LpmTrie<&mut MapData, AllowCidr, u32> = self.map(names::ALLOWED)?;
+        let held: HashSet<(u32, AllowCidr)> = m
+            .iter()
+            .filter_map(|kv| kv.ok())
+            .map(|(k, _)| (k.prefix_len(), k.data()))
+            .collect();
+        for (len, k) in p.allowed.difference(&held) {
+            m.insert(&Key::new(*len, *k), 1, 0)
+                .context("adding to the allow-list map ALLOWED")?;
+        }
+        Ok(held.difference(&p.allowed).copied().collect())
+    }
+
+    /// The block list as of now: entries written where they differ (expiry
+    /// compared to the second: both clocks are read anew each time), removed
+    /// where no longer configured or expired. Called again now and then, it
+    /// follows a step of the wall clock (the kernel only knows the monotonic one).
+    pub fn write_blocked(&mut self, next: &Config) -> Result<()> {
+        let want = blocked(next, Clock::now());
+        let mut m: LpmTrie<&mut MapData, Cidr, Block> = self.map(names::BLOCKED)?;
+        let held: HashMap<(u32, Cidr), Block> = m
+            .iter()
+            .filter_map(|kv| kv.ok())
+            .map(|(k, v)| ((k.prefix_len(), k.data()), v))
+            .collect();
+        for (k, v) in &want {
+            let same = held.get(k).is_some_and(|h| {
+                (h.until == 0) == (v.until == 0) && h.until.abs_diff(v.until) < 1_000_000_000
+            });
+            if !same {
+                m.insert(&Key::new(k.0, k.1), *v, 0)
+                    .context("adding to the block-list map BLOCKED")?;
+            }
+        }
+        for k in held.keys().filter(|k| !want.contains_key(k)) {
+            let _ = m.remove(&Key::new(k.0, k.1));
+        }
+        Ok(())
+    }
+
+    /// `SCANNERS`, entries that differ. An object without the map (built
+    /// before the User-Agent filter) has nothing to feed.
+    fn write_scanners(&mut self, want: &[UaPattern]) -> Result<()> {
+        if self.ebpf.map(names::SCANNERS).is_none() {
+            return Ok(());
+        }
+        let mut m: Array<&mut MapData, UaPattern> = self.map(names::SCANNERS)?;
+        for (i, p) in want.iter().enumerate() {
+            if m.get(&(i as u32), 0).ok().as_ref() != Some(p) {
+                m.set(i as u32, *p, 0)?;
             }
         }
         Ok(())

@@ -14,6 +14,7 @@
 
 mod apply;
 mod attach;
+pub mod guard;
 pub mod plan;
 pub mod program_log;
 mod read;
@@ -40,8 +41,9 @@ use requirements::Rejected;
 use table::TableMap;
 
 pub use apply::{Installed, SyncReport};
-pub use plan::{plan, Held, Holdings, MapContents, PlanError};
-pub use read::Via;
+pub use plan::{plan, Clock, Held, Holdings, MapContents, PlanError};
+use read::monotonic_ns;
+pub use read::{AutoBlock, Via};
 
 /// The compiled XDP object, built by `build.rs` with aya-build.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/balancer"));

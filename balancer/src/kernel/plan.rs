@@ -5,13 +5,17 @@
 //! [`apply`](super::apply) writes the difference.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::time::SystemTime;
 
 use balancer_common::maglev::BuildError;
 use balancer_common::maps::{
-    Backend, Endpoint, Reverse, Service, BACKEND_STICKY, MAX_BACKENDS, MAX_SERVICES, NO_BACKEND,
-    SERVICE_AFFINITY, SERVICE_PASS_NO_BACKEND,
+    AllowCidr, Backend, Block, Cidr, Endpoint, Reverse, Service, UaPattern, AF_INET, AF_INET6,
+    ALLOW_PREFIX_BITS, BACKEND_STICKY, CIDR_FAMILY_BITS, MAX_BACKENDS, MAX_SERVICES,
+    MAX_UA_PATTERNS, NO_BACKEND, SERVICE_AFFINITY, SERVICE_ALLOW_LIST, SERVICE_PASS_NO_BACKEND,
+    SERVICE_SCANNERS,
 };
+use ipnet::IpNet;
 
 use crate::model::{AdminState, Config, Mode, NoBackend, ServiceConfig, AFFINITY_IDLE};
 use crate::select::Selector;
@@ -73,6 +77,10 @@ pub struct MapContents {
     pub services: BTreeMap<SocketAddr, ServicePlan>,
     /// Served now, not configured any more.
     pub gone: Vec<SocketAddr>,
+    /// The services' allow-lists: (prefix length, key) of `ALLOWED`.
+    pub allowed: HashSet<(u32, AllowCidr)>,
+    /// `SCANNERS`, every entry (unused ones empty).
+    pub scanners: Vec<UaPattern>,
 }
 
 impl MapContents {
@@ -93,6 +101,8 @@ pub fn plan(
     backends(next, down, now, &mut out)?;
     let ids = service_ids(next, now)?;
     out.reverse = reverse(next, &ids, &out.slots);
+    out.allowed = allowed(next, &ids);
+    out.scanners = scanners(&next.user_agents);
     for s in &next.services {
         let p = service(s, ids[&s.vip], down, &out.slots, now.services.get(&s.vip))?;
         out.services.insert(s.vip, p);
@@ -228,18 +238,34 @@ fn service(
         .iter()
         .map(|e| e.map_or(NO_BACKEND, |i| slots[&members[i].address]))
         .collect();
+    let limits = s.limits.effective();
+    let mut flags = match s.no_backend {
+        NoBackend::Drop => 0,
+        NoBackend::Pass => SERVICE_PASS_NO_BACKEND,
+    };
+    for (on, flag) in [
+        (s.affinity, SERVICE_AFFINITY),
+        (!s.allow.is_empty(), SERVICE_ALLOW_LIST),
+        (s.drop_scanners, SERVICE_SCANNERS),
+    ] {
+        if on {
+            flags |= flag;
+        }
+    }
     let mut entry = Service {
         id,
         table_size: s.table_size,
         active: 0,
         mode: s.mode.raw(),
         algorithm: s.algorithm.raw(),
-        flags: match s.no_backend {
-            NoBackend::Drop => 0,
-            NoBackend::Pass => SERVICE_PASS_NO_BACKEND,
-        } | if s.affinity { SERVICE_AFFINITY } else { 0 },
+        flags,
         affinity_idle: s.affinity_idle.unwrap_or(AFFINITY_IDLE).as_secs() as u32,
-        ..Service::default()
+        rate: limits.rate,
+        burst: limits.burst,
+        dialog_rate: limits.dialog_rate,
+        dialog_burst: limits.dialog_burst,
+        block_s: limits.block_s,
+        max_size: s.max_size.unwrap_or(0),
     };
     let (write, fresh) = match held {
         None => (true, true),
@@ -260,6 +286,96 @@ fn service(
         write,
         fresh,
     })
+}
+
+/// The family and address bytes of a network (IPv4 in the first four).
+fn net_bytes(n: &IpNet) -> (u32, [u8; 16]) {
+    let mut addr = [0u8; 16];
+    match n.network() {
+        IpAddr::V4(a) => {
+            addr[..4].copy_from_slice(&a.octets());
+            (AF_INET as u32, addr)
+        }
+        IpAddr::V6(a) => (AF_INET6 as u32, a.octets()),
+    }
+}
+
+/// The `BLOCKED` key of a network: its prefix length counts the family.
+pub fn block_key(n: &IpNet) -> (u32, Cidr) {
+    let (family, addr) = net_bytes(n);
+    (
+        CIDR_FAMILY_BITS + n.prefix_len() as u32,
+        Cidr { family, addr },
+    )
+}
+
+/// The `ALLOWED` key of a network in service `id`.
+pub fn allow_key(id: u32, n: &IpNet) -> (u32, AllowCidr) {
+    let (family, addr) = net_bytes(n);
+    (
+        ALLOW_PREFIX_BITS + n.prefix_len() as u32,
+        AllowCidr {
+            service: id,
+            family,
+            addr,
+        },
+    )
+}
+
+/// Every allow-list entry of every service that has one.
+fn allowed(next: &Config, ids: &HashMap<SocketAddr, u32>) -> HashSet<(u32, AllowCidr)> {
+    next.services
+        .iter()
+        .flat_map(|s| s.allow.iter().map(|n| allow_key(ids[&s.vip], n)))
+        .collect()
+}
+
+/// `SCANNERS`: the patterns in order, then empty entries (the first ends the list).
+pub fn scanners(user_agents: &[String]) -> Vec<UaPattern> {
+    let mut out = vec![UaPattern::default(); MAX_UA_PATTERNS as usize];
+    for (e, p) in out.iter_mut().zip(user_agents) {
+        let b = p.to_ascii_lowercase().into_bytes();
+        let n = b.len().min(e.bytes.len());
+        e.bytes[..n].copy_from_slice(&b[..n]);
+        e.len = n as u32;
+    }
+    out
+}
+
+/// The two clocks at one moment: block-list expiry is configured in wall-clock
+/// time and checked by the kernel against `CLOCK_MONOTONIC`.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    pub wall: SystemTime,
+    pub monotonic_ns: u64,
+}
+
+impl Clock {
+    pub fn now() -> Clock {
+        Clock {
+            wall: SystemTime::now(),
+            monotonic_ns: super::monotonic_ns(),
+        }
+    }
+}
+
+/// `BLOCKED`'s contents at `now`: permanent entries with `until` 0, the others
+/// at their expiry on the monotonic clock; expired ones are left out.
+pub fn blocked(next: &Config, now: Clock) -> HashMap<(u32, Cidr), Block> {
+    let mut out = HashMap::new();
+    for b in &next.blocks {
+        let until = match b.until {
+            None => 0,
+            Some(t) => match t.duration_since(now.wall) {
+                Ok(left) if !left.is_zero() => {
+                    now.monotonic_ns.saturating_add(left.as_nanos() as u64)
+                }
+                _ => continue,
+            },
+        };
+        out.insert(block_key(&b.cidr), Block { until });
+    }
+    out
 }
 
 #[cfg(test)]
@@ -477,6 +593,152 @@ mod tests {
         assert!(s.write && !s.fresh);
         assert_eq!(s.entry.active, 0);
         assert_eq!(s.table, first.services[&addr(VIP)].table);
+    }
+
+    #[test]
+    fn policy_fields_reach_the_entry() {
+        let mut c = config(&[(VIP, &B)]);
+        let e = plan(&c, &HashSet::new(), &Holdings::default())
+            .unwrap()
+            .services[&addr(VIP)]
+            .entry;
+        // Defaults: 20000 datagrams/s and 2000 dialogs/s, bursts as large, no block.
+        assert_eq!(
+            (
+                e.rate,
+                e.burst,
+                e.dialog_rate,
+                e.dialog_burst,
+                e.block_s,
+                e.max_size
+            ),
+            (20000, 20000, 2000, 2000, 0, 0)
+        );
+        assert_eq!(e.flags & (SERVICE_ALLOW_LIST | SERVICE_SCANNERS), 0);
+        let s = &mut c.services[0];
+        s.allow = vec!["198.51.100.0/24".parse().unwrap()];
+        s.drop_scanners = true;
+        s.max_size = Some(1500);
+        s.limits = crate::model::Limits {
+            datagrams: Some(0),
+            dialogs: Some(30),
+            dialogs_burst: Some(60),
+            block_for: Some(std::time::Duration::from_secs(90)),
+            ..Default::default()
+        };
+        c.validate().unwrap();
+        let first = plan(&config(&[(VIP, &B)]), &HashSet::new(), &Holdings::default()).unwrap();
+        let p = plan(&c, &HashSet::new(), &held(&first)).unwrap();
+        let s = &p.services[&addr(VIP)];
+        let e = s.entry;
+        assert_eq!(
+            (
+                e.rate,
+                e.burst,
+                e.dialog_rate,
+                e.dialog_burst,
+                e.block_s,
+                e.max_size
+            ),
+            (0, 0, 30, 60, 90, 1500)
+        );
+        assert_eq!(
+            e.flags,
+            SERVICE_AFFINITY | SERVICE_ALLOW_LIST | SERVICE_SCANNERS
+        );
+        // A changed entry is a change: written, into the idle half.
+        assert!(s.write && e.active == 1);
+    }
+
+    #[test]
+    fn allow_lists_are_keyed_by_service_id_and_prefix() {
+        let mut c = config(&[(VIP, &B[..1]), ("[fd00::10]:5060", &[])]);
+        c.services[0].allow = vec![
+            "198.51.100.0/24".parse().unwrap(),
+            "192.0.2.7/32".parse().unwrap(),
+        ];
+        c.services[1].allow = vec!["2001:db8::/48".parse().unwrap()];
+        let p = plan(&c, &HashSet::new(), &Holdings::default()).unwrap();
+        let want: HashSet<(u32, AllowCidr)> = [
+            (
+                64 + 24,
+                AllowCidr {
+                    service: 0,
+                    family: AF_INET as u32,
+                    addr: [198, 51, 100, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                },
+            ),
+            (
+                64 + 32,
+                AllowCidr {
+                    service: 0,
+                    family: AF_INET as u32,
+                    addr: [192, 0, 2, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                },
+            ),
+            (
+                64 + 48,
+                AllowCidr {
+                    service: 1,
+                    family: AF_INET6 as u32,
+                    addr: "2001:db8::".parse::<std::net::Ipv6Addr>().unwrap().octets(),
+                },
+            ),
+        ]
+        .into();
+        assert_eq!(p.allowed, want);
+        // The first service goes and the second keeps its id: only its entries stay.
+        let mut next = c.clone();
+        next.services.remove(0);
+        let p2 = plan(&next, &HashSet::new(), &held(&p)).unwrap();
+        assert_eq!(p2.allowed.len(), 1);
+        assert!(p2.allowed.iter().all(|(_, k)| k.service == 1));
+    }
+
+    #[test]
+    fn scanners_fill_the_array_in_order_lower_case() {
+        let s = scanners(&["SIPVicious".to_string(), "friendly-scanner".to_string()]);
+        assert_eq!(s.len(), MAX_UA_PATTERNS as usize);
+        assert_eq!(s[0].len, 10);
+        assert_eq!(&s[0].bytes[..10], b"sipvicious");
+        assert!(s[0].bytes[10..].iter().all(|b| *b == 0));
+        assert_eq!(&s[1].bytes[..16], b"friendly-scanner");
+        assert!(s[2..].iter().all(|p| p.len == 0));
+        let d = scanners(&crate::model::policy::default_user_agents());
+        assert_eq!(d.iter().filter(|p| p.len > 0).count(), 11);
+    }
+
+    #[test]
+    fn blocks_expire_on_the_monotonic_clock() {
+        use std::time::Duration;
+        let mut c = config(&[(VIP, &B[..1])]);
+        let wall = std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let entry = |cidr: &str, until: Option<SystemTime>| crate::model::BlockEntry {
+            cidr: cidr.parse().unwrap(),
+            until,
+            reason: None,
+        };
+        c.blocks = vec![
+            entry("203.0.113.0/24", None),
+            entry("2001:db8:bad::/48", Some(wall + Duration::from_secs(60))),
+            entry("192.0.2.0/25", Some(wall - Duration::from_secs(1))),
+            entry("192.0.2.128/25", Some(wall)),
+        ];
+        let now = Clock {
+            wall,
+            monotonic_ns: 5_000_000_000,
+        };
+        let b = blocked(&c, now);
+        assert_eq!(b.len(), 2, "expired entries are left out: {b:?}");
+        let (len, key) = block_key(&"203.0.113.0/24".parse().unwrap());
+        assert_eq!(len, 32 + 24);
+        assert_eq!(key.family, AF_INET as u32);
+        assert_eq!(&key.addr[..4], &[203, 0, 113, 0]);
+        assert_eq!(b[&(len, key)].until, 0);
+        let k6 = block_key(&"2001:db8:bad::/48".parse().unwrap());
+        assert_eq!(k6.0, 32 + 48);
+        assert_eq!(k6.1.family, AF_INET6 as u32);
+        assert_eq!(b[&k6].until, 65_000_000_000);
     }
 
     #[test]

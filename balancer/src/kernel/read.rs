@@ -1,15 +1,20 @@
 //! Reading what the kernel holds and counts: verdict counters, traffic, and
 //! where a key goes right now.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use anyhow::{anyhow, Result};
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray};
+use balancer_common::limits::Bucket;
 use balancer_common::maglev;
 use balancer_common::maps::{
-    names, reason, Affinity, AffinityKey, Backend, Endpoint, Service, Traffic, BACKEND_STICKY,
-    NO_BACKEND, SERVICE_AFFINITY,
+    names, reason, Affinity, AffinityKey, Backend, Endpoint, Service, Traffic, ALG_ROUND_ROBIN,
+    BACKEND_STICKY, NO_BACKEND, SERVICE_AFFINITY,
 };
+use balancer_common::maps::{RateKey, AF_INET6};
+use ipnet::IpNet;
 
 use super::{backend_addr, Dataplane};
 use serde::{Deserialize, Serialize};
@@ -20,31 +25,46 @@ use serde::{Deserialize, Serialize};
 pub enum Via {
     /// The dialog's affinity entry (fresh, backend sticky).
     Affinity,
+    /// The entry learned from the backend's own request (a dialog it started).
+    Learned,
     /// The service's Maglev table.
     Table,
 }
 
+/// A source the kernel blocks for going over a service's limits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AutoBlock {
+    pub service: SocketAddr,
+    pub source: IpNet,
+    pub remaining: Duration,
+}
+
 impl Dataplane {
-    /// Where the kernel sends a key hash now: the dialog's affinity entry while
-    /// it holds (fresh, backend sticky), else the live table; and which decided.
+    /// Where the kernel sends a key hash now, and which structure decided, in
+    /// the data plane's order (`balancer-ebpf/src/affinity.rs`, `choose`): the
+    /// dialog's `AFFINITY` entry while it holds (fresh, backend sticky); else
+    /// a `LEARNED` one that holds; else the live table.
     pub fn lookup(&self, vip: SocketAddr, hash: u32) -> Result<(Option<SocketAddr>, Via)> {
         let svc: BpfHashMap<&MapData, Endpoint, Service> = self.map_ref(names::SERVICES)?;
         let s = svc
             .get(&Endpoint::from(vip), 0)
             .map_err(|_| anyhow!("the kernel has no service {vip}"))?;
         let backends: Array<&MapData, Backend> = self.map_ref(names::BACKENDS)?;
-        if s.flags & SERVICE_AFFINITY != 0 {
-            let aff: BpfHashMap<&MapData, AffinityKey, Affinity> = self.map_ref(names::AFFINITY)?;
-            if let Ok(e) = aff.get(
-                &AffinityKey {
-                    service: s.id,
-                    hash,
-                },
-                0,
-            ) {
+        if s.flags & SERVICE_AFFINITY != 0 && s.algorithm != ALG_ROUND_ROBIN {
+            let key = AffinityKey {
+                service: s.id,
+                hash,
+            };
+            let now = monotonic_ns();
+            for (map, via) in [
+                (names::AFFINITY, Via::Affinity),
+                (names::LEARNED, Via::Learned),
+            ] {
+                let m: BpfHashMap<&MapData, AffinityKey, Affinity> = self.map_ref(map)?;
+                let Ok(e) = m.get(&key, 0) else { continue };
                 let b = backends.get(&e.slot, 0)?;
-                if e.is_fresh(monotonic_ns(), s.affinity_idle) && b.flags & BACKEND_STICKY != 0 {
-                    return Ok((Some(backend_addr(&b)), Via::Affinity));
+                if e.is_fresh(now, s.affinity_idle) && b.flags & BACKEND_STICKY != 0 {
+                    return Ok((Some(backend_addr(&b)), via));
                 }
             }
         }
@@ -55,6 +75,41 @@ impl Dataplane {
             return Ok((None, Via::Table));
         }
         Ok((Some(backend_addr(&backends.get(&slot, 0)?)), Via::Table))
+    }
+
+    /// Sources the kernel blocks for going over a service's limits now: the
+    /// service, the source (an IPv4 address, an IPv6 /64) and how long it stays
+    /// blocked.
+    pub fn auto_blocked(&self) -> Result<Vec<AutoBlock>> {
+        let rates: BpfHashMap<&MapData, RateKey, Bucket> = self.map_ref(names::RATES)?;
+        let vips: HashMap<u32, SocketAddr> =
+            self.live.iter().map(|(vip, l)| (l.id, *vip)).collect();
+        let now = monotonic_ns();
+        let mut out = Vec::new();
+        for kv in rates.iter() {
+            let Ok((k, b)) = kv else { continue };
+            if b.blocked_until <= now {
+                continue;
+            }
+            let Some(vip) = vips.get(&k.service) else {
+                continue;
+            };
+            let source = match k.family as u8 {
+                AF_INET6 => IpNet::new(IpAddr::from(k.addr), 64),
+                _ => IpNet::new(
+                    IpAddr::from([k.addr[0], k.addr[1], k.addr[2], k.addr[3]]),
+                    32,
+                ),
+            }
+            .expect("valid prefix lengths");
+            out.push(AutoBlock {
+                service: *vip,
+                source,
+                remaining: Duration::from_nanos(b.blocked_until - now),
+            });
+        }
+        out.sort_by_key(|a| (a.service, a.source));
+        Ok(out)
     }
 
     /// Verdict counters summed over CPUs, by name.
@@ -87,7 +142,7 @@ impl Dataplane {
 }
 
 /// `CLOCK_MONOTONIC`, the clock of `bpf_ktime_get_ns`.
-fn monotonic_ns() -> u64 {
+pub(super) fn monotonic_ns() -> u64 {
     let mut t = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

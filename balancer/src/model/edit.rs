@@ -3,9 +3,11 @@
 
 use std::net::SocketAddr;
 
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use super::{AdminState, BackendConfig, Config, ConfigError, ServiceConfig};
+use super::policy::{self, fmt_time};
+use super::{AdminState, BackendConfig, BlockEntry, Config, ConfigError, ServiceConfig};
 
 /// One change to the configuration. A request carries a list of them, applied
 /// all or nothing.
@@ -35,6 +37,14 @@ pub enum Op {
         service: Option<SocketAddr>,
         address: SocketAddr,
         weight: u32,
+    },
+    /// Blocks a CIDR, or changes the expiry and reason of its entry.
+    BlockAdd {
+        entry: BlockEntry,
+    },
+    BlockRemove {
+        #[serde(with = "policy::cidr")]
+        cidr: IpNet,
     },
 }
 
@@ -95,6 +105,29 @@ impl Op {
                 let vip = c.resolve(*service)?;
                 c.service_mut(vip)?.backend_mut(*address)?.weight = *weight;
                 format!("backend {address} of {vip} has weight {weight}")
+            }
+            Op::BlockAdd { entry } => {
+                let until = match entry.until {
+                    Some(t) => format!("until {}", fmt_time(t)),
+                    None => "until removed".to_string(),
+                };
+                match c.blocks.iter_mut().find(|b| b.cidr == entry.cidr) {
+                    Some(b) => {
+                        *b = entry.clone();
+                        format!("{} stays blocked, now {until}", entry.cidr)
+                    }
+                    None => {
+                        c.blocks.push(entry.clone());
+                        format!("{} blocked {until}", entry.cidr)
+                    }
+                }
+            }
+            Op::BlockRemove { cidr } => {
+                if !c.blocks.iter().any(|b| b.cidr == *cidr) {
+                    return Err(ConfigError::NotBlocked(*cidr));
+                }
+                c.blocks.retain(|b| b.cidr != *cidr);
+                format!("{cidr} unblocked")
             }
         })
     }
@@ -164,6 +197,33 @@ mod tests {
             apply(&c, &[unknown]).unwrap_err().to_string(),
             "no service 10.0.0.99:5060"
         );
+    }
+
+    #[test]
+    fn blocks_are_added_updated_and_removed() {
+        let c = base();
+        let net = policy::parse_cidr("203.0.113.0/24").unwrap();
+        let add = |until: Option<&str>| Op::BlockAdd {
+            entry: BlockEntry {
+                cidr: net,
+                until: until.map(|t| policy::parse_time(t).unwrap()),
+                reason: Some("scan".into()),
+            },
+        };
+        let (c1, said) = apply(&c, &[add(None)]).unwrap();
+        assert_eq!(said, vec!["203.0.113.0/24 blocked until removed"]);
+        assert_eq!(c1.blocks.len(), 1);
+        let (c2, said) = apply(&c1, &[add(Some("2026-11-30T09:00:00Z"))]).unwrap();
+        assert_eq!(c2.blocks.len(), 1);
+        assert!(said[0].contains("until 2026-11-30T09:00:00Z"), "{said:?}");
+        assert_eq!(Config::parse(&c2.to_toml()).unwrap(), c2);
+        let rm = Op::BlockRemove { cidr: net };
+        let (c3, _) = apply(&c2, std::slice::from_ref(&rm)).unwrap();
+        assert!(c3.blocks.is_empty());
+        assert_eq!(apply(&c3, &[rm]).unwrap_err(), ConfigError::NotBlocked(net));
+        let j = serde_json::to_string(&add(None)).unwrap();
+        assert!(j.contains("\"cidr\":\"203.0.113.0/24\""), "{j}");
+        assert_eq!(serde_json::from_str::<Op>(&j).unwrap(), add(None));
     }
 
     #[test]

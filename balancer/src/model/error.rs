@@ -4,7 +4,10 @@
 use std::net::SocketAddr;
 
 use balancer_common::maglev::MAX_TABLE;
-use balancer_common::maps::{MAX_BACKENDS, MAX_SERVICES};
+use balancer_common::maps::{
+    ALLOW_ENTRIES, BLOCK_ENTRIES, MAX_BACKENDS, MAX_SERVICES, MAX_UA_PATTERNS, UA_PATTERN_MAX,
+};
+use ipnet::IpNet;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -61,6 +64,26 @@ pub enum ConfigError {
     GlobalHealth(String),
     #[error("affinity_entries {0} must be from 1024 to 16777216")]
     AffinityEntries(u32),
+    #[error("`{0}` is not a CIDR (like 203.0.113.0/24 or 2001:db8::/48) or an IP address")]
+    Cidr(String),
+    #[error("`{0}` has host bits set: the network is {1}")]
+    HostBits(String, IpNet),
+    #[error("{0} is blocked twice")]
+    BlockedTwice(IpNet),
+    #[error("{0} is not in the block list")]
+    NotBlocked(IpNet),
+    #[error("at most {BLOCK_ENTRIES} block-list entries")]
+    TooManyBlocks,
+    #[error("at most {ALLOW_ENTRIES} allow-list entries over all services")]
+    TooManyAllowed,
+    #[error("user_agents: {0} patterns, at most {MAX_UA_PATTERNS}")]
+    TooManyUserAgents(usize),
+    #[error("user_agents: `{0}` must be printable ASCII, 1 to {UA_PATTERN_MAX} bytes")]
+    UserAgent(String),
+    #[error("service {0}: [service.limits] {1}")]
+    Limits(SocketAddr, String),
+    #[error("service {0}: max_size {1} must be from 1 to 65535 bytes")]
+    MaxSize(SocketAddr, u32),
 }
 
 impl ConfigError {
@@ -72,7 +95,11 @@ impl ConfigError {
             BackendExists(a, _) | SharedDnatBackend(a, _, _) => Some(a.to_string()),
             Family { backend, .. } => Some(backend.to_string()),
             TableSize { vip, .. } => Some(vip.to_string()),
-            Interface(i) => Some(i.clone()),
+            Interface(i) | UserAgent(i) => Some(i.clone()),
+            Cidr(c) | HostBits(c, _) => Some(c.clone()),
+            BlockedTwice(n) => Some(n.to_string()),
+            MaxSize(_, n) => Some(format!("max_size = {n}")),
+            Limits(_, e) => e.split('`').nth(1).map(str::to_string),
             Health(_, e) | GlobalHealth(e) => e.split('`').nth(1).map(str::to_string),
             _ => None,
         }

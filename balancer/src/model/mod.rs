@@ -21,6 +21,7 @@ pub(crate) mod duration;
 pub mod edit;
 mod error;
 mod kinds;
+pub mod policy;
 mod service;
 
 use std::collections::{HashMap, HashSet};
@@ -29,7 +30,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use balancer_common::maglev::{is_prime, MAX_TABLE};
-use balancer_common::maps::{AFFINITY_ENTRIES, MAX_BACKENDS, MAX_SERVICES};
+use balancer_common::maps::{
+    AFFINITY_ENTRIES, ALLOW_ENTRIES, BLOCK_ENTRIES, MAX_BACKENDS, MAX_SERVICES,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::health::{HealthConfig, Params};
@@ -38,6 +41,7 @@ pub use duration::{fmt_duration, parse_duration};
 pub use edit::Op;
 pub use error::ConfigError;
 pub use kinds::{AdminState, Algorithm, Mode, NoBackend};
+pub use policy::{parse_cidr, BlockEntry, Limits};
 pub use service::{parse_addr, BackendConfig, ServiceConfig};
 
 fn default_affinity_entries() -> u32 {
@@ -65,10 +69,26 @@ pub struct Config {
     )]
     pub affinity_entries: u32,
     /// Health-check settings for every backend (services and backends override).
+    /// User-Agent prefixes (lower case) that services with `drop_scanners`
+    /// drop; absent: [`policy::DEFAULT_USER_AGENTS`].
+    #[serde(
+        default = "policy::default_user_agents",
+        deserialize_with = "policy::lower_case",
+        skip_serializing_if = "is_default_user_agents"
+    )]
+    pub user_agents: Vec<String>,
+    /// Health-check settings for every backend (services and backends override).
     #[serde(default, skip_serializing_if = "HealthConfig::is_empty")]
     pub health: HealthConfig,
+    /// Sources dropped before any service sees them.
+    #[serde(default, rename = "block", skip_serializing_if = "Vec::is_empty")]
+    pub blocks: Vec<BlockEntry>,
     #[serde(default, rename = "service")]
     pub services: Vec<ServiceConfig>,
+}
+
+fn is_default_user_agents(v: &[String]) -> bool {
+    policy::is_default_user_agents(v)
 }
 
 impl Default for Config {
@@ -76,7 +96,9 @@ impl Default for Config {
         Config {
             interfaces: Vec::new(),
             affinity_entries: AFFINITY_ENTRIES,
+            user_agents: policy::default_user_agents(),
             health: HealthConfig::default(),
+            blocks: Vec::new(),
             services: Vec::new(),
         }
     }
@@ -90,7 +112,9 @@ impl Config {
             // A duplicate is wrong where it appears the second time.
             let last = matches!(
                 e,
-                ConfigError::BackendExists(..) | ConfigError::ServiceExists(_)
+                ConfigError::BackendExists(..)
+                    | ConfigError::ServiceExists(_)
+                    | ConfigError::BlockedTwice(_)
             );
             match e.subject().and_then(|s| line_of(text, &s, last)) {
                 Some(l) => ConfigError::Syntax(format!("line {l}: {e}")),
@@ -185,6 +209,20 @@ impl Config {
                 return Err(ConfigError::Interface(i.clone()));
             }
         }
+        policy::check_user_agents(&self.user_agents)?;
+        if self.blocks.len() > BLOCK_ENTRIES as usize {
+            return Err(ConfigError::TooManyBlocks);
+        }
+        let mut blocked = HashSet::new();
+        for b in &self.blocks {
+            if !blocked.insert(b.cidr) {
+                return Err(ConfigError::BlockedTwice(b.cidr));
+            }
+        }
+        let allowed: usize = self.services.iter().map(|s| s.allow.len()).sum();
+        if allowed > ALLOW_ENTRIES as usize {
+            return Err(ConfigError::TooManyAllowed);
+        }
         let mut vips = HashSet::new();
         let mut dnat_owner: HashMap<SocketAddr, SocketAddr> = HashMap::new();
         let mut all = HashSet::new();
@@ -197,6 +235,12 @@ impl Config {
                     vip: s.vip,
                     size: s.table_size,
                 });
+            }
+            s.limits
+                .check()
+                .map_err(|e| ConfigError::Limits(s.vip, e))?;
+            if let Some(m) = s.max_size.filter(|m| !(1..=65535).contains(m)) {
+                return Err(ConfigError::MaxSize(s.vip, m));
             }
             let mut seen = HashSet::new();
             for b in &s.backends {
@@ -320,6 +364,116 @@ priority = 5
             .unwrap_err()
             .to_string();
         assert!(e.contains("prime"), "{e}");
+    }
+
+    const POLICY: &str = r#"
+interfaces = ["eth0"]
+user_agents = ["Friendly-Scanner", "sipvicious"]
+
+[[block]]
+cidr = "203.0.113.0/24"
+until = "2026-11-30T09:00:00Z"
+reason = "REGISTER flood"
+
+[[block]]
+cidr = "2001:db8:bad::/48"
+
+[[service]]
+vip = "10.0.0.10:5060"
+allow = ["198.51.100.0/24", "2001:db8::/48", "192.0.2.7"]
+drop_scanners = true
+max_size = 4096
+
+[service.limits]
+datagrams = 500
+dialogs = 50
+dialogs_burst = 100
+block_for = "60s"
+
+[[service.backend]]
+address = "10.0.2.11:5060"
+"#;
+
+    #[test]
+    fn policy_parses_and_round_trips() {
+        let c = Config::parse(POLICY).unwrap();
+        assert_eq!(c.user_agents, vec!["friendly-scanner", "sipvicious"]);
+        assert_eq!(c.blocks.len(), 2);
+        assert_eq!(c.blocks[0].cidr.to_string(), "203.0.113.0/24");
+        assert_eq!(c.blocks[0].reason.as_deref(), Some("REGISTER flood"));
+        assert!(c.blocks[0].until.is_some() && c.blocks[1].until.is_none());
+        let s = &c.services[0];
+        assert_eq!(s.allow.len(), 3);
+        assert_eq!(s.allow[2].to_string(), "192.0.2.7/32");
+        assert!(s.drop_scanners);
+        assert_eq!(s.max_size, Some(4096));
+        let e = s.limits.effective();
+        assert_eq!(
+            (e.rate, e.burst, e.dialog_rate, e.dialog_burst, e.block_s),
+            (500, 500, 50, 100, 60)
+        );
+        let text = c.to_toml();
+        assert_eq!(Config::parse(&text).unwrap(), c);
+        assert!(text.contains("until = \"2026-11-30T09:00:00Z\""), "{text}");
+        assert!(!text.contains("datagrams_burst"), "{text}");
+    }
+
+    #[test]
+    fn policy_defaults_are_not_written_back() {
+        let c = Config::parse(GOOD).unwrap();
+        assert!(is_default_user_agents(&c.user_agents));
+        assert!(c.services[0].limits.effective().rate == policy::DATAGRAMS);
+        let text = c.to_toml();
+        for key in [
+            "user_agents",
+            "block",
+            "allow",
+            "drop_scanners",
+            "max_size",
+            "limits",
+        ] {
+            assert!(!text.contains(key), "{key} written back: {text}");
+        }
+        // An empty list is not the default list: it stays.
+        let none = Config::parse(&format!("user_agents = []\n{GOOD}")).unwrap();
+        assert!(none.user_agents.is_empty());
+        assert_eq!(Config::parse(&none.to_toml()).unwrap(), none);
+    }
+
+    #[test]
+    fn policy_errors_name_the_line() {
+        let err = |from: &str, to: &str| {
+            Config::parse(&POLICY.replace(from, to))
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err("198.51.100.0/24", "198.51.100.1/24");
+        assert!(
+            e.contains("line 15") && e.contains("host bits") && e.contains("198.51.100.0/24"),
+            "{e}"
+        );
+        let e = err("\"203.0.113.0/24\"", "\"203.0.113.0/40\"");
+        assert!(e.contains("line 6") && e.contains("not a CIDR"), "{e}");
+        let e = err("datagrams = 500", "datagrams = 20000000");
+        assert!(e.contains("line 20") && e.contains("10000000"), "{e}");
+        let e = err("dialogs_burst = 100", "dialogs_burst = 0");
+        assert!(e.contains("line 22") && e.contains("admits nothing"), "{e}");
+        let e = err("max_size = 4096", "max_size = 70000");
+        assert!(e.contains("line 17") && e.contains("65535"), "{e}");
+        let e = err("until = \"2026-11-30T09:00:00Z\"", "until = \"tomorrow\"");
+        assert!(e.contains("line 7") && e.contains("RFC 3339"), "{e}");
+        let e = err("2001:db8:bad::/48", "203.0.113.0/24");
+        assert!(e.contains("line 11") && e.contains("blocked twice"), "{e}");
+        let e = err("\"sipvicious\"]", &format!("\"{}\"]", "x".repeat(40)));
+        assert!(e.contains("line 3") && e.contains("ASCII"), "{e}");
+        let many: Vec<String> = (0..17).map(|i| format!("\"s{i}\"")).collect();
+        let e = err(
+            "[\"Friendly-Scanner\", \"sipvicious\"]",
+            &format!("[{}]", many.join(", ")),
+        );
+        assert!(e.contains("at most 16"), "{e}");
+        let e = err("block_for = \"60s\"", "block_for = \"1500ms\"");
+        assert!(e.contains("line 23") && e.contains("whole seconds"), "{e}");
     }
 
     #[test]

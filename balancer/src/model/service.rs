@@ -6,9 +6,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use balancer_common::maglev::DEFAULT_TABLE;
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use super::{AdminState, Algorithm, ConfigError, Mode, NoBackend};
+use super::{AdminState, Algorithm, ConfigError, Limits, Mode, NoBackend};
 use crate::health::HealthConfig;
 
 fn one() -> u32 {
@@ -86,6 +87,22 @@ pub struct ServiceConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub affinity_idle: Option<Duration>,
+    /// Only these sources may use the service (empty: everyone).
+    #[serde(
+        default,
+        with = "super::policy::cidrs",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub allow: Vec<IpNet>,
+    /// Drop requests whose User-Agent begins with one of `user_agents`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub drop_scanners: bool,
+    /// Largest UDP payload accepted, bytes (absent: any).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_size: Option<u32>,
+    /// Per-source rate limits.
+    #[serde(default, skip_serializing_if = "Limits::is_empty")]
+    pub limits: Limits,
     #[serde(default, skip_serializing_if = "HealthConfig::is_empty")]
     pub health: HealthConfig,
     #[serde(default, rename = "backend", skip_serializing_if = "Vec::is_empty")]
@@ -102,6 +119,10 @@ impl ServiceConfig {
             no_backend: NoBackend::Drop,
             affinity: true,
             affinity_idle: None,
+            allow: Vec::new(),
+            drop_scanners: false,
+            max_size: None,
+            limits: Limits::default(),
             health: HealthConfig::default(),
             backends: Vec::new(),
         }

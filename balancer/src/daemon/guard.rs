@@ -1,0 +1,187 @@
+//! Keeping `GUARD` (strict reverse path) and the attached interfaces in step
+//! with the routing table: the kernel's routing and address notifications
+//! (rtnetlink) wake the daemon, which looks every backend's route up again
+//! after a short quiet time and writes what changed.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+
+use super::Daemon;
+use crate::kernel::guard;
+use crate::route;
+
+/// Notifications arrive in bursts (an interface going down withdraws its
+/// addresses and routes one message at a time): wait this long after the
+/// first before looking again.
+pub(super) const QUIET: Duration = Duration::from_millis(200);
+
+/// A receiver that yields once per rtnetlink notification of a route, address
+/// or link change, fed by a thread of its own. Without a netlink socket (a
+/// sandbox that forbids it) it never yields, and says so once.
+pub(super) fn watch() -> UnboundedReceiver<()> {
+    let (tx, rx) = unbounded_channel();
+    match subscribe() {
+        Ok(fd) => {
+            std::thread::Builder::new()
+                .name("rtnetlink".into())
+                .spawn(move || listen(fd, tx))
+                .expect("spawning the rtnetlink thread");
+        }
+        Err(e) => eprintln!(
+            "warning: routing changes are not followed (GUARD and interfaces as at start and after each change): {e:#}"
+        ),
+    }
+    rx
+}
+
+/// A netlink socket bound to the route, address and link groups.
+fn subscribe() -> Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let groups = libc::RTMGRP_LINK
+        | libc::RTMGRP_IPV4_IFADDR
+        | libc::RTMGRP_IPV6_IFADDR
+        | libc::RTMGRP_IPV4_ROUTE
+        | libc::RTMGRP_IPV6_ROUTE;
+    // SAFETY: a new socket, owned at once; bind gets a zeroed, filled sockaddr_nl.
+    unsafe {
+        let fd = libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        );
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error()).context("netlink socket");
+        }
+        let fd = std::os::fd::OwnedFd::from_raw_fd(fd);
+        let mut sa: libc::sockaddr_nl = std::mem::zeroed();
+        sa.nl_family = libc::AF_NETLINK as u16;
+        sa.nl_groups = groups as u32;
+        let rc = libc::bind(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            &sa as *const libc::sockaddr_nl as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_nl>() as u32,
+        );
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error()).context("binding the netlink socket");
+        }
+        Ok(fd)
+    }
+}
+
+/// Reads notifications until the daemon stops listening. What they say is not
+/// parsed: any of them means "look again", and an overrun (ENOBUFS) too.
+fn listen(fd: std::os::fd::OwnedFd, tx: UnboundedSender<()>) {
+    use std::os::fd::AsRawFd;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        // SAFETY: reads into a buffer of the length given.
+        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::ENOBUFS) => {}
+                _ => {
+                    eprintln!("warning: routing changes are no longer followed: {e}");
+                    return;
+                }
+            }
+        }
+        if tx.send(()).is_err() {
+            return;
+        }
+    }
+}
+
+impl Daemon {
+    /// Every backend's route looked up again (off the runtime's thread: one
+    /// `ip` process for all), changes of interface logged, interfaces the
+    /// program is not on yet attached, and `GUARD` rewritten.
+    pub(super) async fn follow_routes(&mut self) {
+        let mut addrs: Vec<IpAddr> = self
+            .dp
+            .config()
+            .services
+            .iter()
+            .flat_map(|s| s.backends.iter().map(|b| b.address.ip()))
+            .collect();
+        addrs.sort();
+        addrs.dedup();
+        let looked = tokio::task::spawn_blocking(move || route::egress_interfaces(&addrs)).await;
+        let routes = match looked {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return eprintln!("error: looking up the backends' routes: {e:#}"),
+            Err(e) => return eprintln!("error: looking up the backends' routes: {e}"),
+        };
+        self.set_routes(routes);
+        let want = self.wanted_interfaces();
+        if let Err(e) = self.attach_interfaces(want) {
+            eprintln!("error: attaching to a backend's new interface: {e:#}");
+        }
+        if let Err(e) = self.update_guard() {
+            eprintln!("error: updating GUARD: {e:#}");
+        }
+    }
+
+    /// Replaces the route cache, saying which backend's interface changed.
+    fn set_routes(&mut self, routes: HashMap<IpAddr, String>) {
+        let backends: Vec<IpAddr> = self
+            .dp
+            .config()
+            .services
+            .iter()
+            .flat_map(|s| s.backends.iter().map(|b| b.address.ip()))
+            .collect();
+        for ip in backends {
+            match (self.routes.get(&ip), routes.get(&ip)) {
+                (Some(a), Some(b)) if a != b => {
+                    eprintln!("route: backend {ip} is now reached through {b} (was {a})")
+                }
+                (Some(a), None) => eprintln!(
+                    "warning: route: no route to backend {ip} any more (was {a}); its source is not checked until there is"
+                ),
+                (None, Some(b)) => eprintln!("route: backend {ip} is reached through {b}"),
+                _ => {}
+            }
+        }
+        self.routes = routes;
+    }
+
+    /// `GUARD` from the configuration, the cached routes and this host's
+    /// addresses now.
+    pub(super) fn update_guard(&mut self) -> Result<()> {
+        let local = route::local_addresses()?;
+        let mut ifindex: HashMap<String, u32> = HashMap::new();
+        let mut routes: HashMap<IpAddr, u32> = HashMap::new();
+        for (ip, dev) in &self.routes {
+            let idx = match ifindex.get(dev) {
+                Some(i) => *i,
+                None => match route::ifindex(dev) {
+                    Ok(i) => {
+                        ifindex.insert(dev.clone(), i);
+                        i
+                    }
+                    // Gone between the lookup and now: the next notification
+                    // brings the new route.
+                    Err(_) => continue,
+                },
+            };
+            routes.insert(*ip, idx);
+        }
+        let want = guard::entries(self.dp.config(), &routes, &local);
+        let w = self.dp.write_guard(&want)?;
+        if w.written + w.removed > 0 {
+            eprintln!(
+                "guard: {} addresses checked by interface ({} written, {} removed)",
+                want.len(),
+                w.written,
+                w.removed
+            );
+        }
+        Ok(())
+    }
+}
