@@ -258,10 +258,68 @@ impl Dataplane {
 }
 
 /// Removes a pin directory and everything in it (bpffs: unlinking a pin drops
-/// the kernel's reference).
+/// the kernel's reference). Pinned links are detached first: the reference an
+/// unlinked pin held is dropped later, from a deferred release, and until then
+/// the program would still run on the interface after `detach` returned.
 pub fn remove_pins(dir: &Path) -> Result<()> {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with("link_") {
+                detach_link(&e.path())
+                    .with_context(|| format!("detaching the link {}", e.path().display()))?;
+            }
+        }
+    }
     if dir.exists() {
         std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Detaches a pinned link now (BPF_LINK_DETACH, Linux 5.9): the link stays
+/// as an object until its last reference goes, but is no longer attached.
+fn detach_link(pin: &Path) -> std::io::Result<()> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_LINK_DETACH: libc::c_long = 34;
+    #[repr(C)]
+    struct ObjGet {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+    }
+    #[repr(C)]
+    struct LinkDetach {
+        link_fd: u32,
+    }
+    let path = std::ffi::CString::new(pin.as_os_str().as_bytes())?;
+    let get = ObjGet {
+        pathname: path.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+    };
+    let size = std::mem::size_of::<ObjGet>();
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, &get as *const ObjGet, size) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor the kernel just returned, owned here.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let detach = LinkDetach {
+        link_fd: fd.as_raw_fd() as u32,
+    };
+    let size = std::mem::size_of::<LinkDetach>();
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_DETACH,
+            &detach as *const LinkDetach,
+            size,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
     }
     Ok(())
 }
