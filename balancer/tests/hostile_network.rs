@@ -702,7 +702,8 @@ fn the_block_list_drops_a_source_until_it_expires_or_is_removed_and_survives_a_r
     let resumed = loop {
         let at = t0.elapsed();
         assert!(
-            at < Duration::from_millis(3300),
+            // 3 s, and room for a probe delayed on a busy machine.
+            at < Duration::from_secs(4),
             "still blocked {at:?} after `block add {net} --for 2s` ({probes} INVITEs dropped since the burst)"
         );
         if probe(&bed, &uas, &format!("probe-{probes}")) {
