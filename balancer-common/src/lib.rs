@@ -10,6 +10,7 @@
 pub mod callid;
 pub mod csum;
 pub mod hash;
+pub mod hints;
 pub mod keys;
 pub mod limits;
 pub mod maglev;

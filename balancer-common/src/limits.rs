@@ -1,35 +1,41 @@
-//! Per-source token buckets (Kamailio's pike): datagrams and new dialogs per
+//! Per-source rate limits (Kamailio's pike): datagrams and new dialogs per
 //! second, with a burst, and a block time for a source that goes over. One
-//! bucket per (service, source) in the kernel's `RATES` map; the arithmetic
-//! lives here so the host tests check what the kernel computes.
+//! [`Bucket`] per (service, source) in the kernel's `RATES` map; the
+//! arithmetic lives here so the host tests check what the kernel computes.
 //!
-//! Tokens are counted in thousandths, so a rate of a few per second refills
-//! smoothly without floating point. Several CPUs may update one bucket at
-//! once; a lost update errs by a token either way, never by a burst.
+//! The limiter is GCRA, the token bucket written as a "theoretical arrival
+//! time": a datagram is admitted while that time is at most `burst - 1`
+//! intervals ahead of now, and each admitted one moves it an interval on.
+//! Exactly a token bucket of `burst` tokens refilled at `1/interval`, with no
+//! division on the data path (user space turns rates into intervals once).
+//! Several CPUs may update one bucket at once; a lost update errs by one
+//! datagram either way.
 
 use bytemuck::{Pod, Zeroable};
 
 use crate::maps::Service;
 
-/// Thousandths of a token per token.
-const MILLI: u64 = 1000;
-/// Refill is computed over at most this long: longer idle is a full bucket
-/// anyway at any rate a service accepts, and it bounds the product below.
-const MAX_ELAPSED_NS: u64 = 100_000_000_000;
-/// Highest rate (per second) a service may set: `MAX_ELAPSED_NS * MAX_RATE`
-/// stays far inside a u64.
+/// Highest rate (per second) a service may set: intervals stay >= 100 ns.
 pub const MAX_RATE: u32 = 10_000_000;
 
-/// One source's state for one service.
+/// The interval the kernel keeps for a rate per second (0: no limit).
+/// Rounded down: the limit is never stricter than configured.
+pub const fn interval(rate: u32) -> u32 {
+    if rate == 0 {
+        0
+    } else {
+        1_000_000_000 / rate
+    }
+}
+
+/// One source's state for one service. All zero for a source not seen yet.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct Bucket {
-    /// Datagram tokens, thousandths.
+    /// Theoretical arrival time of the next datagram, monotonic ns.
     pub datagrams: u64,
-    /// New-dialog tokens, thousandths.
+    /// The same for new dialogs.
     pub dialogs: u64,
-    /// Monotonic ns of the last refill.
-    pub last: u64,
     /// Monotonic ns until which the source is blocked (0: not blocked).
     pub blocked_until: u64,
 }
@@ -48,54 +54,26 @@ pub enum Verdict {
 }
 
 impl Bucket {
-    /// A source seen for the first time: full buckets.
-    #[inline(always)]
-    pub fn fresh(svc: &Service, now: u64) -> Bucket {
-        Bucket {
-            datagrams: svc.burst as u64 * MILLI,
-            dialogs: svc.dialog_burst as u64 * MILLI,
-            last: now,
-            blocked_until: 0,
-        }
-    }
-
-    /// Tops both buckets up for the time since the last refill.
-    #[inline(always)]
-    pub fn refill(&mut self, svc: &Service, now: u64) {
-        let mut elapsed = now.wrapping_sub(self.last);
-        // Another CPU stamped it after this one read the clock: nothing to add.
-        if elapsed > u64::MAX / 2 {
-            return;
-        }
-        if elapsed > MAX_ELAPSED_NS {
-            elapsed = MAX_ELAPSED_NS;
-        }
-        self.datagrams = topped(self.datagrams, elapsed, svc.rate, svc.burst);
-        self.dialogs = topped(self.dialogs, elapsed, svc.dialog_rate, svc.dialog_burst);
-        self.last = now;
-    }
-
-    /// Admits one datagram (after [`refill`](Self::refill)).
+    /// Admits one datagram at `now`.
     #[inline(always)]
     pub fn datagram(&mut self, svc: &Service, now: u64) -> Verdict {
         if self.blocked_until != 0 && now < self.blocked_until {
             return Verdict::StillBlocked;
         }
-        if svc.rate == 0 {
-            return Verdict::Pass;
-        }
-        let v = take(&mut self.datagrams);
-        self.over(v, svc, now)
+        let ok = take(&mut self.datagrams, now, svc.interval, svc.burst);
+        self.over(ok, svc, now)
     }
 
-    /// Admits one new dialog (after [`datagram`](Self::datagram) passed).
+    /// Admits one new dialog at `now` (after [`datagram`](Self::datagram) passed).
     #[inline(always)]
     pub fn dialog(&mut self, svc: &Service, now: u64) -> Verdict {
-        if svc.dialog_rate == 0 {
-            return Verdict::Pass;
-        }
-        let v = take(&mut self.dialogs);
-        self.over(v, svc, now)
+        let ok = take(
+            &mut self.dialogs,
+            now,
+            svc.dialog_interval,
+            svc.dialog_burst,
+        );
+        self.over(ok, svc, now)
     }
 
     #[inline(always)]
@@ -111,24 +89,19 @@ impl Bucket {
     }
 }
 
+/// GCRA: admits at `now` if the theoretical arrival time `tat` is at most
+/// `burst - 1` intervals ahead, and moves it on. Interval 0: no limit.
 #[inline(always)]
-fn topped(tokens: u64, elapsed_ns: u64, rate: u32, burst: u32) -> u64 {
-    // ns * (tokens/s) / 1e9 tokens = ns * rate / 1e6 thousandths.
-    let t = tokens + elapsed_ns * rate as u64 / 1_000_000;
-    let cap = burst as u64 * MILLI;
-    if t > cap {
-        cap
-    } else {
-        t
+fn take(tat: &mut u64, now: u64, interval: u32, burst: u32) -> bool {
+    if interval == 0 {
+        return true;
     }
-}
-
-#[inline(always)]
-fn take(tokens: &mut u64) -> bool {
-    if *tokens < MILLI {
+    let t = if *tat > now { *tat } else { now };
+    let ahead = burst.saturating_sub(1) as u64 * interval as u64;
+    if t - now > ahead {
         return false;
     }
-    *tokens -= MILLI;
+    *tat = t + interval as u64;
     true
 }
 
@@ -155,9 +128,9 @@ mod tests {
 
     fn svc(rate: u32, burst: u32, block_s: u32) -> Service {
         Service {
-            rate,
+            interval: interval(rate),
             burst,
-            dialog_rate: rate,
+            dialog_interval: interval(rate),
             dialog_burst: burst,
             block_s,
             ..Service::default()
@@ -165,20 +138,15 @@ mod tests {
     }
 
     fn admitted(b: &mut Bucket, s: &Service, now: u64, n: u32) -> u32 {
-        let mut ok = 0;
-        for _ in 0..n {
-            b.refill(s, now);
-            if b.datagram(s, now) == Verdict::Pass {
-                ok += 1;
-            }
-        }
-        ok
+        (0..n)
+            .filter(|_| b.datagram(s, now) == Verdict::Pass)
+            .count() as u32
     }
 
     #[test]
     fn a_fresh_source_gets_its_burst_then_the_rate() {
         let s = svc(100, 50, 0);
-        let mut b = Bucket::fresh(&s, 10 * SEC);
+        let mut b = Bucket::default();
         assert_eq!(admitted(&mut b, &s, 10 * SEC, 80), 50);
         // A tenth of a second later: ten more.
         assert_eq!(admitted(&mut b, &s, 10 * SEC + SEC / 10, 80), 10);
@@ -190,46 +158,67 @@ mod tests {
     fn a_steady_sender_under_the_rate_is_never_limited() {
         // 500 per second against a limit of 1000 with a burst of 1000.
         let s = svc(1000, 1000, 60);
-        let mut b = Bucket::fresh(&s, 0);
+        let mut b = Bucket::default();
         for i in 0..50_000u64 {
-            let now = i * SEC / 500;
-            b.refill(&s, now);
+            let now = SEC + i * SEC / 500;
             assert_eq!(b.datagram(&s, now), Verdict::Pass, "datagram {i}");
             assert_eq!(b.dialog(&s, now), Verdict::Pass, "dialog {i}");
         }
     }
 
     #[test]
-    fn slow_rates_refill_in_thousandths() {
+    fn a_sender_at_the_rate_is_never_limited_and_one_above_is() {
+        let s = svc(1000, 1, 0);
+        let mut b = Bucket::default();
+        for i in 0..10_000u64 {
+            assert_eq!(b.datagram(&s, SEC + i * 1_000_000), Verdict::Pass, "{i}");
+        }
+        // Twice the rate: every other one.
+        let mut b = Bucket::default();
+        let ok = (0..10_000u64)
+            .filter(|i| b.datagram(&s, SEC + i * 500_000) == Verdict::Pass)
+            .count();
+        assert_eq!(ok, 5_000);
+    }
+
+    #[test]
+    fn slow_rates_keep_their_interval() {
         let s = svc(3, 1, 0);
-        let mut b = Bucket::fresh(&s, 0);
-        assert_eq!(admitted(&mut b, &s, 0, 5), 1);
-        assert_eq!(admitted(&mut b, &s, SEC / 3 - 1_000_000, 1), 0);
-        assert_eq!(admitted(&mut b, &s, SEC / 3 + 1_000_000, 1), 1);
+        let mut b = Bucket::default();
+        assert_eq!(admitted(&mut b, &s, SEC, 5), 1);
+        assert_eq!(admitted(&mut b, &s, SEC + SEC / 3 - 1_000_000, 1), 0);
+        assert_eq!(admitted(&mut b, &s, SEC + SEC / 3 + 1_000_000, 1), 1);
     }
 
     #[test]
     fn going_over_blocks_for_the_block_time_when_set() {
         let s = svc(10, 10, 5);
-        let mut b = Bucket::fresh(&s, SEC);
+        let mut b = Bucket::default();
         assert_eq!(admitted(&mut b, &s, SEC, 10), 10);
         assert_eq!(b.datagram(&s, SEC), Verdict::Blocked);
         assert_eq!(b.datagram(&s, 2 * SEC), Verdict::StillBlocked);
         assert_eq!(b.datagram(&s, 6 * SEC - 1), Verdict::StillBlocked);
-        b.refill(&s, 6 * SEC);
         assert_eq!(b.datagram(&s, 6 * SEC), Verdict::Pass);
     }
 
     #[test]
-    fn no_rate_no_limit_and_a_clock_behind_adds_nothing() {
+    fn no_rate_no_limit_and_rates_round_towards_more() {
         let s = svc(0, 0, 5);
-        let mut b = Bucket::fresh(&s, SEC);
+        let mut b = Bucket::default();
         assert_eq!(admitted(&mut b, &s, SEC, 1000), 1000);
-        let s = svc(10, 1, 0);
-        let mut b = Bucket::fresh(&s, 5 * SEC);
-        b.datagrams = 0;
-        b.refill(&s, 4 * SEC);
-        assert_eq!((b.datagrams, b.last), (0, 5 * SEC));
+        assert_eq!(interval(0), 0);
+        assert_eq!(interval(3), 333_333_333);
+        assert_eq!(interval(MAX_RATE), 100);
+        // The dialog limit is its own.
+        let s = Service {
+            dialog_interval: interval(1),
+            dialog_burst: 1,
+            ..Service::default()
+        };
+        let mut b = Bucket::default();
+        assert_eq!(b.dialog(&s, SEC), Verdict::Pass);
+        assert_eq!(b.dialog(&s, SEC), Verdict::Over);
+        assert_eq!(b.datagram(&s, SEC), Verdict::Pass);
     }
 
     #[test]

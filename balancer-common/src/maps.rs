@@ -104,11 +104,12 @@ pub struct Service {
     pub flags: u32,
     /// Dialog affinity: entries idle longer than this many seconds are ignored.
     pub affinity_idle: u32,
-    /// Per source (`RateKey`): datagrams per second and burst; rate 0: no limit.
-    pub rate: u32,
+    /// Per source (`RateKey`): ns between datagrams at the limit
+    /// (`limits::interval` of the rate; 0: no limit) and the burst.
+    pub interval: u32,
     pub burst: u32,
-    /// Per source: new dialogs (affinity entries) per second and burst; rate 0: no limit.
-    pub dialog_rate: u32,
+    /// Per source: the same for new dialogs (affinity entries).
+    pub dialog_interval: u32,
     pub dialog_burst: u32,
     /// A source over either limit is dropped for this many seconds (0: only
     /// what is over the limit is dropped).
@@ -361,6 +362,7 @@ pub mod names {
     pub const RATES: &str = "RATES";
     pub const LEARNED: &str = "LEARNED";
     pub const SCANNERS: &str = "SCANNERS";
+    pub const HINTS: &str = "HINTS";
     /// aya-log's ring buffer: the program's log records (`balancer::kernel::program_log`).
     pub const AYA_LOGS: &str = "AYA_LOGS";
 
@@ -388,6 +390,7 @@ pub mod names {
         RATES,
         LEARNED,
         SCANNERS,
+        HINTS,
     ];
 }
 

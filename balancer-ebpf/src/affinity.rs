@@ -34,7 +34,7 @@ pub fn choose(ctx: &XdpContext, u: &Udp, svc: &Service, hash: u32, table: u32) -
         service: svc.id,
         hash,
     };
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let now = policy::now();
     // An entry that no longer holds is replaced in place by a dialog start.
     let mut stale: Option<*mut Affinity> = None;
     if let Some(e) = AFFINITY.get_ptr_mut(&key) {

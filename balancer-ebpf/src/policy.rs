@@ -5,10 +5,11 @@
 use aya_ebpf::{
     helpers::bpf_ktime_get_coarse_ns,
     macros::map,
-    maps::{lpm_trie::Key, LpmTrie, LruHashMap},
+    maps::{lpm_trie::Key, Array, LpmTrie, LruHashMap},
     programs::XdpContext,
 };
 use balancer_common::{
+    hints::{self, block_bit, guard_bit, BLOCK_HINTS, GUARD_HINTS, HINT_WORDS},
     limits::{source_prefix, Bucket, Verdict},
     maps::{
         reason, AllowCidr, Block, Cidr, RateKey, Service, AF_INET, AF_INET6, ALLOW_ENTRIES,
@@ -33,6 +34,11 @@ pub static ALLOWED: LpmTrie<AllowCidr, u32> = LpmTrie::with_max_entries(ALLOW_EN
 #[map]
 pub static RATES: LruHashMap<RateKey, Bucket> = LruHashMap::with_max_entries(RATE_ENTRIES, 0);
 
+/// Where `GUARD` and `BLOCKED` may hold an entry for a source
+/// (`balancer_common::hints`): most datagrams skip both lookups.
+#[map]
+pub static HINTS: Array<u64> = Array::with_max_entries(2 * HINT_WORDS, 0);
+
 /// `admit`'s input (filled by the caller) and its keys, in per-CPU memory:
 /// the main path's stack has no room for them.
 #[repr(C)]
@@ -45,6 +51,8 @@ pub struct Admission {
     pub first_fragment: u32,
     /// Non-zero: the datagram's key came from the message (not a fallback).
     keyed: u32,
+    /// The clock as `admit` read it, for the rest of the datagram's path.
+    pub now: u64,
     allow: Key<AllowCidr>,
     rate: RateKey,
     fresh: Bucket,
@@ -69,7 +77,11 @@ pub fn admit(ctx: &XdpContext) -> u32 {
 
 #[inline(always)]
 fn check(ctx: &XdpContext, p: &mut Admission) -> Result<(), u32> {
-    if !guard::source_ok(ctx, &p.cidr.data.addr, p.cidr.data.family) {
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    p.now = now;
+    if hinted(GUARD_HINTS, guard_bit(&p.cidr.data.addr))
+        && !guard::source_ok(ctx, &p.cidr.data.addr, p.cidr.data.family)
+    {
         return Err(reason::SPOOFED);
     }
     if p.cidr.data.family == AF_INET6 as u32 && p.first_fragment == 0 {
@@ -88,11 +100,12 @@ fn check(ctx: &XdpContext, p: &mut Admission) -> Result<(), u32> {
     } else {
         128
     };
-    p.cidr.prefix_len = CIDR_FAMILY_BITS + bits;
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
-    if let Some(b) = BLOCKED.get(&p.cidr) {
-        if b.until == 0 || now < b.until {
-            return Err(reason::BLOCKED);
+    if hinted(BLOCK_HINTS, block_bit(&p.cidr.data.addr)) {
+        p.cidr.prefix_len = CIDR_FAMILY_BITS + bits;
+        if let Some(b) = BLOCKED.get(&p.cidr) {
+            if b.until == 0 || now < b.until {
+                return Err(reason::BLOCKED);
+            }
         }
     }
     if svc.flags & SERVICE_ALLOW_LIST != 0 {
@@ -104,20 +117,16 @@ fn check(ctx: &XdpContext, p: &mut Admission) -> Result<(), u32> {
             return Err(reason::NOT_ALLOWED);
         }
     }
-    if svc.rate == 0 && svc.dialog_rate == 0 {
+    if svc.interval == 0 && svc.dialog_interval == 0 {
         return Ok(());
     }
     p.rate.addr = source_prefix(&p.cidr.data.addr, p.cidr.data.family as u8);
     p.rate.family = p.cidr.data.family;
     p.rate.service = svc.id;
     match RATES.get_ptr_mut(&p.rate) {
-        Some(b) => {
-            let b = unsafe { &mut *b };
-            b.refill(svc, now);
-            verdict(b.datagram(svc, now), reason::RATE_LIMITED)
-        }
+        Some(b) => verdict(unsafe { (*b).datagram(svc, now) }, reason::RATE_LIMITED),
         None => {
-            p.fresh = Bucket::fresh(svc, now);
+            p.fresh = Bucket::default();
             let v = p.fresh.datagram(svc, now);
             let _ = RATES.insert(&p.rate, &p.fresh, 0);
             verdict(v, reason::RATE_LIMITED)
@@ -125,15 +134,25 @@ fn check(ctx: &XdpContext, p: &mut Admission) -> Result<(), u32> {
     }
 }
 
+/// Whether a hint map (its first word `base`) has `bit` set.
+#[inline(always)]
+fn hinted(base: u32, bit: u32) -> bool {
+    match HINTS.get(base + (bit >> 6)) {
+        Some(w) => hints::is_set(*w, bit),
+        // Out of range cannot happen; looking is always right.
+        None => true,
+    }
+}
+
 /// Takes a new-dialog token for the source `admit` last saw (its bucket key
 /// is still in `Scratch::policy`).
 #[inline(always)]
 pub fn new_dialog(svc: &Service) -> Result<(), u32> {
-    if svc.dialog_rate == 0 {
+    if svc.dialog_interval == 0 {
         return Ok(());
     }
     let s = SCRATCH.get_ptr_mut(0).ok_or(reason::MALFORMED)?;
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let now = unsafe { (*s).policy.now };
     match RATES.get_ptr_mut(unsafe { &(*s).policy.rate }) {
         Some(b) => verdict(unsafe { (*b).dialog(svc, now) }, reason::DIALOG_LIMITED),
         // Evicted since `admit`: a fresh bucket would allow it anyway.
@@ -182,5 +201,23 @@ pub fn request_starts_dialog(ctx: &XdpContext, u: &Udp) -> bool {
     match ptr_at::<[u8; 10]>(ctx, u.l4 + 8) {
         Ok(p) => sip::starts_dialog(unsafe { &*p }),
         Err(_) => false,
+    }
+}
+
+/// Whether the datagram's key came from the message (see [`set_keyed`]).
+#[inline(always)]
+pub fn keyed() -> bool {
+    match SCRATCH.get_ptr_mut(0) {
+        Some(s) => unsafe { core::ptr::read_volatile(&(*s).policy.keyed) != 0 },
+        None => false,
+    }
+}
+
+/// The clock as `admit` read it for this datagram.
+#[inline(always)]
+pub fn now() -> u64 {
+    match SCRATCH.get_ptr_mut(0) {
+        Some(s) => unsafe { (*s).policy.now },
+        None => unsafe { bpf_ktime_get_coarse_ns() },
     }
 }

@@ -196,8 +196,8 @@ fn pick(ctx: &XdpContext, u: &Udp, svc: &Service, hash: u32) -> Result<u32, u32>
         events::note(events::MAGLEV_OUT_OF_RANGE, svc.id, idx.into());
         return Err(reason::NO_BACKEND);
     };
-    // Round-robin's key is a counter: nothing to remember.
-    if svc.flags & SERVICE_AFFINITY == 0 || svc.algorithm == ALG_ROUND_ROBIN {
+    // Round-robin's key is a counter, a fallback's the source: no dialog's.
+    if svc.flags & SERVICE_AFFINITY == 0 || svc.algorithm == ALG_ROUND_ROBIN || !policy::keyed() {
         return Ok(table);
     }
     affinity::choose(ctx, u, svc, hash, table)

@@ -105,9 +105,10 @@ fn duration_ns(d: Duration) -> f64 {
 /// walked), the reverse-path map holding the backends, the VIP and this
 /// host's addresses (the backends' replies found there and checked).
 fn protect(dp: &mut Dataplane, bk: u32) {
-    use aya::maps::{lpm_trie::Key, HashMap, LpmTrie, MapData};
+    use aya::maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData};
     use balancer_common::{
-        limits::MAX_RATE,
+        hints,
+        limits::{interval, MAX_RATE},
         maps::{Block, Cidr, Endpoint, Guard, Service, SourceAddr, AF_INET, CIDR_FAMILY_BITS},
     };
     let v4 = |a: [u8; 4]| {
@@ -119,7 +120,8 @@ fn protect(dp: &mut Dataplane, bk: u32) {
         program_map(dp, "SERVICES").try_into().unwrap();
     let key = Endpoint::from("10.0.0.10:5060".parse::<std::net::SocketAddr>().unwrap());
     let mut s = services.get(&key, 0).unwrap();
-    (s.rate, s.burst, s.dialog_rate, s.dialog_burst) = (MAX_RATE, MAX_RATE, MAX_RATE, MAX_RATE);
+    (s.interval, s.burst) = (interval(MAX_RATE), MAX_RATE);
+    (s.dialog_interval, s.dialog_burst) = (interval(MAX_RATE), MAX_RATE);
     services.insert(key, s, 0).unwrap();
     let mut guard: HashMap<MapData, SourceAddr, Guard> =
         program_map(dp, "GUARD").try_into().unwrap();
@@ -136,6 +138,7 @@ fn protect(dp: &mut Dataplane, bk: u32) {
             family: AF_INET as u32,
         };
         guard.insert(k, Guard { ifindex }, 0).unwrap();
+        hint(dp, hints::GUARD_HINTS, hints::guard_bit(&k.addr));
     }
     let mut blocked: LpmTrie<MapData, Cidr, Block> = program_map(dp, "BLOCKED").try_into().unwrap();
     for (a, bits) in [
@@ -151,7 +154,20 @@ fn protect(dp: &mut Dataplane, bk: u32) {
             },
         );
         blocked.insert(&k, Block { until: 0 }, 0).unwrap();
+        let (first, n) = hints::block_bits(&v4(a), bits);
+        for bit in first..first + n {
+            hint(dp, hints::BLOCK_HINTS, bit);
+        }
     }
+}
+
+/// Sets a bit of `HINTS`, as user space does beside the entries it writes.
+fn hint(dp: &mut Dataplane, base: u32, bit: u32) {
+    use aya::maps::{Array, MapData};
+    let mut m: Array<MapData, u64> = program_map(dp, "HINTS").try_into().unwrap();
+    let idx = base + bit / 64;
+    let w = m.get(&idx, 0).unwrap();
+    m.set(idx, w | 1 << (bit % 64), 0).unwrap();
 }
 
 fn main() {

@@ -8,11 +8,12 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
-use aya::maps::{lpm_trie::Key, HashMap as BpfHashMap, LpmTrie, MapData};
+use aya::maps::{lpm_trie::Key, Array, HashMap as BpfHashMap, LpmTrie, MapData};
 use balancer::kernel::{Dataplane, PROGRAM};
 use balancer::model::{Mode, ServiceConfig};
 use balancer_common::{
     hash::hash_bytes,
+    hints,
     maps::{
         Affinity, AffinityKey, AllowCidr, Block, Cidr, Endpoint, Guard, Service, SourceAddr,
         AF_INET, AF_INET6, ALLOW_PREFIX_BITS, CIDR_FAMILY_BITS, SERVICE_AFFINITY,
@@ -79,8 +80,8 @@ fn bed(affinity_entries: u32) -> Bed {
     for vip in [VIP, VIP6] {
         b.service(vip, |s| {
             s.flags |= SERVICE_AFFINITY;
-            s.rate = 0;
-            s.dialog_rate = 0;
+            s.interval = 0;
+            s.dialog_interval = 0;
             s.block_s = 0;
             s.max_size = 0;
         });
@@ -106,6 +107,15 @@ impl Bed {
         let (addr, family) = key_addr(ip(a));
         m.insert(SourceAddr { addr, family }, Guard { ifindex }, 0)
             .unwrap();
+        self.hint(hints::GUARD_HINTS, hints::guard_bit(&addr));
+    }
+
+    /// Sets a bit of `HINTS` (user space sets them with the entries).
+    fn hint(&mut self, base: u32, bit: u32) {
+        let mut m: Array<MapData, u64> = program_map(&mut self.dp, "HINTS").try_into().unwrap();
+        let idx = base + bit / 64;
+        let w = m.get(&idx, 0).unwrap();
+        m.set(idx, w | 1 << (bit % 64), 0).unwrap();
     }
 
     fn block(&mut self, cidr: &str, until: u64) {
@@ -118,6 +128,10 @@ impl Bed {
             Cidr { family, addr },
         );
         m.insert(&key, Block { until }, 0).unwrap();
+        let (first, n) = hints::block_bits(&addr, bits.parse().unwrap());
+        for bit in first..first + n {
+            self.hint(hints::BLOCK_HINTS, bit);
+        }
     }
 
     fn allow(&mut self, vip: &str, cidr: &str) {
@@ -338,7 +352,7 @@ fn per_source_datagram_limit_and_automatic_block() {
     let mut b = bed(1024);
     let cli = b.cli;
     b.service(VIP, |s| {
-        s.rate = 1;
+        s.interval = 1_000_000_000;
         s.burst = 5;
     });
     let opts = request("OPTIONS", "rate-1");
@@ -377,7 +391,7 @@ fn only_dialog_starts_create_state_and_they_are_limited_per_source() {
     let mut b = bed(1024);
     let cli = b.cli;
     b.service(VIP, |s| {
-        s.dialog_rate = 1;
+        s.dialog_interval = 1_000_000_000;
         s.dialog_burst = 2;
     });
     // Requests that start nothing follow the table and leave no entry.

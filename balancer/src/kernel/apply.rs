@@ -8,9 +8,11 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray, PerCpuValues};
+use balancer_common::hints::BLOCK_HINTS;
 use balancer_common::maglev;
 use balancer_common::maps::{
     names, AllowCidr, Backend, Block, Cidr, Endpoint, Reverse, Service, Traffic, UaPattern,
+    CIDR_FAMILY_BITS,
 };
 
 use super::plan::{blocked, Clock};
@@ -175,6 +177,11 @@ impl Dataplane {
         for k in held.keys().filter(|k| !want.contains_key(k)) {
             let _ = m.remove(&Key::new(k.0, k.1));
         }
+        let words = super::hints::block_words(
+            want.keys()
+                .map(|(len, c)| (&c.addr, len.saturating_sub(CIDR_FAMILY_BITS))),
+        );
+        self.write_hints(BLOCK_HINTS, &words)?;
         Ok(())
     }
 

@@ -8,6 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use anyhow::Result;
 use aya::maps::{HashMap as BpfHashMap, MapData};
+use balancer_common::hints::GUARD_HINTS;
 use balancer_common::maps::{names, Guard, SourceAddr};
 
 use super::Dataplane;
@@ -76,6 +77,8 @@ impl Dataplane {
             let _ = m.remove(k);
             w.removed += 1;
         }
+        let words = super::hints::guard_words(want.keys().map(|k| &k.addr));
+        self.write_hints(GUARD_HINTS, &words)?;
         Ok(w)
     }
 

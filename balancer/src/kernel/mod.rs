@@ -15,6 +15,7 @@
 mod apply;
 mod attach;
 pub mod guard;
+mod hints;
 pub mod plan;
 pub mod program_log;
 mod read;

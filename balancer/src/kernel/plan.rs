@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::SystemTime;
 
+use balancer_common::limits::interval;
 use balancer_common::maglev::BuildError;
 use balancer_common::maps::{
     AllowCidr, Backend, Block, Cidr, Endpoint, Reverse, Service, UaPattern, AF_INET, AF_INET6,
@@ -260,9 +261,9 @@ fn service(
         algorithm: s.algorithm.raw(),
         flags,
         affinity_idle: s.affinity_idle.unwrap_or(AFFINITY_IDLE).as_secs() as u32,
-        rate: limits.rate,
+        interval: interval(limits.rate),
         burst: limits.burst,
-        dialog_rate: limits.dialog_rate,
+        dialog_interval: interval(limits.dialog_rate),
         dialog_burst: limits.dialog_burst,
         block_s: limits.block_s,
         max_size: s.max_size.unwrap_or(0),
@@ -605,14 +606,14 @@ mod tests {
         // Defaults: 20000 datagrams/s and 2000 dialogs/s, bursts as large, no block.
         assert_eq!(
             (
-                e.rate,
+                e.interval,
                 e.burst,
-                e.dialog_rate,
+                e.dialog_interval,
                 e.dialog_burst,
                 e.block_s,
                 e.max_size
             ),
-            (20000, 20000, 2000, 2000, 0, 0)
+            (50_000, 20000, 500_000, 2000, 0, 0)
         );
         assert_eq!(e.flags & (SERVICE_ALLOW_LIST | SERVICE_SCANNERS), 0);
         let s = &mut c.services[0];
@@ -633,14 +634,14 @@ mod tests {
         let e = s.entry;
         assert_eq!(
             (
-                e.rate,
+                e.interval,
                 e.burst,
-                e.dialog_rate,
+                e.dialog_interval,
                 e.dialog_burst,
                 e.block_s,
                 e.max_size
             ),
-            (0, 0, 30, 60, 90, 1500)
+            (0, 0, 33_333_333, 60, 90, 1500)
         );
         assert_eq!(
             e.flags,
