@@ -299,9 +299,6 @@ pub struct UaPattern {
 pub const UA_PATTERN_MAX: usize = 28;
 /// Entries of `SCANNERS`.
 pub const MAX_UA_PATTERNS: u32 = 16;
-/// Capacity of the per-source rate map (least recently seen sources evicted:
-/// an evicted source starts again with a full bucket).
-pub const RATE_ENTRIES: u32 = 262_144;
 /// Capacity of the block-list and allow-list tries.
 pub const BLOCK_ENTRIES: u32 = 16_384;
 pub const ALLOW_ENTRIES: u32 = 16_384;
@@ -363,6 +360,8 @@ pub mod names {
     pub const LEARNED: &str = "LEARNED";
     pub const SCANNERS: &str = "SCANNERS";
     pub const HINTS: &str = "HINTS";
+    /// The seed of `RATES`' hash (`limits::rate_slot`), drawn at first load.
+    pub const SEED: &str = "SEED";
     /// aya-log's ring buffer: the program's log records (`balancer::kernel::program_log`).
     pub const AYA_LOGS: &str = "AYA_LOGS";
 
@@ -391,6 +390,7 @@ pub mod names {
         LEARNED,
         SCANNERS,
         HINTS,
+        SEED,
     ];
 }
 
@@ -544,6 +544,7 @@ aya_pod!(
     RateKey,
     UaPattern,
     crate::limits::Bucket,
+    crate::limits::RateSlot,
 );
 
 #[cfg(test)]

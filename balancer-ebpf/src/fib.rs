@@ -94,7 +94,9 @@ pub fn backend_hop(
     tot_len: u16,
 ) -> Hop {
     let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    // The clock `policy::admit` read for this datagram (only datagrams to a
+    // service come here).
+    let now = crate::policy::now();
     let Some(c) = SLOT_HOPS.get_ptr_mut(slot) else {
         return next_hop(ctx, src, dst, tot_len);
     };

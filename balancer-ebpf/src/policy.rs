@@ -5,15 +5,15 @@
 use aya_ebpf::{
     helpers::bpf_ktime_get_coarse_ns,
     macros::map,
-    maps::{lpm_trie::Key, Array, LpmTrie, LruHashMap},
+    maps::{lpm_trie::Key, Array, LpmTrie},
     programs::XdpContext,
 };
 use balancer_common::{
     hints::{self, block_bit, guard_bit, BLOCK_HINTS, GUARD_HINTS, HINT_WORDS},
-    limits::{source_prefix, Bucket, Verdict},
+    limits::{rate_slot, source_prefix, RateSlot, Verdict, RATE_SLOTS},
     maps::{
         reason, AllowCidr, Block, Cidr, RateKey, Service, AF_INET, AF_INET6, ALLOW_ENTRIES,
-        ALLOW_PREFIX_BITS, BLOCK_ENTRIES, CIDR_FAMILY_BITS, RATE_ENTRIES, SERVICE_ALLOW_LIST,
+        ALLOW_PREFIX_BITS, BLOCK_ENTRIES, CIDR_FAMILY_BITS, SERVICE_ALLOW_LIST,
     },
     sip,
 };
@@ -29,10 +29,13 @@ pub static BLOCKED: LpmTrie<Cidr, Block> = LpmTrie::with_max_entries(BLOCK_ENTRI
 #[map]
 pub static ALLOWED: LpmTrie<AllowCidr, u32> = LpmTrie::with_max_entries(ALLOW_ENTRIES, 0);
 
-/// Per (service, source) token buckets. LRU: a flood of fresh sources evicts
-/// idle buckets, which only gives those sources a full bucket again.
+/// Per (service, source) buckets, by a seeded hash (`limits::rate_slot`).
 #[map]
-pub static RATES: LruHashMap<RateKey, Bucket> = LruHashMap::with_max_entries(RATE_ENTRIES, 0);
+pub static RATES: Array<RateSlot> = Array::with_max_entries(RATE_SLOTS, 0);
+
+/// `RATES`' hash seed (slot 0), drawn by user space at first load.
+#[map]
+pub static SEED: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Where `GUARD` and `BLOCKED` may hold an entry for a source
 /// (`balancer_common::hints`): most datagrams skip both lookups.
@@ -51,11 +54,14 @@ pub struct Admission {
     pub first_fragment: u32,
     /// Non-zero: the datagram's key came from the message (not a fallback).
     keyed: u32,
+    /// Non-zero: the datagram is addressed to `service` (not a backend's).
+    forward: u32,
     /// The clock as `admit` read it, for the rest of the datagram's path.
     pub now: u64,
+    /// The source's bucket in `RATES`.
+    slot: u32,
     allow: Key<AllowCidr>,
     rate: RateKey,
-    fresh: Bucket,
 }
 
 /// Admits a datagram to a service from its source (`Scratch::policy`), or
@@ -123,15 +129,17 @@ fn check(ctx: &XdpContext, p: &mut Admission) -> Result<(), u32> {
     p.rate.addr = source_prefix(&p.cidr.data.addr, p.cidr.data.family as u8);
     p.rate.family = p.cidr.data.family;
     p.rate.service = svc.id;
-    match RATES.get_ptr_mut(&p.rate) {
-        Some(b) => verdict(unsafe { (*b).datagram(svc, now) }, reason::RATE_LIMITED),
-        None => {
-            p.fresh = Bucket::default();
-            let v = p.fresh.datagram(svc, now);
-            let _ = RATES.insert(&p.rate, &p.fresh, 0);
-            verdict(v, reason::RATE_LIMITED)
-        }
+    let seed = SEED.get(0).copied().unwrap_or(0);
+    p.slot = rate_slot(&p.rate, seed);
+    let Some(slot) = RATES.get_ptr_mut(p.slot) else {
+        return Ok(());
+    };
+    let slot = unsafe { &mut *slot };
+    let v = slot.bucket.datagram(svc, now);
+    if v == Verdict::Blocked {
+        slot.source = p.rate;
     }
+    verdict(v, reason::RATE_LIMITED)
 }
 
 /// Whether a hint map (its first word `base`) has `bit` set.
@@ -152,12 +160,16 @@ pub fn new_dialog(svc: &Service) -> Result<(), u32> {
         return Ok(());
     }
     let s = SCRATCH.get_ptr_mut(0).ok_or(reason::MALFORMED)?;
-    let now = unsafe { (*s).policy.now };
-    match RATES.get_ptr_mut(unsafe { &(*s).policy.rate }) {
-        Some(b) => verdict(unsafe { (*b).dialog(svc, now) }, reason::DIALOG_LIMITED),
-        // Evicted since `admit`: a fresh bucket would allow it anyway.
-        None => Ok(()),
+    let (now, idx) = unsafe { ((*s).policy.now, (*s).policy.slot) };
+    let Some(slot) = RATES.get_ptr_mut(idx) else {
+        return Ok(());
+    };
+    let slot = unsafe { &mut *slot };
+    let v = slot.bucket.dialog(svc, now);
+    if v == Verdict::Blocked {
+        slot.source = unsafe { (*s).policy.rate };
     }
+    verdict(v, reason::DIALOG_LIMITED)
 }
 
 #[inline(always)]
@@ -219,5 +231,28 @@ pub fn now() -> u64 {
     match SCRATCH.get_ptr_mut(0) {
         Some(s) => unsafe { (*s).policy.now },
         None => unsafe { bpf_ktime_get_coarse_ns() },
+    }
+}
+
+/// Records the datagram's direction: addressed to the service `admit` saw
+/// (`true`), or a backend's (volatile, as [`set_keyed`]).
+#[inline(always)]
+pub fn set_forward(forward: bool) {
+    if let Some(s) = SCRATCH.get_ptr_mut(0) {
+        unsafe { core::ptr::write_volatile(&mut (*s).policy.forward, forward as u32) };
+    }
+}
+
+/// The service a datagram to a service is for, as `admit` saw it (read back
+/// from memory instead of asking the service map again), or `None` for a
+/// backend's datagram.
+#[inline(always)]
+pub fn forward_service() -> Option<Service> {
+    let s = SCRATCH.get_ptr_mut(0)?;
+    unsafe {
+        if core::ptr::read_volatile(&(*s).policy.forward) == 0 {
+            return None;
+        }
+        Some((*s).policy.service)
     }
 }

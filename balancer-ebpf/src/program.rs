@@ -55,6 +55,7 @@ fn try_balancer(ctx: &XdpContext) -> Result<u32, u32> {
             count(r);
             return Ok(xdp_action::XDP_DROP);
         }
+        policy::set_forward(true);
         s
     } else if let Some(r) = unsafe { REVERSE.get(&u.src) } {
         // Only a backend's own datagrams are reverse-NATed or teach affinity.
@@ -68,6 +69,7 @@ fn try_balancer(ctx: &XdpContext) -> Result<u32, u32> {
             let r = *r;
             return reverse(ctx, &u, &r, None);
         }
+        policy::set_forward(false);
         Service {
             id: r.service,
             algorithm: r.algorithm,
@@ -77,10 +79,9 @@ fn try_balancer(ctx: &XdpContext) -> Result<u32, u32> {
         return Err(reason::PASS_NO_SERVICE);
     };
     let key = key_of(ctx, &u, &svc)?;
-    // Which way, asked again rather than remembered: a remembered flag would
-    // keep the two directions' verifier states apart through the search.
-    if let Some(s) = unsafe { SERVICES.get(&u.dst) } {
-        let s = *s;
+    // Which way, read back from memory rather than kept: a flag kept here
+    // would keep the two directions' verifier states apart through the search.
+    if let Some(s) = policy::forward_service() {
         let hash = match key {
             Some(h) => h,
             None => hash_addr(&u.src.addr, u.family),

@@ -156,7 +156,29 @@ impl Dataplane {
             _log: log,
         };
         dp.adopt()?;
+        dp.seed_rates()?;
         Ok(dp)
+    }
+
+    /// Draws the seed of the per-source buckets' hash (`limits::rate_slot`)
+    /// unless adopted pins hold one: a seed nobody outside knows, so nobody
+    /// can aim a flood at another source's bucket.
+    fn seed_rates(&mut self) -> Result<()> {
+        let mut m: Array<&mut MapData, u32> = self.map(names::SEED)?;
+        if m.get(&0, 0)? != 0 {
+            return Ok(());
+        }
+        let mut seed = 0u32;
+        while seed == 0 {
+            let mut b = [0u8; 4];
+            let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+            if n != b.len() as isize {
+                return Err(std::io::Error::last_os_error()).context("getrandom");
+            }
+            seed = u32::from_ne_bytes(b);
+        }
+        m.set(0, seed, 0)?;
+        Ok(())
     }
 
     /// Reads back what pinned maps already hold: services and backend slots.

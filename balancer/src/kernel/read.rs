@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Result};
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray};
-use balancer_common::limits::Bucket;
+use balancer_common::limits::{RateSlot, RATE_SLOTS};
 use balancer_common::maglev;
+use balancer_common::maps::AF_INET6;
 use balancer_common::maps::{
     names, reason, Affinity, AffinityKey, Backend, Endpoint, Service, Traffic, ALG_ROUND_ROBIN,
     BACKEND_STICKY, NO_BACKEND, SERVICE_AFFINITY,
 };
-use balancer_common::maps::{RateKey, AF_INET6};
 use ipnet::IpNet;
 
 use super::{backend_addr, Dataplane};
@@ -81,13 +81,14 @@ impl Dataplane {
     /// service, the source (an IPv4 address, an IPv6 /64) and how long it stays
     /// blocked.
     pub fn auto_blocked(&self) -> Result<Vec<AutoBlock>> {
-        let rates: BpfHashMap<&MapData, RateKey, Bucket> = self.map_ref(names::RATES)?;
+        let rates: Array<&MapData, RateSlot> = self.map_ref(names::RATES)?;
         let vips: HashMap<u32, SocketAddr> =
             self.live.iter().map(|(vip, l)| (l.id, *vip)).collect();
         let now = monotonic_ns();
         let mut out = Vec::new();
-        for kv in rates.iter() {
-            let Ok((k, b)) = kv else { continue };
+        for i in 0..RATE_SLOTS {
+            let Ok(slot) = rates.get(&i, 0) else { continue };
+            let (k, b) = (slot.source, slot.bucket);
             if b.blocked_until <= now {
                 continue;
             }
