@@ -105,7 +105,7 @@ fn duration_ns(d: Duration) -> f64 {
 /// walked), the reverse-path map holding the backends, the VIP and this
 /// host's addresses (the backends' replies found there and checked).
 fn protect(dp: &mut Dataplane, bk: u32) {
-    use aya::maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData};
+    use aya::maps::{lpm_trie::Key, HashMap, LpmTrie, MapData};
     use balancer_common::{
         hints,
         limits::{interval, MAX_RATE},
