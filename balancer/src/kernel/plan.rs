@@ -239,6 +239,7 @@ fn service(
             NoBackend::Pass => SERVICE_PASS_NO_BACKEND,
         } | if s.affinity { SERVICE_AFFINITY } else { 0 },
         affinity_idle: s.affinity_idle.unwrap_or(AFFINITY_IDLE).as_secs() as u32,
+        ..Service::default()
     };
     let (write, fresh) = match held {
         None => (true, true),
