@@ -16,5 +16,6 @@ pub mod limits;
 pub mod maglev;
 pub mod maps;
 pub mod sip;
+pub mod useragent;
 
 pub use callid::{HeaderScan, ScanBuf, Span};

@@ -11,6 +11,7 @@ mod oracle;
 use balancer_common::callid::{
     call_id, header_value, scan, Header, SCAN_MAX, SCAN_WORDS, SKIP_BURST,
 };
+use balancer_common::useragent::{is_scanner, patterns, DEFAULT_SCANNERS};
 use balancer_common::{HeaderScan, ScanBuf, Span};
 
 /// Pads before the line under test: every byte offset within a word, over more
@@ -197,6 +198,61 @@ fn from_and_to_at_every_alignment() {
                 "{:?}",
                 String::from_utf8_lossy(&m)
             );
+        }
+    }
+}
+
+/// The User-Agent scan (the scanner filter's, `useragent.rs`) at every
+/// alignment: a name longer than a word, no compact form, decoys that share
+/// its prefixes; and the filter's verdict with the default prefixes.
+#[test]
+fn user_agent_at_every_alignment() {
+    let cases: &[(&[&str], Option<&str>)] = &[
+        (&["User-Agent: friendly-scanner"], Some("friendly-scanner")),
+        (&["user-agent:v2"], Some("v2")),
+        (
+            &["USER-AGENT \t: Friendly-Scanner 1.0 "],
+            Some("Friendly-Scanner 1.0"),
+        ),
+        (&["User-Agent", " : v4"], Some("v4")),
+        (&["User-Agent:", "\tsipvicious"], Some("sipvicious")),
+        (
+            &[
+                "User: x",
+                "User-Agen: y",
+                "User-Agentx: z",
+                "Us",
+                "u: c",
+                "U-Agent: q",
+                "User-Agent: v6",
+            ],
+            Some("v6"),
+        ),
+        (&["Call-ID: c", "User-Agent: sipcli"], Some("sipcli")),
+        (&["User-Agent:  ", "User-Agent: v8"], Some("v8")),
+        (&["u: compact-is-not-user-agent"], None),
+        (&["X: y", "  User-Agent: continued"], None),
+        (&["Server: friendly-scanner"], None),
+    ];
+    let defaults = patterns(DEFAULT_SCANNERS).unwrap();
+    for eol in ["\r\n", "\n"] {
+        for pad in PADS {
+            for &(lines, want) in cases {
+                let m = request(pad, eol, lines);
+                let got = header_value(&m, Header::USER_AGENT);
+                assert_eq!(
+                    got,
+                    want.map(str::as_bytes),
+                    "{:?}",
+                    String::from_utf8_lossy(&m)
+                );
+                assert_eq!(oracle::user_agent(&m).as_deref(), got, "oracle");
+                let scanner = want.is_some_and(|v| {
+                    let v = v.to_ascii_lowercase();
+                    DEFAULT_SCANNERS.iter().any(|p| v.starts_with(p))
+                });
+                assert_eq!(is_scanner(&m, &defaults), scanner, "{want:?}");
+            }
         }
     }
 }

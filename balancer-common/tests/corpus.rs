@@ -2,7 +2,7 @@
 
 mod oracle;
 
-use balancer_common::callid::{call_id, SCAN_MAX};
+use balancer_common::callid::{call_id, header_value, Header, SCAN_MAX};
 use balancer_common::hash::{hash_addr, hash_bytes};
 use balancer_common::keys::{
     from_uri, message_dispatch, message_hash, request_user, to_uri, Dispatch,
@@ -46,6 +46,19 @@ fn rfc4475_corpus_matches_expected() {
         checked += 1;
     }
     assert_eq!(checked, 50);
+}
+
+/// The User-Agent scan (the scanner filter's) reads the torture messages'
+/// headers as the grammar does.
+#[test]
+fn rfc4475_user_agents_match_the_oracle() {
+    let mut found = 0;
+    for (name, msg) in corpus_messages() {
+        let got = header_value(&msg, Header::USER_AGENT);
+        assert_eq!(oracle::user_agent(&msg).as_deref(), got, "{name}");
+        found += got.is_some() as usize;
+    }
+    assert!(found >= 1, "the corpus has a User-Agent");
 }
 
 fn corpus_messages() -> Vec<(String, Vec<u8>)> {

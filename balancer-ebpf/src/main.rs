@@ -20,6 +20,8 @@ mod events;
 #[cfg(target_arch = "bpf")]
 mod fib;
 #[cfg(target_arch = "bpf")]
+mod filters;
+#[cfg(target_arch = "bpf")]
 mod fragments;
 #[cfg(target_arch = "bpf")]
 mod guard;

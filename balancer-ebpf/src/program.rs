@@ -8,7 +8,7 @@ use balancer_common::{
     maglev,
     maps::{
         reason, Endpoint, Reverse, Service, ALG_ROUND_ROBIN, FRAG_DST, FRAG_KEEP, FRAG_SRC,
-        MODE_DSR, NO_BACKEND, SERVICE_AFFINITY, SERVICE_PASS_NO_BACKEND,
+        MODE_DSR, NO_BACKEND, SERVICE_AFFINITY, SERVICE_PASS_NO_BACKEND, SERVICE_SCANNERS,
     },
 };
 
@@ -19,7 +19,7 @@ use crate::{
     egress::{send, TX_PORTS},
     events,
     fib::{backend_hop, ip_len, next_hop, Hop},
-    fragments, guard,
+    filters, fragments, guard,
     key::key_of,
     maps::{BACKENDS, MAGLEV, REVERSE, SCRATCH, SERVICES, TRIVIAL},
     parse::{join, parse, parse_fragment, Udp},
@@ -132,6 +132,10 @@ fn is_response(ctx: &XdpContext, u: &Udp) -> bool {
 /// Client -> VIP: pick a backend and send the datagram there.
 #[inline(always)]
 fn dispatch(ctx: &XdpContext, u: &Udp, svc: Service, hash: u32) -> Result<u32, u32> {
+    if svc.flags & SERVICE_SCANNERS != 0 && filters::is_scanner(ctx, u, false) {
+        count(reason::SCANNER);
+        return Ok(xdp_action::XDP_DROP);
+    }
     let slot = match pick(ctx, u, &svc, hash) {
         Ok(slot) => slot,
         Err(r)

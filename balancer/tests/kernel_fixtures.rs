@@ -25,9 +25,10 @@ use balancer_common::callid::{call_id, SCAN_MAX};
 use balancer_common::hash::{hash_addr, hash_bytes, HASH_MAX};
 use balancer_common::keys::{from_uri, message_dispatch, request_user, to_uri, KEY_MAX};
 use balancer_common::maps::{
-    reason, Affinity, AffinityKey, Endpoint, Service, ALG_CALL_ID, ALG_FROM_URI, ALG_REQUEST_URI,
-    ALG_ROUND_ROBIN, ALG_SOURCE, ALG_TO_URI,
+    reason, Affinity, AffinityKey, Endpoint, Service, UaPattern, ALG_CALL_ID, ALG_FROM_URI,
+    ALG_REQUEST_URI, ALG_ROUND_ROBIN, ALG_SOURCE, ALG_TO_URI, SERVICE_SCANNERS,
 };
+use balancer_common::useragent::{is_scanner, patterns, DEFAULT_SCANNERS};
 use balancer_test_support::{netns::*, packet::*, sip::*, xdp::*};
 use rand::{distributions::Alphanumeric, Rng, SeedableRng};
 
@@ -365,6 +366,9 @@ enum Act {
     NoBackendPass(&'static str),
     /// Dialog affinity on for the service at the VIP.
     Affinity(&'static str),
+    /// The service at the VIP drops scanners (`SERVICE_SCANNERS`), and
+    /// `SCANNERS` holds these prefixes (for every service).
+    Scanners(&'static str, &'static [&'static str]),
     /// `ip ARGS` in the bed's namespace.
     Ip(String),
     /// Replaces the neighbour entry of the backend user space picks for `to`.
@@ -740,6 +744,19 @@ impl Run<'_> {
                     _ => s.affinity = true,
                 }
                 dp.sync(&c).unwrap();
+            }
+            Act::Scanners(vip, list) => {
+                let mut m: aya::maps::Array<aya::maps::MapData, UaPattern> =
+                    program_map(dp, "SCANNERS").try_into().unwrap();
+                for (i, p) in patterns(list).unwrap().iter().enumerate() {
+                    m.set(i as u32, p, 0).unwrap();
+                }
+                let mut m: aya::maps::HashMap<aya::maps::MapData, Endpoint, Service> =
+                    program_map(dp, "SERVICES").try_into().unwrap();
+                let key = Endpoint::from(vip.parse::<SocketAddr>().unwrap());
+                let mut s = m.get(&key, 0).unwrap();
+                s.flags |= SERVICE_SCANNERS;
+                m.insert(key, s, 0).unwrap();
             }
             Act::Ip(args) => self.bed.ns().ip(args),
             Act::Neighbour { to, mac } => {
@@ -1686,6 +1703,135 @@ fn window_edge_cases(reaching_end: bool) -> Vec<Case> {
         ));
     }
     t
+}
+
+/// A request from a scanner to a service that drops them: the Call-ID
+/// search runs first (the filter sits in front of the backend choice), then
+/// the datagram is dropped.
+const SCANNER_DROPPED: &[&str] = &["callid", "scanner"];
+
+/// The scanner filter (`useragent.rs`): services with `SERVICE_SCANNERS` drop
+/// requests whose User-Agent begins with a `SCANNERS` prefix, counted; other
+/// User-Agents, responses and services without the flag go on as ever. User
+/// space's `is_scanner` agrees on every payload.
+fn scanner_cases() -> Vec<Case> {
+    let defaults = patterns(DEFAULT_SCANNERS).unwrap();
+    let mut steps = vec![
+        Step::Do(Act::Scanners(V4_VIP, DEFAULT_SCANNERS)),
+        Step::Do(Act::Scanners(V6_VIP, DEFAULT_SCANNERS)),
+    ];
+    let options = |ua: &str, id: &str| {
+        format!(
+            "OPTIONS sip:100@10.0.0.10 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.1.2:5060;branch=z9hG4bK-1\r\n\
+{ua}\r\nCall-ID: {id}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+        )
+        .into_bytes()
+    };
+    let scanners = [
+        (
+            "friendly-scanner after the Call-ID",
+            invite("Call-ID: s1@x\r\nUser-Agent: friendly-scanner", 0),
+        ),
+        (
+            "upper case, folded around the colon",
+            invite("Call-ID: s2@x\r\nUSER-AGENT\r\n :\r\n\tSIPVicious 0.3.4", 0),
+        ),
+        (
+            "an OPTIONS, before the Call-ID",
+            options("user-agent:sipcli/v1.8", "s3@x"),
+        ),
+        (
+            "late in a 3000-byte INVITE",
+            invite("Call-ID: s4@x\r\nUser-Agent: friendly-scanner", 3000),
+        ),
+    ];
+    for (name, p) in &scanners {
+        assert!(is_scanner(p, &defaults), "user space: {name}");
+        for (f, vip) in [(client_v4(p), V4_VIP), (client_v6(p), V6_VIP)] {
+            steps.push(
+                Packet::client(f)
+                    .out(Out::Drop)
+                    .moved(SCANNER_DROPPED)
+                    .note(format!("{name} to {vip}"))
+                    .step(),
+            );
+        }
+    }
+    let others = [
+        (
+            "Friendly",
+            invite("Call-ID: p1@x\r\nUser-Agent: Friendly", 0),
+        ),
+        (
+            "a PBX",
+            invite("Call-ID: p2@x\r\nUser-Agent: Asterisk PBX 20.5.0", 0),
+        ),
+        (
+            "a scanner's name in other headers",
+            invite(
+                "Call-ID: p3@x\r\nServer: friendly-scanner\r\nX-User-Agent: sipvicious",
+                0,
+            ),
+        ),
+        (
+            "a value shorter than the pattern",
+            options("User-Agent: friendly-scanne", "p4@x"),
+        ),
+        ("no User-Agent", invite("Call-ID: p5@x", 0)),
+        (
+            "a response",
+            b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 10.0.0.10:5060;branch=z9hG4bK-2\r\n\
+User-Agent: friendly-scanner\r\nCall-ID: p6@x\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+                .to_vec(),
+        ),
+    ];
+    for (name, p) in &others {
+        assert!(!is_scanner(p, &defaults), "user space: {name}");
+        let id = call_id(p).unwrap();
+        let id = std::str::from_utf8(id).unwrap();
+        for (f, vip) in [(client_v4(p), V4_VIP), (client_v6(p), V6_VIP)] {
+            steps.push(
+                Packet::client(f)
+                    .out(Out::Dnat(key(vip, id)))
+                    .moved(DISPATCHED)
+                    .note(format!("{name} to {vip}"))
+                    .step(),
+            );
+        }
+    }
+    // The DSR service has no flag: a scanner goes on.
+    let (_, p) = &scanners[0];
+    steps.push(
+        Packet::client(Frame::udp(ip("10.0.1.2"), 5060, ip("10.0.0.20"), 5060, p))
+            .out(Out::Dsr(key(DSR_VIP, "s1@x")))
+            .moved(DISPATCHED)
+            .note("a scanner to a service without the flag")
+            .step(),
+    );
+    // Another list replaces the prefixes: the old ones are gone.
+    steps.push(Step::Do(Act::Scanners(V4_VIP, &["asterisk"])));
+    let (_, pbx) = &others[1];
+    assert!(is_scanner(pbx, &patterns(&["asterisk"]).unwrap()));
+    steps.push(
+        Packet::client(client_v4(pbx))
+            .out(Out::Drop)
+            .moved(SCANNER_DROPPED)
+            .note("a configured prefix")
+            .step(),
+    );
+    steps.push(
+        Packet::client(client_v4(p))
+            .out(Out::Dnat(key(V4_VIP, "s1@x")))
+            .moved(DISPATCHED)
+            .note("a default prefix no longer listed")
+            .step(),
+    );
+    vec![case("scanners are dropped by their User-Agent", steps)]
+}
+
+#[test]
+fn scanners_are_dropped_by_their_user_agent() {
+    run_table(scanner_cases());
 }
 
 #[test]

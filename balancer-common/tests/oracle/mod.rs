@@ -142,6 +142,12 @@ pub fn call_id(msg: &[u8]) -> Option<Vec<u8>> {
     value(&fields(msg), b"call-id", b"i").map(|v| wire(msg, v))
 }
 
+/// The User-Agent (it has no compact form), trimmed, folds kept as they are
+/// on the wire.
+pub fn user_agent(msg: &[u8]) -> Option<Vec<u8>> {
+    value(&fields(msg), b"user-agent", b"").map(|v| wire(msg, v))
+}
+
 /// The URI of the first From (`f`) or To (`t`) field, RFC 3261 20.20 / 20.39:
 /// `( name-addr / addr-spec ) *( SEMI param )` with
 /// `name-addr = [ display-name ] LAQUOT addr-spec RAQUOT` and

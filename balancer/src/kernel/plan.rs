@@ -331,16 +331,12 @@ fn allowed(next: &Config, ids: &HashMap<SocketAddr, u32>) -> HashSet<(u32, Allow
         .collect()
 }
 
-/// `SCANNERS`: the patterns in order, then empty entries (the first ends the list).
+/// `SCANNERS`: the patterns in order, then empty entries (the first ends the
+/// list). The configuration checked them (`check_user_agents`).
 pub fn scanners(user_agents: &[String]) -> Vec<UaPattern> {
-    let mut out = vec![UaPattern::default(); MAX_UA_PATTERNS as usize];
-    for (e, p) in out.iter_mut().zip(user_agents) {
-        let b = p.to_ascii_lowercase().into_bytes();
-        let n = b.len().min(e.bytes.len());
-        e.bytes[..n].copy_from_slice(&b[..n]);
-        e.len = n as u32;
-    }
-    out
+    balancer_common::useragent::patterns(user_agents)
+        .map(|p| p.to_vec())
+        .unwrap_or_else(|_| vec![UaPattern::default(); MAX_UA_PATTERNS as usize])
 }
 
 /// The two clocks at one moment: block-list expiry is configured in wall-clock

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use balancer_common::limits::MAX_RATE;
-use balancer_common::maps::{MAX_UA_PATTERNS, UA_PATTERN_MAX};
+
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -18,19 +18,7 @@ pub const DIALOGS: u32 = 2_000;
 
 /// User-Agent prefixes of the SIP scanners seen on the Internet (lower case):
 /// what `drop_scanners` drops unless `user_agents` says otherwise.
-pub const DEFAULT_USER_AGENTS: &[&str] = &[
-    "friendly-scanner",
-    "sipvicious",
-    "sipcli",
-    "sip-scan",
-    "sipscan",
-    "vaxsipuseragent",
-    "sundayddr",
-    "iwar",
-    "sivus",
-    "pplsip",
-    "smap",
-];
+pub use balancer_common::useragent::DEFAULT_SCANNERS as DEFAULT_USER_AGENTS;
 
 pub fn default_user_agents() -> Vec<String> {
     DEFAULT_USER_AGENTS.iter().map(|s| s.to_string()).collect()
@@ -163,19 +151,22 @@ pub fn parse_cidr(s: &str) -> Result<IpNet, ConfigError> {
     Ok(net)
 }
 
-/// A User-Agent prefix as `SCANNERS` holds it: ASCII, lower case, not empty,
-/// at most `UA_PATTERN_MAX` bytes.
+/// A User-Agent prefix as `SCANNERS` holds it (`useragent::patterns` says
+/// what fits); the error names the first prefix that does not.
 pub fn check_user_agents(v: &[String]) -> Result<(), ConfigError> {
-    if v.len() > MAX_UA_PATTERNS as usize {
-        return Err(ConfigError::TooManyUserAgents(v.len()));
-    }
-    for p in v {
-        if p.is_empty() || p.len() > UA_PATTERN_MAX || !p.is_ascii() || p.bytes().any(|b| b < 0x20)
-        {
-            return Err(ConfigError::UserAgent(p.clone()));
+    use balancer_common::useragent::{patterns, PatternError};
+    match patterns(v) {
+        Err(PatternError::TooMany { count }) => Err(ConfigError::TooManyUserAgents(count)),
+        Err(_) => {
+            let bad = v.iter().find(|p| patterns(&[p.as_str()]).is_err());
+            Err(ConfigError::UserAgent(bad.cloned().unwrap_or_default()))
         }
+        // Case is folded for ASCII only: say so rather than match bytes.
+        Ok(_) => match v.iter().find(|p| !p.is_ascii()) {
+            Some(p) => Err(ConfigError::UserAgent(p.clone())),
+            None => Ok(()),
+        },
     }
-    Ok(())
 }
 
 /// `user_agents`: lower-cased as read, so the file and the kernel agree.
@@ -252,6 +243,7 @@ pub fn whole_seconds(t: SystemTime) -> SystemTime {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use balancer_common::maps::{MAX_UA_PATTERNS, UA_PATTERN_MAX};
 
     #[test]
     fn cidrs_are_networks_and_bare_addresses_hosts() {
