@@ -36,7 +36,8 @@ const NONE: u32 = u32::MAX;
 ///
 /// One pass: the first `<...>` pair wins (the last `<` before the first `>` that
 /// follows one); without any `<` in the window the value is an addr-spec, cut at
-/// the first `;`, SP, HT or CR after its first byte, or taken whole when it fits
+/// the first `;`, SP, HT, CR or LF (a fold: the header scan takes a bare LF
+/// for a line end) after its first byte, or taken whole when it fits
 /// the window.
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug)]
@@ -50,7 +51,7 @@ pub struct UriScan {
     k: u32,
     /// Offset just after the last `<` seen, or `NONE`.
     open: u32,
-    /// First stop character (`;`, SP, HT, CR) at an offset > 0, or `NONE`.
+    /// First stop character (`;`, SP, HT, CR, LF) at an offset > 0, or `NONE`.
     stop: u32,
     /// 0 running, 1 found, 2 nothing.
     done: u32,
@@ -122,7 +123,10 @@ impl UriScan {
                     self.done = 1;
                     return true;
                 }
-            } else if (b == b';' || is_lws(b) || b == b'\r') && k > 0 && self.stop == NONE {
+            } else if (b == b';' || is_lws(b) || b == b'\r' || b == b'\n')
+                && k > 0
+                && self.stop == NONE
+            {
                 self.stop = k;
             }
             self.k = k + 1;
@@ -781,7 +785,7 @@ Call-ID: a84b4c76e66710\r\n\r\n";
                     });
                 }
             } else if open.is_none()
-                && (b == b';' || is_lws(b) || b == b'\r')
+                && (b == b';' || is_lws(b) || b == b'\r' || b == b'\n')
                 && k > 0
                 && !has_angle(base + k, n - k)
             {
@@ -893,8 +897,9 @@ Call-ID: a84b4c76e66710\r\n\r\n";
 
     #[test]
     fn uri_edge_cases_equal_reference() {
-        let vals: [&[u8]; 10] = [
+        let vals: [&[u8]; 11] = [
             b"sip:a@b;tag=1",
+            b"sip:a@b\n ;tag=1",
             b";sip:a@b",
             b"sip:a@b ;x <sip:c@d>",
             b"A <sip:a@b> <sip:c@d>",
@@ -912,6 +917,14 @@ Call-ID: a84b4c76e66710\r\n\r\n";
                 let s = Span { start: 0, len };
                 assert_eq!(uri_of(&buf, s), ref_uri_of(&buf, s), "{v:?} {len}");
             }
+        }
+        // A fold with a bare LF (a line end to the header scan) ends an
+        // addr-spec as a CRLF fold does.
+        for v in [&b"sip:a@b\n ;tag=1"[..], b"sip:a@b\r\n ;tag=1"] {
+            let mut buf = ScanBuf::zeroed();
+            let (n, _) = buf.fill(v);
+            let s = Span { start: 0, len: n };
+            assert_eq!(uri_of(&buf, s), Some(Span { start: 0, len: 7 }), "{v:?}");
         }
         // Longer than the window: a bare URI must end inside it.
         let mut long = b"sip:".to_vec();

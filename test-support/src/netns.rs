@@ -86,28 +86,66 @@ impl Drop for Netns {
 /// for H in 11, 12, 13, 21, 22. Returns the namespace and the two ifindexes.
 pub fn fixture_net(tag: &str) -> (Netns, u32, u32) {
     let ns = Netns::new(tag);
-    ns.ip("link add cli0 address 02:00:00:00:ff:01 type veth peer name cli0p");
-    ns.ip("link add bk0 address 02:00:00:00:fe:01 type veth peer name bk0p");
-    for d in ["cli0", "cli0p", "bk0", "bk0p"] {
-        ns.ip(&format!("link set {d} up"));
+    for args in fixture_ip() {
+        ns.ip(&args);
     }
-    ns.ip("addr add 10.0.1.1/24 dev cli0");
-    ns.ip("addr add 10.0.2.1/24 dev bk0");
-    ns.ip("addr add fd00:1::1/64 dev cli0 nodad");
-    ns.ip("addr add fd00:2::1/64 dev bk0 nodad");
-    ns.ip("neigh add 10.0.1.2 lladdr 02:00:00:00:01:02 dev cli0 nud permanent");
-    ns.ip("neigh add fd00:1::2 lladdr 02:00:00:00:01:02 dev cli0 nud permanent");
-    for h in [11, 12, 13, 21, 22] {
-        ns.ip(&format!(
-            "neigh add 10.0.2.{h} lladdr 02:00:00:00:02:{h:02x} dev bk0 nud permanent"
-        ));
-        ns.ip(&format!(
-            "neigh add fd00:2::{h} lladdr 02:00:00:00:06:{h} dev bk0 nud permanent"
-        ));
-    }
-    ns.exec("sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1");
+    ns.exec(FIXTURE_SYSCTL);
     let cli = ns.ifindex("cli0");
     let bk = ns.ifindex("bk0");
     ns.enter();
     (ns, cli, bk)
+}
+
+/// The host of [`fixture_net`], in a fresh unnamed namespace the calling thread
+/// moves into: it goes away with the process, however that ends (a fuzzer is
+/// killed or aborts on a finding, and no `Drop` runs). The commands this
+/// thread starts run in it too. Returns the two ifindexes.
+pub fn fixture_net_here() -> (u32, u32) {
+    let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "unshare(CLONE_NEWNET)");
+    sh("ip link set lo up");
+    for args in fixture_ip() {
+        sh(&format!("ip {args}"));
+    }
+    sh(FIXTURE_SYSCTL);
+    let ifindex = |dev: &str| -> u32 {
+        let out = sh_out(&format!("ip -o link show {dev}"));
+        out.split(':').next().unwrap().trim().parse().unwrap()
+    };
+    (ifindex("cli0"), ifindex("bk0"))
+}
+
+const FIXTURE_SYSCTL: &str = "sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1";
+
+/// The `ip` commands (without `ip`) that make the fixture host.
+fn fixture_ip() -> Vec<String> {
+    let mut c: Vec<String> = [
+        "link add cli0 address 02:00:00:00:ff:01 type veth peer name cli0p",
+        "link add bk0 address 02:00:00:00:fe:01 type veth peer name bk0p",
+    ]
+    .map(String::from)
+    .into();
+    for d in ["cli0", "cli0p", "bk0", "bk0p"] {
+        c.push(format!("link set {d} up"));
+    }
+    c.extend(
+        [
+            "addr add 10.0.1.1/24 dev cli0",
+            "addr add 10.0.2.1/24 dev bk0",
+            "addr add fd00:1::1/64 dev cli0 nodad",
+            "addr add fd00:2::1/64 dev bk0 nodad",
+            "neigh add 10.0.1.2 lladdr 02:00:00:00:01:02 dev cli0 nud permanent",
+            "neigh add fd00:1::2 lladdr 02:00:00:00:01:02 dev cli0 nud permanent",
+        ]
+        .map(String::from),
+    );
+    for h in [11, 12, 13, 21, 22] {
+        c.push(format!(
+            "neigh add 10.0.2.{h} lladdr 02:00:00:00:02:{h:02x} dev bk0 nud permanent"
+        ));
+        c.push(format!(
+            "neigh add fd00:2::{h} lladdr 02:00:00:00:06:{h} dev bk0 nud permanent"
+        ));
+    }
+    c
 }

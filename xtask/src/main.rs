@@ -1,9 +1,10 @@
-//! Developer and CI entry points: `cargo xtask setup|build|test|lab|bench|mutants`.
+//! Developer and CI entry points: `cargo xtask setup|build|test|lab|bench|mutants|fuzz`.
 //!
 //! Every command that builds calls `setup` first, so a fresh Debian machine needs
 //! nothing but the Rust toolchain from rustup and this repository.
 
 mod bench;
+mod fuzz;
 mod kernel_suite;
 mod kernels;
 mod mutants;
@@ -85,6 +86,19 @@ enum Cmd {
         #[arg(long)]
         report: bool,
     },
+    /// Fuzzing with cargo-fuzz (installed when missing): the header scans
+    /// (`callid`), the key searches (`keys`) and, as root, frames through the XDP
+    /// program (`frame`). Not part of `test`. Default: each target for 60 s.
+    Fuzz {
+        /// Only this target (callid, keys, frame).
+        target: Option<String>,
+        /// Stop each target after this many inputs.
+        #[arg(long, conflicts_with = "time")]
+        runs: Option<u64>,
+        /// Stop each target after this many seconds.
+        #[arg(long)]
+        time: Option<u64>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -144,6 +158,13 @@ fn main() -> Result<()> {
             iterate,
             report,
         } => mutants::run(&root(), &packages, &files, iterate, report),
+        Cmd::Fuzz { target, runs, time } => {
+            let budget = match (runs, time) {
+                (Some(n), _) => fuzz::Budget::Runs(n),
+                (None, t) => fuzz::Budget::Seconds(t.unwrap_or(60)),
+            };
+            fuzz::run(&root(), target.as_deref(), budget)
+        }
     }
 }
 

@@ -137,9 +137,34 @@ fn wire(msg: &[u8], chars: &[(u8, usize)]) -> Vec<u8> {
     }
 }
 
+/// A message read once, for several questions about it.
+pub struct Message<'a> {
+    msg: &'a [u8],
+    fields: Vec<Field>,
+}
+
+pub fn read(msg: &[u8]) -> Message<'_> {
+    Message {
+        msg,
+        fields: fields(msg),
+    }
+}
+
 /// The Call-ID (`Call-ID` / `i`), trimmed, folds kept as they are on the wire.
 pub fn call_id(msg: &[u8]) -> Option<Vec<u8>> {
-    value(&fields(msg), b"call-id", b"i").map(|v| wire(msg, v))
+    read(msg).call_id()
+}
+
+impl Message<'_> {
+    pub fn call_id(&self) -> Option<Vec<u8>> {
+        self.header(b"call-id", b"i").map(|(_, v)| v)
+    }
+
+    /// The first non-empty value of the header named `long` or `compact` (lower
+    /// case), read as the Call-ID is: where it starts in the message, and its bytes.
+    pub fn header(&self, long: &[u8], compact: &[u8]) -> Option<(usize, Vec<u8>)> {
+        value(&self.fields, long, compact).map(|v| (v[0].1, wire(self.msg, v)))
+    }
 }
 
 /// The User-Agent (it has no compact form), trimmed, folds kept as they are
@@ -157,8 +182,18 @@ pub fn user_agent(msg: &[u8]) -> Option<Vec<u8>> {
 /// header's) or whitespace. The URI must end within the first 256 bytes of the
 /// value: `>` for a name-addr, the terminator (or the value's end) for an addr-spec.
 pub fn header_uri(msg: &[u8], long: &[u8], compact: &[u8]) -> Verdict {
-    let fields = fields(msg);
-    let Some(v) = value(&fields, long, compact) else {
+    read(msg).header_uri(long, compact)
+}
+
+impl Message<'_> {
+    /// [`header_uri`] of this message.
+    pub fn header_uri(&self, long: &[u8], compact: &[u8]) -> Verdict {
+        header_uri_of(self.msg, &self.fields, long, compact)
+    }
+}
+
+fn header_uri_of(msg: &[u8], fields: &[Field], long: &[u8], compact: &[u8]) -> Verdict {
+    let Some(v) = value(fields, long, compact) else {
         return Verdict::Key(None);
     };
     let base = v[0].1;

@@ -6,7 +6,7 @@ use balancer::inspect::inspect;
 /// Show the Call-ID and hash the kernel would extract from SIP message files.
 #[derive(clap::Args)]
 pub struct Args {
-    /// One JSON object per line: file, call_id, call_id_hex, hash.
+    /// One JSON object per line: file, call_id, call_id_hex, hash, reason.
     #[arg(long)]
     json: bool,
     #[arg(required = true)]
@@ -22,7 +22,10 @@ pub fn run(a: Args) -> Result<()> {
         } else {
             match (&r.call_id, &r.hash) {
                 (Some(id), Some(h)) => println!("{f}: call-id {id:?} hash {h}"),
-                _ => println!("{f}: no call-id (source-address fallback)"),
+                _ => println!(
+                    "{f}: no call-id (source-address fallback, counted as {})",
+                    r.reason
+                ),
             }
         }
     }
