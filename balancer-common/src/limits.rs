@@ -52,10 +52,9 @@ pub const MAX_RATE: u32 = 10_000_000;
 /// The interval the kernel keeps for a rate per second (0: no limit).
 /// Rounded down: the limit is never stricter than configured.
 pub const fn interval(rate: u32) -> u32 {
-    if rate == 0 {
-        0
-    } else {
-        1_000_000_000 / rate
+    match 1_000_000_000u32.checked_div(rate) {
+        Some(i) => i,
+        None => 0,
     }
 }
 
