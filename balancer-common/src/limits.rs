@@ -38,11 +38,11 @@ pub struct RateSlot {
 pub fn rate_slot(key: &RateKey, seed: u32) -> u32 {
     let a = &key.addr;
     let w = |i: usize| u32::from_le_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
-    let mut h = seed;
-    for x in [w(0), w(4), w(8), w(12), key.family, key.service] {
-        h = (h ^ x).wrapping_mul(0x9e37_79b1);
-        h ^= h >> 15;
-    }
+    // An IPv6 /64 has its last two words zero, an IPv4 address its last three.
+    let mut h = (seed ^ w(0)).wrapping_mul(0x9e37_79b1);
+    h ^= h >> 15;
+    h = (h ^ w(4) ^ (key.service << 8 | key.family)).wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
     h & (RATE_SLOTS - 1)
 }
 

@@ -12,7 +12,7 @@ use balancer_common::{
     callid::SCAN_MAX,
     hash::{hash_addr, hash_span},
     keys::{is_keepalive, KeyScan, KeySource},
-    maps::{reason, Service, MAX_SERVICES},
+    maps::{reason, MAX_SERVICES},
 };
 
 use crate::{counters::count, events, maps::SCRATCH, parse::Udp};
@@ -27,8 +27,7 @@ pub static RR: PerCpuArray<u32> = PerCpuArray::with_max_entries(MAX_SERVICES, 0)
 /// (counted) when the message holds no key, and the caller falls back to the
 /// source address.
 #[inline(always)]
-pub fn key_of(ctx: &XdpContext, u: &Udp, svc: &Service) -> Result<Option<u32>, u32> {
-    let alg = svc.algorithm;
+pub fn key_of(ctx: &XdpContext, u: &Udp, alg: u32, id: u32) -> Result<Option<u32>, u32> {
     match KeySource::of(alg) {
         KeySource::Source => {
             count(reason::SOURCE);
@@ -36,8 +35,8 @@ pub fn key_of(ctx: &XdpContext, u: &Udp, svc: &Service) -> Result<Option<u32>, u
         }
         KeySource::RoundRobin => {
             // Per CPU, so no atomics: each CPU walks the table on its own.
-            let Some(c) = RR.get_ptr_mut(svc.id) else {
-                events::note(events::NO_ROUND_ROBIN, svc.id, 0);
+            let Some(c) = RR.get_ptr_mut(id) else {
+                events::note(events::NO_ROUND_ROBIN, id, 0);
                 return Err(reason::MALFORMED);
             };
             let h = unsafe { *c };

@@ -247,12 +247,12 @@ pub fn set_forward(forward: bool) {
 /// from memory instead of asking the service map again), or `None` for a
 /// backend's datagram.
 #[inline(always)]
-pub fn forward_service() -> Option<Service> {
+pub fn forward_service() -> Option<&'static Service> {
     let s = SCRATCH.get_ptr_mut(0)?;
     unsafe {
         if core::ptr::read_volatile(&(*s).policy.forward) == 0 {
             return None;
         }
-        Some((*s).policy.service)
+        Some(&(*s).policy.service)
     }
 }

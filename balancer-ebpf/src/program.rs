@@ -49,14 +49,14 @@ fn try_balancer(ctx: &XdpContext) -> Result<u32, u32> {
     };
     // The key search is the bulk of what the verifier checks: one call site for
     // both directions, so it is checked once, not once per direction.
-    let svc = if let Some(s) = unsafe { SERVICES.get(&u.dst) } {
-        let s = *s;
-        if let Err(r) = screen(ctx, &u, &s) {
+    // (algorithm, service id): all the key search needs.
+    let (alg, id) = if let Some(s) = unsafe { SERVICES.get(&u.dst) } {
+        if let Err(r) = screen(ctx, &u, s) {
             count(r);
             return Ok(xdp_action::XDP_DROP);
         }
         policy::set_forward(true);
-        s
+        (s.algorithm, s.id)
     } else if let Some(r) = unsafe { REVERSE.get(&u.src) } {
         // Only a backend's own datagrams are reverse-NATed or teach affinity.
         if !guard::source_ok(ctx, &u.src.addr, u.family as u32) {
@@ -70,15 +70,11 @@ fn try_balancer(ctx: &XdpContext) -> Result<u32, u32> {
             return reverse(ctx, &u, &r, None);
         }
         policy::set_forward(false);
-        Service {
-            id: r.service,
-            algorithm: r.algorithm,
-            ..Service::default()
-        }
+        (r.algorithm, r.service)
     } else {
         return Err(reason::PASS_NO_SERVICE);
     };
-    let key = key_of(ctx, &u, &svc)?;
+    let key = key_of(ctx, &u, alg, id)?;
     // Which way, read back from memory rather than kept: a flag kept here
     // would keep the two directions' verifier states apart through the search.
     if let Some(s) = policy::forward_service() {
@@ -131,12 +127,12 @@ fn is_response(ctx: &XdpContext, u: &Udp) -> bool {
 
 /// Client -> VIP: pick a backend and send the datagram there.
 #[inline(always)]
-fn dispatch(ctx: &XdpContext, u: &Udp, svc: Service, hash: u32) -> Result<u32, u32> {
+fn dispatch(ctx: &XdpContext, u: &Udp, svc: &Service, hash: u32) -> Result<u32, u32> {
     if svc.flags & SERVICE_SCANNERS != 0 && filters::is_scanner(ctx, u, false) {
         count(reason::SCANNER);
         return Ok(xdp_action::XDP_DROP);
     }
-    let slot = match pick(ctx, u, &svc, hash) {
+    let slot = match pick(ctx, u, svc, hash) {
         Ok(slot) => slot,
         Err(r)
             if r == reason::DIALOG_LIMITED || r == reason::AUTO_BLOCKED || r == reason::BLOCKED =>
