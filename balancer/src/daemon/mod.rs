@@ -7,17 +7,15 @@ mod guard;
 mod host;
 mod interfaces;
 mod probes;
+mod socket;
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use aya::programs::XdpMode;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{UnixListener, UnixStream};
 
 use crate::control::protocol::{Detached, Reply};
 use crate::control::{self, Request, Response};
@@ -119,7 +117,11 @@ pub fn run(opts: Options) -> Result<()> {
         warn_forwarding(config.services.iter().any(|s| s.vip.is_ipv4()));
     }
 
-    let rt = tokio::runtime::Builder::new_current_thread()
+    // `serve` runs on this thread, outside the runtime's workers: its blocking
+    // work (the grace period, fsync, `ip`) never holds up the connection tasks
+    // or the prober, which run on the workers.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()?;
     let exit = match rt.block_on(d.serve()) {
@@ -182,10 +184,7 @@ impl Daemon {
     async fn serve(&mut self) -> Result<Exit> {
         use tokio::signal::unix::{signal, SignalKind};
         let path = control::socket_path(&self.opts.instance);
-        let _ = std::fs::remove_file(&path); // stale: we hold the instance lock
-        let listener =
-            UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        let mut jobs = socket::listen(&path)?;
         let _socket = RemoveOnDrop(path.clone());
 
         let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
@@ -224,9 +223,8 @@ impl Daemon {
                     self.follow_routes().await;
                 }
                 _ = expiry.tick() => self.expire_blocks(),
-                conn = listener.accept() => {
-                    let Ok((stream, _)) = conn else { continue };
-                    if self.converse(stream).await {
+                Some(job) = jobs.recv() => {
+                    if self.answer(job).await {
                         return Ok(Exit::Detach);
                     }
                 }
@@ -263,33 +261,27 @@ impl Daemon {
         Ok(())
     }
 
-    /// Answers one request; returns whether it asked the daemon to detach.
-    async fn converse(&mut self, stream: UnixStream) -> bool {
-        let (r, mut w) = stream.into_split();
-        let mut line = String::new();
-        let read = tokio::time::timeout(
-            Duration::from_secs(5),
-            BufReader::new(r).read_line(&mut line),
-        )
-        .await;
-        if !matches!(read, Ok(Ok(n)) if n > 0) {
-            return false;
+    /// Answers one request; returns whether it asked the daemon to detach
+    /// (then only once the answer is written, or could not be).
+    async fn answer(&mut self, job: socket::Job) -> bool {
+        let socket::Job { request, answer } = job;
+        if request == Request::Detach {
+            let (tx, written) = tokio::sync::oneshot::channel();
+            let mut a =
+                socket::Answer::of(&Response::ok(Reply::Detached(Detached { detached: true })));
+            a.written = Some(tx);
+            if answer.send(a).is_ok() {
+                let _ = tokio::time::timeout(socket::WRITE_TIMEOUT, written).await;
+            }
+            return true;
         }
-        let (resp, detach) = match serde_json::from_str::<Request>(&line) {
-            Ok(Request::Detach) => (
-                Response::ok(Reply::Detached(Detached { detached: true })),
-                true,
-            ),
-            Ok(req) => match self.handle(req) {
-                Ok(v) => (Response::ok(v), false),
-                Err(e) => (Response::error(format!("{e:#}")), false),
-            },
-            Err(e) => (Response::error(format!("bad request: {e}")), false),
+        let resp = match self.handle(request) {
+            Ok(v) => Response::ok(v),
+            Err(e) => Response::error(format!("{e:#}")),
         };
-        let mut out = serde_json::to_string(&resp).unwrap_or_default();
-        out.push('\n');
-        let _ = w.write_all(out.as_bytes()).await;
-        detach
+        // The client may have gone: its change stands all the same.
+        let _ = answer.send(socket::Answer::of(&resp));
+        false
     }
 
     fn handle(&mut self, req: Request) -> Result<Reply> {
@@ -299,7 +291,7 @@ impl Daemon {
             Request::Whereis { service, key } => Reply::Whereis(self.whereis(service, &key)?),
             Request::Stats => Reply::Stats(self.stats()?),
             Request::Blocks => Reply::Blocks(self.blocks()?),
-            Request::Detach => unreachable!("handled by converse"),
+            Request::Detach => unreachable!("handled by answer"),
         })
     }
 }
