@@ -120,14 +120,35 @@ async fn receive(shared: Arc<Shared>, v6: bool) {
         let Ok((n, _from)) = sock.recv_from(&mut buf).await else {
             continue;
         };
-        let at = Instant::now();
-        let Some(resp) = parse_response(&buf[..n]) else {
-            continue;
-        };
-        let tx = shared.pending.lock().unwrap().get(&resp.call_id).cloned();
-        if let Some(tx) = tx {
-            let _ = tx.send((resp, at));
-        }
+        deliver(&shared, &buf[..n], Instant::now());
+    }
+}
+
+/// Hands an answer to the probe waiting for it, if any.
+fn deliver(shared: &Shared, datagram: &[u8], at: Instant) {
+    let Some(resp) = parse_response(datagram) else {
+        return;
+    };
+    let tx = shared.pending.lock().unwrap().get(&resp.call_id).cloned();
+    if let Some(tx) = tx {
+        let _ = tx.send((resp, at));
+    }
+}
+
+/// Delivers the answers already in the socket without waiting. A probe whose
+/// timer fires does this before it gives up: when many tasks are ready at once
+/// (thousands of backends just added), the receiving task may not have run
+/// since an answer arrived, and the backend must not pay for our scheduling.
+fn drain(shared: &Shared, v6: bool) {
+    let sock = if v6 {
+        shared.v6.as_ref()
+    } else {
+        Some(&shared.v4)
+    };
+    let Some(sock) = sock else { return };
+    let mut buf = vec![0u8; 65536];
+    while let Ok((n, _from)) = sock.try_recv_from(&mut buf) {
+        deliver(shared, &buf[..n], Instant::now());
     }
 }
 
@@ -194,11 +215,15 @@ async fn probe(shared: &Arc<Shared>, backend: SocketAddr, params: &Params) -> Ou
     } else {
         shared.v6.as_ref().unwrap()
     };
-    let sent = Instant::now();
-    if let Err(e) = sock.send_to(p.request().as_bytes(), backend).await {
+    let request = p.request();
+    // Waiting for room in the socket's send buffer is ours, not the backend's:
+    // after a burst (thousands of backends added at once) it can take longer
+    // than the timeout. The clock starts when the probe has left.
+    if let Err(e) = sock.send_to(request.as_bytes(), backend).await {
         shared.pending.lock().unwrap().remove(&call_id);
         return Outcome::Error(e.to_string());
     }
+    let sent = Instant::now();
     let deadline = tokio::time::Instant::from_std(sent + params.timeout);
     let answer = loop {
         match tokio::time::timeout_at(deadline, rx.recv()).await {
@@ -210,7 +235,21 @@ async fn probe(shared: &Arc<Shared>, backend: SocketAddr, params: &Params) -> Ou
                 break Some((r, at));
             }
             Ok(Some(_)) => continue,
-            _ => break None,
+            Ok(None) => break None,
+            Err(_) => {
+                drain(shared, backend.is_ipv6());
+                let mut late = None;
+                while let Ok((r, at)) = rx.try_recv() {
+                    if r.cseq_method == params.method
+                        && r.code != 100
+                        && (params.deep() || r.code >= 200)
+                    {
+                        late = Some((r, at));
+                        break;
+                    }
+                }
+                break late;
+            }
         }
     };
     let outcome = match &answer {
