@@ -106,6 +106,7 @@ pub fn run(opts: Options) -> Result<()> {
         .ensure_interfaces(&config)
         .and_then(|_| d.dp.sync(&config))
         .and_then(|_| d.update_guard())
+        .and_then(|_| d.drop_stale_links())
     {
         if !d.opts.persist {
             let _ = d.dp.unpin();
