@@ -243,6 +243,17 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Backends the adopted pins hold without `BACKEND_STICKY`: the run that
+    /// wrote them held them down (or had them disabled). Read before the first
+    /// [`sync`](Self::sync) rewrites the slots.
+    pub fn pinned_unsticky(&self) -> HashSet<SocketAddr> {
+        self.backend_vals
+            .values()
+            .filter(|b| b.flags & balancer_common::maps::BACKEND_STICKY == 0)
+            .map(backend_addr)
+            .collect()
+    }
+
     /// Whether this data plane found services of an earlier run in its pins.
     pub fn adopted_services(&self) -> usize {
         self.adopted.len()
