@@ -191,6 +191,17 @@ fn pins_of_an_incompatible_layout_are_refused_in_one_line() {
     );
     cli_ok(&inst, &["detach"]);
 
+    // A version pin that is not one: refused the same way.
+    std::fs::create_dir_all(&dir).unwrap();
+    let odd: Array<MapData, u64> = Array::create(1, 0).unwrap();
+    odd.pin(format!("{dir}/ABI")).unwrap();
+    let err = failed_start(&bed.ns("lb"), &inst);
+    assert!(
+        err.contains("pinned map ABI") && err.contains("detach"),
+        "{err}"
+    );
+    cli_ok(&inst, &["detach"]);
+
     // A clean start pins its version beside the maps, and a restart adopts them.
     let d = Daemon::start(&bed.ns("lb"), &run_args(&inst));
     assert!(Path::new(&format!("{dir}/ABI")).exists());

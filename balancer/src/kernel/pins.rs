@@ -161,10 +161,12 @@ fn read_version(dir: &Path) -> Result<Option<u32>, Box<PinError>> {
         let m: Array<MapData, u32> = Map::Array(MapData::from_pin(&path)?).try_into()?;
         m.get(&0, 0)
     };
-    read().map(Some).map_err(|source| {
-        Box::new(PinError::Read {
+    read().map(Some).map_err(|e| {
+        Box::new(PinError::Contents {
+            map: ABI_PIN.to_string(),
             path: path.clone(),
-            source,
+            instance: instance_of(dir),
+            what: format!("no version this balancer can read ({e})"),
         })
     })
 }
