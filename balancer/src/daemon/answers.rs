@@ -1,7 +1,6 @@
 //! The daemon's answers to the control socket's requests, as the typed
 //! structs of [`crate::control::protocol`].
 
-use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -23,13 +22,10 @@ impl Daemon {
     pub(super) fn apply(&mut self, ops: &[Op]) -> Result<Applied> {
         let prev = self.dp.config().clone();
         let (next, said) = model::edit::apply(&prev, ops)?;
-        // A removed backend's health is forgotten: added again, it starts up.
-        let keep: HashSet<SocketAddr> = next
-            .services
-            .iter()
-            .flat_map(|s| s.backends.iter().map(|b| b.address))
-            .collect();
-        self.health.retain(|a, _| keep.contains(a));
+        // Health is left as it is until the change committed (a removed
+        // backend's is forgotten by `update_probes` below: added again, it
+        // starts up), so a rollback restores the tables with the same backends
+        // held down.
         self.dp.set_down(self.down_set());
         let result = self
             .ensure_interfaces(&next)

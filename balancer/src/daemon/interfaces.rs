@@ -49,6 +49,15 @@ impl Daemon {
         want
     }
 
+    /// Drops the pinned links an earlier run left on interfaces this one does
+    /// not use (no longer configured, no backend routed there).
+    pub(super) fn drop_stale_links(&mut self) -> Result<()> {
+        for i in self.dp.drop_links_except(&self.ifaces)? {
+            eprintln!("note: detached {i}: an earlier run's interface, not used now");
+        }
+        Ok(())
+    }
+
     /// Attaches to those of `want` the program is not on yet.
     pub(super) fn attach_interfaces(&mut self, want: Vec<String>) -> Result<()> {
         for i in want {

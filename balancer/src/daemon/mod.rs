@@ -101,9 +101,11 @@ pub fn run(opts: Options) -> Result<()> {
     };
     let config = d.opts.config.clone();
     if let Err(e) = d
-        .ensure_interfaces(&config)
+        .restore_health(&config)
+        .and_then(|_| d.ensure_interfaces(&config))
         .and_then(|_| d.dp.sync(&config))
         .and_then(|_| d.update_guard())
+        .and_then(|_| d.drop_stale_links())
     {
         if !d.opts.persist {
             let _ = d.dp.unpin();

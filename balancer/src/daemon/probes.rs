@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use anyhow::Result;
 
 use super::Daemon;
-use crate::health::{Event, Health};
+use crate::health::{Event, Health, Tracker};
+use crate::model::{AdminState, Config};
 
 impl Daemon {
     /// Points the prober at the configured backends and forgets removed ones.
@@ -17,6 +18,34 @@ impl Daemon {
         if let Some(p) = self.prober.as_mut() {
             p.update(&want);
         }
+        Ok(())
+    }
+
+    /// A restart keeps what the last run knew instead of declaring every
+    /// backend up: one the adopted pins hold without `BACKEND_STICKY` although
+    /// `c` has it active or draining was held down, and stays down until `rise`
+    /// probes in a row succeed. (A backend enabled in the file while no daemon
+    /// ran looks the same: it waits for `rise` successes too.) Called before
+    /// the first sync rewrites the pinned slots.
+    pub(super) fn restore_health(&mut self, c: &Config) -> Result<()> {
+        let unsticky = self.dp.pinned_unsticky();
+        let params = c.health_params()?;
+        for b in c.services.iter().flat_map(|s| &s.backends) {
+            let checked = params.iter().any(|(a, p)| *a == b.address && p.enabled);
+            let up = matches!(b.state, AdminState::Active | AdminState::Draining);
+            if checked
+                && up
+                && unsticky.contains(&b.address)
+                && !self.health.contains_key(&b.address)
+            {
+                eprintln!(
+                    "health: backend {} starts down, as the last run left it",
+                    b.address
+                );
+                self.health.insert(b.address, Tracker::held_down());
+            }
+        }
+        self.dp.set_down(self.down_set());
         Ok(())
     }
 

@@ -101,6 +101,17 @@ impl Default for Tracker {
     }
 }
 
+impl Tracker {
+    /// A backend known to be down before any probe (the last run held it
+    /// down): back up only after `rise` successes in a row, like any other.
+    pub fn held_down() -> Self {
+        Tracker {
+            health: Health::Down,
+            ..Tracker::default()
+        }
+    }
+}
+
 /// A change of health, with the reason.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Transition {
@@ -262,6 +273,17 @@ mod tests {
         assert_eq!(t.record(&p, &ok()), None, "one success is not enough");
         assert_eq!(t.record(&p, &Outcome::Timeout), None);
         assert_eq!(t.record(&p, &ok()), None);
+        let tr = t.record(&p, &ok()).unwrap();
+        assert_eq!((tr.from, tr.to), (Health::Down, Health::Up));
+    }
+
+    /// What a restart restores: down, and up only after `rise` successes.
+    #[test]
+    fn held_down_needs_rise_successes() {
+        let p = params(3, 2);
+        let mut t = Tracker::held_down();
+        assert_eq!(t.health, Health::Down);
+        assert_eq!(t.record(&p, &ok()), None, "one success is not enough");
         let tr = t.record(&p, &ok()).unwrap();
         assert_eq!((tr.from, tr.to), (Health::Down, Health::Up));
     }

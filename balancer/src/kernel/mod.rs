@@ -11,11 +11,14 @@
 //! With a pin directory, every map and link lives in bpffs, so a restarted daemon
 //! adopts them (the old program keeps forwarding until the new one replaces it
 //! atomically on the same link) and a crashed one leaves the data plane running.
+//! Pins are adopted only once checked ([`pins`]): their version, every map's
+//! layout, and what the backend and service maps hold.
 
 mod apply;
 mod attach;
 pub mod guard;
 mod hints;
+pub mod pins;
 pub mod plan;
 pub mod program_log;
 mod read;
@@ -32,7 +35,10 @@ use aya::{
     programs::{ProgramError, Xdp},
     Ebpf, EbpfLoader,
 };
-use balancer_common::maps::{names, Backend, Endpoint, Service, AFFINITY_ENTRIES, MAX_BACKENDS};
+use balancer_common::maps::{
+    names, Backend, Endpoint, Service, AFFINITY_ENTRIES, AF_INET, AF_INET6, MAX_BACKENDS,
+    MAX_SERVICES,
+};
 
 use crate::{
     model::{Config, ServiceConfig},
@@ -109,6 +115,7 @@ impl Dataplane {
             Some(dir) => {
                 std::fs::create_dir_all(dir)
                     .with_context(|| format!("creating pin directory {}", dir.display()))?;
+                pins::check(dir, OBJECT)?;
                 // Every map, so a restarted daemon adopts all of the state.
                 names::ALL.iter().map(|m| (*m, dir.join(m))).collect()
             }
@@ -157,6 +164,10 @@ impl Dataplane {
         };
         dp.adopt()?;
         dp.seed_rates()?;
+        if let Some(dir) = pins {
+            pins::write_version(dir)
+                .with_context(|| format!("pinning the version in {}", dir.display()))?;
+        }
         Ok(dp)
     }
 
@@ -181,27 +192,66 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Reads back what pinned maps already hold: services and backend slots.
+    /// Reads back what pinned maps already hold: services and backend slots,
+    /// refused whole if they hold what this balancer never writes.
     fn adopt(&mut self) -> Result<()> {
+        let invalid = |map: &str, what: String| -> anyhow::Error {
+            let dir = self.pins.clone().unwrap_or_default();
+            pins::PinError::Contents {
+                map: map.to_string(),
+                path: dir.join(map),
+                instance: pins::instance_of(&dir),
+                what,
+            }
+            .into()
+        };
         let mut adopted = HashMap::new();
         let services: BpfHashMap<&MapData, Endpoint, Service> = self.map_ref(names::SERVICES)?;
+        let mut ids = HashSet::new();
         for kv in services.iter() {
             let (vip, svc) = kv?;
-            adopted.insert(SocketAddr::from(vip), svc);
+            let vip = SocketAddr::from(vip);
+            if svc.id >= MAX_SERVICES || svc.active > 1 || !ids.insert(svc.id) {
+                let what = format!(
+                    "service {vip} with id {} and live half {}",
+                    svc.id, svc.active
+                );
+                return Err(invalid(names::SERVICES, what));
+            }
+            adopted.insert(vip, svc);
         }
         let (mut slots, mut vals) = (HashMap::new(), HashMap::new());
         let backends: Array<&MapData, Backend> = self.map_ref(names::BACKENDS)?;
         for slot in 0..MAX_BACKENDS {
             let b = backends.get(&slot, 0)?;
-            if b.family != 0 {
-                slots.insert(backend_addr(&b), slot);
-                vals.insert(slot, b);
+            if b.family == 0 {
+                continue;
             }
+            if b.family != AF_INET && b.family != AF_INET6 {
+                let what = format!("address family {} in slot {slot}", b.family);
+                return Err(invalid(names::BACKENDS, what));
+            }
+            if let Some(other) = slots.insert(backend_addr(&b), slot) {
+                let what = format!("{} in slots {other} and {slot}", backend_addr(&b));
+                return Err(invalid(names::BACKENDS, what));
+            }
+            vals.insert(slot, b);
         }
         self.adopted = adopted;
         self.slots = slots;
         self.backend_vals = vals;
         Ok(())
+    }
+
+    /// Backends the adopted pins hold without `BACKEND_STICKY`: the run that
+    /// wrote them held them down (or had them disabled). Read before the first
+    /// [`sync`](Self::sync) rewrites the slots.
+    pub fn pinned_unsticky(&self) -> HashSet<SocketAddr> {
+        self.backend_vals
+            .values()
+            .filter(|b| b.flags & balancer_common::maps::BACKEND_STICKY == 0)
+            .map(backend_addr)
+            .collect()
     }
 
     /// Whether this data plane found services of an earlier run in its pins.
@@ -299,22 +349,16 @@ pub fn remove_pins(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Detaches a pinned link now (BPF_LINK_DETACH, Linux 5.9): the link stays
-/// as an object until its last reference goes, but is no longer attached.
-fn detach_link(pin: &Path) -> std::io::Result<()> {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+/// Opens a pinned object (BPF_OBJ_GET).
+fn obj_get(pin: &Path) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
     use std::os::unix::ffi::OsStrExt;
     const BPF_OBJ_GET: libc::c_long = 7;
-    const BPF_LINK_DETACH: libc::c_long = 34;
     #[repr(C)]
     struct ObjGet {
         pathname: u64,
         bpf_fd: u32,
         file_flags: u32,
-    }
-    #[repr(C)]
-    struct LinkDetach {
-        link_fd: u32,
     }
     let path = std::ffi::CString::new(pin.as_os_str().as_bytes())?;
     let get = ObjGet {
@@ -328,7 +372,19 @@ fn detach_link(pin: &Path) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     // SAFETY: a new descriptor the kernel just returned, owned here.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Detaches a pinned link now (BPF_LINK_DETACH, Linux 5.9): the link stays
+/// as an object until its last reference goes, but is no longer attached.
+fn detach_link(pin: &Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    const BPF_LINK_DETACH: libc::c_long = 34;
+    #[repr(C)]
+    struct LinkDetach {
+        link_fd: u32,
+    }
+    let fd = obj_get(pin)?;
     let detach = LinkDetach {
         link_fd: fd.as_raw_fd() as u32,
     };
@@ -345,6 +401,42 @@ fn detach_link(pin: &Path) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// The interface a pinned XDP link is attached to (0: none, its interface is
+/// gone); `None` if the pin is not an XDP link (BPF_OBJ_GET_INFO_BY_FD).
+fn pinned_xdp_ifindex(pin: &Path) -> std::io::Result<Option<u32>> {
+    use std::os::fd::AsRawFd;
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    const BPF_LINK_TYPE_XDP: u32 = 6;
+    #[repr(C)]
+    struct InfoByFd {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    // struct bpf_link_info: type, id, prog_id, then a union aligned to 8
+    // whose XDP member is the ifindex. Bytes the kernel does not know must be 0.
+    let mut info = [0u32; 16];
+    let fd = obj_get(pin)?;
+    let attr = InfoByFd {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: std::mem::size_of_val(&info) as u32,
+        info: info.as_mut_ptr() as u64,
+    };
+    let size = std::mem::size_of::<InfoByFd>();
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &attr as *const InfoByFd,
+            size,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((info[0] == BPF_LINK_TYPE_XDP).then_some(info[4]))
 }
 
 /// The address a backend slot holds.
