@@ -45,7 +45,8 @@ pub struct Daemon {
     dp: Dataplane,
     /// Interfaces the program is attached to, in order.
     ifaces: Vec<String>,
-    /// Egress interface of each backend address, as `ip route get` said.
+    /// Egress interface of each backend address, as the kernel's routing
+    /// answered (`route.rs`), refreshed on routing notifications (`guard.rs`).
     routes: HashMap<IpAddr, String>,
     /// Probe state per backend address.
     health: HashMap<SocketAddr, Tracker>,
