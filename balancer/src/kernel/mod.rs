@@ -16,6 +16,7 @@ mod apply;
 mod attach;
 pub mod guard;
 mod hints;
+mod nexthop;
 pub mod plan;
 pub mod program_log;
 mod read;
