@@ -202,3 +202,42 @@ fn a_full_or_read_only_disk_refuses_a_change_and_applies_nothing() {
     assert!(!String::from_utf8_lossy(&std::fs::read(&conf).unwrap()).contains(&backend(0)));
     assert!(d.stop());
 }
+
+#[test]
+fn a_start_on_a_full_disk_is_refused_before_anything_is_loaded() {
+    require_root();
+    let inst = format!("cz{}", std::process::id());
+    let bed = bed::Bed::new(&inst, 1);
+    let disk = SmallDisk::new(&inst);
+    let conf = disk.0.join("balancer.toml");
+    let text = format!(
+        "interfaces = [\"l0\"]\n\n[[service]]\nvip = \"{}\"\n\n[[service.backend]]\naddress = \"{}\"\n",
+        vip(),
+        backend(0)
+    );
+    std::fs::write(&conf, &text).unwrap();
+    disk.fill();
+    let out = balancer_test_support::daemon::in_netns(&bed.ns("lb"))
+        .args([
+            "run",
+            "--config",
+            conf.to_str().unwrap(),
+            "--instance",
+            &inst,
+        ])
+        .output()
+        .expect("run balancer");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started on a full disk: {err}");
+    assert!(err.contains("No space left on device"), "{err}");
+    assert_eq!(std::fs::read_to_string(&conf).unwrap(), text);
+    assert_eq!(disk.leftovers(&conf), Vec::<String>::new());
+    let pins = format!("/sys/fs/bpf/balancer/{inst}");
+    let pinned: Vec<_> = std::fs::read_dir(&pins)
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(pinned.is_empty(), "nothing pinned: {pinned:?}");
+    let link =
+        balancer_test_support::netns::sh_out(&format!("ip -n {} -d link show l0", bed.ns("lb")));
+    assert!(!link.contains("xdp"), "nothing attached: {link}");
+}

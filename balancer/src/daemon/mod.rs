@@ -24,6 +24,7 @@ use crate::control::{self, Request, Response};
 use crate::health::{Event, Prober, Tracker};
 use crate::kernel::requirements::{self, KernelError, Rejected};
 use crate::kernel::Dataplane;
+use crate::model::file::CommitError;
 use crate::model::{Config, ConfigError, Mode};
 use host::{ensure_bpffs, instance_lock, warn_forwarding, RemoveOnDrop};
 
@@ -85,6 +86,12 @@ pub fn run(opts: Options) -> Result<()> {
     }
     let _lock = instance_lock(&opts.instance)?;
     ensure_bpffs()?;
+    // Written beside the file before anything is loaded or attached: a full
+    // or read-only disk stops the start here, with nothing left behind.
+    let staged = opts
+        .config
+        .stage(&opts.config_path)
+        .with_context(|| format!("writing {}", opts.config_path.display()))?;
     let pins = control::pin_dir(&opts.instance);
     let dp = open_dataplane(&opts, &pins)?;
     if dp.adopted_services() > 0 {
@@ -113,9 +120,18 @@ pub fn run(opts: Options) -> Result<()> {
         }
         return Err(e);
     }
-    config
-        .save(&d.opts.config_path)
-        .with_context(|| format!("writing {}", d.opts.config_path.display()))?;
+    match staged.commit() {
+        Ok(()) => {}
+        Err(e @ CommitError::SyncDirectory(_)) => {
+            eprintln!("warning: {}: {e}", d.opts.config_path.display())
+        }
+        Err(e) => {
+            if !d.opts.persist {
+                let _ = d.dp.unpin();
+            }
+            return Err(e).with_context(|| format!("writing {}", d.opts.config_path.display()));
+        }
+    }
     if config.services.iter().any(|s| s.mode == Mode::Dnat) {
         warn_forwarding(config.services.iter().any(|s| s.vip.is_ipv4()));
     }
