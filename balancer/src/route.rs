@@ -185,6 +185,11 @@ mod tests {
         let r = super::egress_interfaces(&[lo]).unwrap();
         assert_eq!(r.get(&lo).map(String::as_str), Some("lo"));
         assert_eq!(super::egress_interface(lo).unwrap(), "lo");
+        // IPv6 too, where the host has it.
+        let lo6: std::net::IpAddr = "::1".parse().unwrap();
+        if local.contains(&lo6) {
+            assert_eq!(super::egress_interface(lo6).unwrap(), "lo");
+        }
     }
 
     #[test]

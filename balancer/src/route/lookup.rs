@@ -253,6 +253,28 @@ mod tests {
     }
 
     #[test]
+    fn an_address_without_a_route_gets_the_kernels_errno() {
+        // In a network namespace of its own, with nothing configured (needs
+        // CAP_SYS_ADMIN; without it there is nothing to check).
+        let r = std::thread::spawn(|| {
+            // SAFETY: moves only this thread, which ends with the test.
+            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                return None;
+            }
+            let addrs: Vec<IpAddr> = vec!["10.0.0.1".parse().unwrap(), "fd00::1".parse().unwrap()];
+            Some(egress_indexes(&addrs).unwrap())
+        })
+        .join()
+        .unwrap();
+        let Some(r) = r else {
+            eprintln!("skipped: no network namespace of our own (not root)");
+            return;
+        };
+        assert_eq!(r.len(), 2, "{r:?}");
+        assert!(r.values().all(|o| *o == Err(libc::ENETUNREACH)), "{r:?}");
+    }
+
+    #[test]
     fn every_loopback_address_of_a_large_batch_is_answered() {
         let lo = crate::route::ifindex("lo").unwrap();
         // More than one round of requests in flight.
