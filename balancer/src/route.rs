@@ -1,71 +1,80 @@
 //! Which interface leads to an address, per the kernel's routing table.
 
+mod lookup;
+
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-/// The egress interface for `addr` (`ip route get`). iproute2 is on every Linux
-/// host this runs on; asking it keeps policy routing and VRFs right.
+/// The egress interface for `addr`, as the kernel's routing answers it
+/// (`RTM_GETROUTE`, what `ip route get` asks): policy routing and VRFs count.
 pub fn egress_interface(addr: IpAddr) -> Result<String> {
-    let out = Command::new("ip")
-        .args(["-o", "route", "get", &addr.to_string()])
-        .output()
-        .context("running `ip route get` (iproute2)")?;
-    if !out.status.success() {
-        bail!(
+    let mut r = lookup::egress_indexes(&[addr]).context("asking the kernel for a route")?;
+    match r.remove(&addr) {
+        Some(Ok(idx)) => ifname(idx),
+        Some(Err(errno)) => bail!(
             "no route to backend {addr}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+            std::io::Error::from_raw_os_error(errno)
+        ),
+        None => bail!("no route to backend {addr}: the kernel did not answer"),
     }
-    let text = String::from_utf8_lossy(&out.stdout);
-    parse_dev(&text).with_context(|| format!("no `dev` in `ip route get {addr}`: {text}"))
 }
 
-/// The egress interface of each address, with one `ip` process for all of
-/// them (`ip -batch`): after a routing change every backend is looked up
-/// again. An address without a route is missing from the answer.
+/// The egress interface of each address, over one netlink socket: after a
+/// routing change every backend is looked up again. An address without a
+/// route is missing from the answer.
 pub fn egress_interfaces(addrs: &[IpAddr]) -> Result<HashMap<IpAddr, String>> {
-    use std::io::Write;
-    use std::process::Stdio;
-    if addrs.is_empty() {
-        return Ok(HashMap::new());
+    let found = lookup::egress_indexes(addrs).context("asking the kernel for routes")?;
+    let mut names: HashMap<u32, String> = HashMap::new();
+    let mut out = HashMap::with_capacity(found.len());
+    for (addr, outcome) in found {
+        let Ok(idx) = outcome else { continue };
+        let name = match names.get(&idx) {
+            Some(n) => n.clone(),
+            // Gone since the answer: the notification of its removal brings
+            // another lookup.
+            None => match ifname(idx) {
+                Ok(n) => {
+                    names.insert(idx, n.clone());
+                    n
+                }
+                Err(_) => continue,
+            },
+        };
+        out.insert(addr, name);
     }
-    let mut child = Command::new("ip")
-        .args(["-o", "-force", "-batch", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("running `ip -batch` (iproute2)")?;
-    let mut script = String::new();
-    for a in addrs {
-        script += &format!("route get {a}\n");
-    }
-    let mut stdin = child.stdin.take().expect("piped");
-    // Written from a thread: ip answers while it reads, and a full pipe
-    // either way would stall both.
-    let writer = std::thread::spawn(move || stdin.write_all(script.as_bytes()));
-    let out = child.wait_with_output().context("reading `ip -batch`")?;
-    let _ = writer.join();
-    Ok(parse_batch(&String::from_utf8_lossy(&out.stdout)))
+    Ok(out)
 }
 
-/// `ip -o route get` lines: each names its destination first (after a route
-/// type such as `local`), then `dev`.
-fn parse_batch(text: &str) -> HashMap<IpAddr, String> {
-    let mut out = HashMap::new();
-    for line in text.lines() {
-        let dst = line
-            .split_whitespace()
-            .take(2)
-            .find_map(|w| w.parse::<IpAddr>().ok());
-        if let (Some(dst), Some(dev)) = (dst, parse_dev(line)) {
-            out.insert(dst, dev);
-        }
+/// The egress interface of every address, over one netlink socket; an error
+/// names the first address without a route.
+pub fn every_egress_interface(addrs: &[IpAddr]) -> Result<HashMap<IpAddr, String>> {
+    let found = lookup::egress_indexes(addrs).context("asking the kernel for routes")?;
+    let mut out = HashMap::with_capacity(addrs.len());
+    for addr in addrs {
+        match found.get(addr) {
+            Some(Ok(idx)) => out.insert(*addr, ifname(*idx)?),
+            Some(Err(errno)) => bail!(
+                "no route to backend {addr}: {}",
+                std::io::Error::from_raw_os_error(*errno)
+            ),
+            None => bail!("no route to backend {addr}: the kernel did not answer"),
+        };
     }
-    out
+    Ok(out)
+}
+
+/// The name of the interface with index `idx`.
+pub fn ifname(idx: u32) -> Result<String> {
+    let mut buf = [0u8; libc::IF_NAMESIZE];
+    // SAFETY: if_indextoname writes at most IF_NAMESIZE bytes, NUL-terminated.
+    let p = unsafe { libc::if_indextoname(idx, buf.as_mut_ptr().cast()) };
+    if p.is_null() {
+        bail!("no interface with index {idx}");
+    }
+    let end = memchr::memchr(0, &buf).unwrap_or(buf.len());
+    Ok(String::from_utf8_lossy(&buf[..end]).into_owned())
 }
 
 /// Every address of this host (in this network namespace), `getifaddrs`.
@@ -103,16 +112,6 @@ pub fn local_addresses() -> Result<Vec<IpAddr>> {
         out.dedup();
         Ok(out)
     }
-}
-
-fn parse_dev(text: &str) -> Option<String> {
-    let mut words = text.split_whitespace();
-    while let Some(w) = words.next() {
-        if w == "dev" {
-            return words.next().map(str::to_string);
-        }
-    }
-    None
 }
 
 pub fn ifindex(name: &str) -> Result<u32> {
@@ -179,34 +178,18 @@ pub fn driver(name: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn parses_dev() {
-        let t = "10.0.2.11 dev lb1 src 10.0.2.1 uid 0 \\    cache ";
-        assert_eq!(super::parse_dev(t).as_deref(), Some("lb1"));
-        assert_eq!(
-            super::parse_dev("local 10.0.0.1 dev lo table local"),
-            Some("lo".into())
-        );
-    }
-
-    #[test]
-    fn parses_a_batch_by_destination() {
-        let t = "local 127.0.0.1 dev lo src 127.0.0.1 uid 0 \\    cache <local> \n\
-                 10.255.255.1 via 192.0.2.1 dev eth0 src 192.0.2.2 uid 0 \\    cache \n\
-                 fd00:2::11 from :: dev l1 proto kernel src fd00:2::1 metric 256 pref medium\n";
-        let m = super::parse_batch(t);
-        assert_eq!(m.len(), 3);
-        assert_eq!(m[&"127.0.0.1".parse().unwrap()], "lo");
-        assert_eq!(m[&"10.255.255.1".parse().unwrap()], "eth0");
-        assert_eq!(m[&"fd00:2::11".parse().unwrap()], "l1");
-    }
-
-    #[test]
     fn the_host_has_its_loopback_address_and_a_route_to_it() {
         let local = super::local_addresses().unwrap();
         assert!(local.contains(&"127.0.0.1".parse().unwrap()), "{local:?}");
         let lo: std::net::IpAddr = "127.0.0.1".parse().unwrap();
         let r = super::egress_interfaces(&[lo]).unwrap();
         assert_eq!(r.get(&lo).map(String::as_str), Some("lo"));
+        assert_eq!(super::egress_interface(lo).unwrap(), "lo");
+        // IPv6 too, where the host has it.
+        let lo6: std::net::IpAddr = "::1".parse().unwrap();
+        if local.contains(&lo6) {
+            assert_eq!(super::egress_interface(lo6).unwrap(), "lo");
+        }
     }
 
     #[test]

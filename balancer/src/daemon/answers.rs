@@ -14,27 +14,39 @@ use crate::control::protocol::{
     Applied, BackendState, BackendStatus, ServiceStatus, Stats, Status, Whereis,
 };
 use crate::health::Health;
+use crate::model::file::CommitError;
 use crate::model::{self, Op};
 
 impl Daemon {
-    /// All or nothing: edit a copy, attach and sync, save; on a failure after
-    /// the kernel changed, sync back to the previous configuration.
+    /// All or nothing: edit a copy, write it beside the file, attach and sync,
+    /// put the file in place; on a failure after the kernel changed, sync
+    /// back to the previous configuration.
     pub(super) fn apply(&mut self, ops: &[Op]) -> Result<Applied> {
         let prev = self.dp.config().clone();
         let (next, said) = model::edit::apply(&prev, ops)?;
+        // Written and synced before anything else changes: a full or
+        // read-only disk refuses the change here, with nothing applied.
+        let path = &self.opts.config_path;
+        let staged = next
+            .stage(path)
+            .with_context(|| format!("writing {} (nothing was changed)", path.display()))?;
         // Health is left as it is until the change committed (a removed
         // backend's is forgotten by `update_probes` below: added again, it
         // starts up), so a rollback restores the tables with the same backends
         // held down.
         self.dp.set_down(self.down_set());
-        let result = self
-            .ensure_interfaces(&next)
-            .and_then(|_| self.dp.sync(&next))
-            .and_then(|r| {
-                next.save(&self.opts.config_path)
-                    .with_context(|| format!("writing {}", self.opts.config_path.display()))?;
-                Ok(r)
-            });
+        let result =
+            self.ensure_interfaces(&next)
+                .and_then(|_| self.dp.sync(&next))
+                .and_then(|r| match staged.commit() {
+                    Ok(()) => Ok(r),
+                    Err(e @ CommitError::SyncDirectory(_)) => {
+                        eprintln!("warning: {}: {e}", self.opts.config_path.display());
+                        Ok(r)
+                    }
+                    Err(e) => Err(e)
+                        .with_context(|| format!("writing {}", self.opts.config_path.display())),
+                });
         let report = match result {
             Ok(r) => r,
             Err(e) => {

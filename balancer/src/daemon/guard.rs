@@ -99,8 +99,9 @@ fn listen(fd: std::os::fd::OwnedFd, tx: UnboundedSender<()>) {
 
 impl Daemon {
     /// Every backend's route looked up again (off the runtime's thread: one
-    /// `ip` process for all), changes of interface logged, interfaces the
-    /// program is not on yet attached, and `GUARD` rewritten.
+    /// round of netlink requests for all), changes of interface logged,
+    /// interfaces the program is not on yet attached, the program's cached
+    /// next hops towards moved backends dropped, and `GUARD` rewritten.
     pub(super) async fn follow_routes(&mut self) {
         let mut addrs: Vec<IpAddr> = self
             .dp
@@ -117,18 +118,51 @@ impl Daemon {
             Ok(Err(e)) => return eprintln!("error: looking up the backends' routes: {e:#}"),
             Err(e) => return eprintln!("error: looking up the backends' routes: {e}"),
         };
-        self.set_routes(routes);
+        let moved = self.set_routes(routes);
         let want = self.wanted_interfaces();
         if let Err(e) = self.attach_interfaces(want) {
             eprintln!("error: attaching to a backend's new interface: {e:#}");
+        }
+        // After the attachment: the program may redirect to the new
+        // interface once it asks the FIB again.
+        if !moved.is_empty() {
+            self.forget_next_hops(&moved);
         }
         if let Err(e) = self.update_guard() {
             eprintln!("error: updating GUARD: {e:#}");
         }
     }
 
-    /// Replaces the route cache, saying which backend's interface changed.
-    fn set_routes(&mut self, routes: HashMap<IpAddr, String>) {
+    /// Drops the program's cached next hops towards `moved` (and the copies
+    /// of their backends' slots), so the next datagram follows the new route.
+    fn forget_next_hops(&mut self, moved: &[IpAddr]) {
+        let slots: Vec<u32> = self
+            .dp
+            .config()
+            .services
+            .iter()
+            .flat_map(|s| &s.backends)
+            .filter(|b| moved.contains(&b.address.ip()))
+            .filter_map(|b| self.dp.slot_of(b.address))
+            .collect();
+        match self.dp.forget_next_hops(moved, &slots) {
+            Ok(n) => eprintln!(
+                "route: next hops towards {} refreshed ({n} cached entries dropped)",
+                moved
+                    .iter()
+                    .map(IpAddr::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Err(e) => eprintln!(
+                "error: dropping cached next hops (they expire within a second anyway): {e:#}"
+            ),
+        }
+    }
+
+    /// Replaces the route cache, saying which backend's interface changed;
+    /// returns the addresses whose interface is another one now.
+    fn set_routes(&mut self, routes: HashMap<IpAddr, String>) -> Vec<IpAddr> {
         let backends: Vec<IpAddr> = self
             .dp
             .config()
@@ -136,10 +170,12 @@ impl Daemon {
             .iter()
             .flat_map(|s| s.backends.iter().map(|b| b.address.ip()))
             .collect();
+        let mut moved = Vec::new();
         for ip in backends {
             match (self.routes.get(&ip), routes.get(&ip)) {
                 (Some(a), Some(b)) if a != b => {
-                    eprintln!("route: backend {ip} is now reached through {b} (was {a})")
+                    eprintln!("route: backend {ip} is now reached through {b} (was {a})");
+                    moved.push(ip);
                 }
                 (Some(a), None) => eprintln!(
                     "warning: route: no route to backend {ip} any more (was {a}); its source is not checked until there is"
@@ -149,6 +185,9 @@ impl Daemon {
             }
         }
         self.routes = routes;
+        moved.sort();
+        moved.dedup();
+        moved
     }
 
     /// `GUARD` from the configuration, the cached routes and this host's

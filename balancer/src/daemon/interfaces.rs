@@ -11,17 +11,17 @@ impl Daemon {
     /// Attaches to the client-facing interfaces and to every interface the
     /// routing table names towards a backend.
     pub(super) fn ensure_interfaces(&mut self, c: &Config) -> Result<()> {
-        for s in &c.services {
-            for b in &s.backends {
-                // `ip route get` is a process: once per backend address, not
-                // once per backend per change (routing notifications refresh
-                // the cache: `guard.rs`).
-                let ip = b.address.ip();
-                if let std::collections::hash_map::Entry::Vacant(e) = self.routes.entry(ip) {
-                    e.insert(route::egress_interface(ip)?);
-                }
-            }
-        }
+        // Only addresses not looked up yet, all in one round of netlink
+        // requests (routing notifications refresh the cache: `guard.rs`).
+        let mut missing: Vec<std::net::IpAddr> = c
+            .services
+            .iter()
+            .flat_map(|s| s.backends.iter().map(|b| b.address.ip()))
+            .filter(|ip| !self.routes.contains_key(ip))
+            .collect();
+        missing.sort();
+        missing.dedup();
+        self.routes.extend(route::every_egress_interface(&missing)?);
         let mut want = c.interfaces.clone();
         for s in &c.services {
             for b in &s.backends {

@@ -22,6 +22,7 @@ use crate::control::{self, Request, Response};
 use crate::health::{Event, Prober, Tracker};
 use crate::kernel::requirements::{self, KernelError, Rejected};
 use crate::kernel::Dataplane;
+use crate::model::file::CommitError;
 use crate::model::{Config, ConfigError, Mode};
 use host::{ensure_bpffs, instance_lock, warn_forwarding, RemoveOnDrop};
 
@@ -43,7 +44,8 @@ pub struct Daemon {
     dp: Dataplane,
     /// Interfaces the program is attached to, in order.
     ifaces: Vec<String>,
-    /// Egress interface of each backend address, as `ip route get` said.
+    /// Egress interface of each backend address, as the kernel's routing
+    /// answered (`route.rs`), refreshed on routing notifications (`guard.rs`).
     routes: HashMap<IpAddr, String>,
     /// Probe state per backend address.
     health: HashMap<SocketAddr, Tracker>,
@@ -82,6 +84,12 @@ pub fn run(opts: Options) -> Result<()> {
     }
     let _lock = instance_lock(&opts.instance)?;
     ensure_bpffs()?;
+    // Written beside the file before anything is loaded or attached: a full
+    // or read-only disk stops the start here, with nothing left behind.
+    let staged = opts
+        .config
+        .stage(&opts.config_path)
+        .with_context(|| format!("writing {}", opts.config_path.display()))?;
     let pins = control::pin_dir(&opts.instance);
     let dp = open_dataplane(&opts, &pins)?;
     if dp.adopted_services() > 0 {
@@ -112,9 +120,18 @@ pub fn run(opts: Options) -> Result<()> {
         }
         return Err(e);
     }
-    config
-        .save(&d.opts.config_path)
-        .with_context(|| format!("writing {}", d.opts.config_path.display()))?;
+    match staged.commit() {
+        Ok(()) => {}
+        Err(e @ CommitError::SyncDirectory(_)) => {
+            eprintln!("warning: {}: {e}", d.opts.config_path.display())
+        }
+        Err(e) => {
+            if !d.opts.persist {
+                let _ = d.dp.unpin();
+            }
+            return Err(e).with_context(|| format!("writing {}", d.opts.config_path.display()));
+        }
+    }
     if config.services.iter().any(|s| s.mode == Mode::Dnat) {
         warn_forwarding(config.services.iter().any(|s| s.vip.is_ipv4()));
     }

@@ -18,6 +18,7 @@ mod apply;
 mod attach;
 pub mod guard;
 mod hints;
+mod nexthop;
 pub mod pins;
 pub mod plan;
 pub mod program_log;

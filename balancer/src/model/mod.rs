@@ -20,6 +20,7 @@
 pub(crate) mod duration;
 pub mod edit;
 mod error;
+pub mod file;
 mod kinds;
 pub mod policy;
 mod service;
@@ -135,19 +136,25 @@ impl Config {
         toml::to_string(self).expect("the configuration always serialises")
     }
 
-    /// Writes the file atomically: a temporary file in the same directory, synced,
-    /// then renamed over the old one.
+    /// The file's text: a header line, then the TOML.
+    fn file_text(&self) -> String {
+        let mut t = String::from(
+            "# Written by balancer after each change; edits here are read at start.\n",
+        );
+        t += &self.to_toml();
+        t
+    }
+
+    /// Writes the new version beside `path` and syncs it, without replacing
+    /// anything yet: a full or read-only disk fails here, before a change
+    /// touches the kernel. See [`file`].
+    pub fn stage(&self, path: &Path) -> std::io::Result<file::Staged> {
+        file::stage(path, self.file_text().as_bytes())
+    }
+
+    /// Replaces the file at once ([`Config::stage`], then commit).
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
-        use std::io::Write;
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
-        }
-        let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(b"# Written by balancer after each change; edits here are read at start.\n")?;
-        f.write_all(self.to_toml().as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
+        Ok(self.stage(path)?.commit()?)
     }
 
     pub fn service(&self, vip: SocketAddr) -> Result<&ServiceConfig, ConfigError> {
