@@ -83,6 +83,11 @@ impl Daemon {
         d
     }
 
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// SIGKILL: a crash, as far as the daemon can tell.
     pub fn crash(mut self) {
         self.kill();

@@ -76,8 +76,19 @@ impl Uas {
                     .unwrap_or("1 INVITE")
                     .trim()
                     .to_string();
+                // The request's Vias, copied as RFC 3261 (8.2.6.2) requires:
+                // the balancer's health probes count an answer only if it
+                // carries their branch.
+                let mut via: String = msg
+                    .lines()
+                    .filter(|l| l.starts_with("Via: "))
+                    .map(|l| format!("{l}\r\n"))
+                    .collect();
+                if via.is_empty() {
+                    via = format!("Via: SIP/2.0/UDP {from}\r\n");
+                }
                 let reply = format!(
-                    "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP {from}\r\nCall-ID: {id}\r\nCSeq: {cseq}\r\nContent-Length: 0\r\n\r\n"
+                    "SIP/2.0 200 OK\r\n{via}Call-ID: {id}\r\nCSeq: {cseq}\r\nContent-Length: 0\r\n\r\n"
                 );
                 let _ = sock.send_to(reply.as_bytes(), from);
             }

@@ -19,6 +19,6 @@ pub mod prober;
 mod tracker;
 
 pub use config::{CodeMatch, HealthConfig, Params};
-pub use probe::{parse_response, Probe, Response};
+pub use probe::{parse_response, Ids, Probe, Response};
 pub use prober::{Event, Prober};
 pub use tracker::{Health, Outcome, Rtt, Tracker, Transition};
