@@ -181,20 +181,31 @@ proptest! {
     }
 }
 
+/// A message cut right after a CR: the one bare CR the generators make.
+fn ends_in_bare_cr(m: &[u8]) -> bool {
+    m.last() == Some(&b'\r')
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(1500))]
 
     #[test]
     fn sip_shaped_datagrams(m in sip_message()) {
         let applied = properties::check(&m);
-        // Without a bare CR the oracle reads every header.
-        prop_assert_eq!(applied.headers, 3);
+        // Without a bare CR the oracle reads every header. The generator's
+        // messages have none, except where the 9,000-byte cut falls between a
+        // CR and its LF (the case kept in the regressions file).
+        if !ends_in_bare_cr(&m) {
+            prop_assert_eq!(applied.headers, 3);
+        }
     }
 
     #[test]
     fn keys_around_the_windows_end(m in window_edge()) {
         let applied = properties::check(&m);
-        prop_assert_eq!(applied.headers, 3);
+        if !ends_in_bare_cr(&m) {
+            prop_assert_eq!(applied.headers, 3);
+        }
     }
 }
 
