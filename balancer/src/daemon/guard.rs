@@ -8,6 +8,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use super::Daemon;
@@ -25,10 +26,10 @@ pub(super) const QUIET: Duration = Duration::from_millis(200);
 pub(super) fn watch() -> UnboundedReceiver<()> {
     let (tx, rx) = unbounded_channel();
     match subscribe() {
-        Ok(fd) => {
+        Ok(sock) => {
             std::thread::Builder::new()
                 .name("rtnetlink".into())
-                .spawn(move || listen(fd, tx))
+                .spawn(move || listen(sock, tx))
                 .expect("spawning the rtnetlink thread");
         }
         Err(e) => eprintln!(
@@ -39,49 +40,25 @@ pub(super) fn watch() -> UnboundedReceiver<()> {
 }
 
 /// A netlink socket bound to the route, address and link groups.
-fn subscribe() -> Result<std::os::fd::OwnedFd> {
-    use std::os::fd::FromRawFd;
+fn subscribe() -> Result<Socket> {
     let groups = libc::RTMGRP_LINK
         | libc::RTMGRP_IPV4_IFADDR
         | libc::RTMGRP_IPV6_IFADDR
         | libc::RTMGRP_IPV4_ROUTE
         | libc::RTMGRP_IPV6_ROUTE;
-    // SAFETY: a new socket, owned at once; bind gets a zeroed, filled sockaddr_nl.
-    unsafe {
-        let fd = libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
-        );
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error()).context("netlink socket");
-        }
-        let fd = std::os::fd::OwnedFd::from_raw_fd(fd);
-        let mut sa: libc::sockaddr_nl = std::mem::zeroed();
-        sa.nl_family = libc::AF_NETLINK as u16;
-        sa.nl_groups = groups as u32;
-        let rc = libc::bind(
-            std::os::fd::AsRawFd::as_raw_fd(&fd),
-            &sa as *const libc::sockaddr_nl as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_nl>() as u32,
-        );
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error()).context("binding the netlink socket");
-        }
-        Ok(fd)
-    }
+    let mut sock = Socket::new(NETLINK_ROUTE).context("netlink socket")?;
+    sock.bind(&SocketAddr::new(0, groups as u32))
+        .context("binding the netlink socket to the routing groups")?;
+    Ok(sock)
 }
 
 /// Reads notifications until the daemon stops listening. What they say is not
 /// parsed: any of them means "look again", and an overrun (ENOBUFS) too.
-fn listen(fd: std::os::fd::OwnedFd, tx: UnboundedSender<()>) {
-    use std::os::fd::AsRawFd;
-    let mut buf = vec![0u8; 64 * 1024];
+fn listen(sock: Socket, tx: UnboundedSender<()>) {
+    let mut buf = Vec::with_capacity(64 * 1024);
     loop {
-        // SAFETY: reads into a buffer of the length given.
-        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
+        buf.clear();
+        if let Err(e) = sock.recv(&mut buf, 0) {
             match e.raw_os_error() {
                 Some(libc::EINTR) => continue,
                 Some(libc::ENOBUFS) => {}

@@ -1,17 +1,19 @@
 //! Route lookups asked of the kernel over rtnetlink (`RTM_GETROUTE`, what
 //! `ip route get` sends): the kernel's own answer, so policy routing and VRFs
-//! count, without a process per lookup.
-//!
-//! Written over a plain netlink socket rather than with a crate: one request
-//! and one answer of fixed shape is all that is needed, synchronously (the
-//! daemon asks from start-up code and from blocking tasks), and the daemon's
-//! route subscription (`daemon/guard.rs`) already speaks netlink this way.
+//! count, without a process per lookup. Messages are built and parsed by
+//! `netlink-packet-route`, sent over a `netlink-sys` socket: synchronously,
+//! since the daemon asks from start-up code and from blocking tasks.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::time::Duration;
+
+use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_REQUEST};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
 /// Requests in flight at once: the answers (about 100 bytes each) must fit
 /// in the socket's receive buffer, or the kernel drops them.
@@ -20,11 +22,6 @@ const IN_FLIGHT: usize = 256;
 /// Longest wait for an answer: the kernel answers at once; this only guards
 /// against a lost datagram.
 const ANSWER_WAIT: Duration = Duration::from_secs(2);
-
-const NLMSG_HDRLEN: usize = 16;
-const RTMSG_LEN: usize = 12;
-const RTA_DST: u16 = 1;
-const RTA_OIF: u16 = 4;
 
 /// The outcome of one lookup: the egress interface's index, or the errno the
 /// kernel answered (ENETUNREACH, EHOSTUNREACH, ...).
@@ -38,15 +35,16 @@ pub fn egress_indexes(addrs: &[IpAddr]) -> io::Result<HashMap<IpAddr, Outcome>> 
         return Ok(out);
     }
     let sock = open()?;
+    let kernel = SocketAddr::new(0, 0);
+    let mut buf = Vec::with_capacity(64 * 1024);
     for (n, chunk) in addrs.chunks(IN_FLIGHT).enumerate() {
         let base = (n * IN_FLIGHT) as u32 + 1;
         let mut pending: HashMap<u32, IpAddr> = HashMap::with_capacity(chunk.len());
         for (i, a) in chunk.iter().enumerate() {
             let seq = base + i as u32;
-            send(&sock, &request(*a, seq))?;
+            sock.send_to(&request(*a, seq), &kernel, 0)?;
             pending.insert(seq, *a);
         }
-        let mut buf = vec![0u8; 64 * 1024];
         while !pending.is_empty() {
             let n = recv(&sock, &mut buf)?;
             for (seq, outcome) in parse(&buf[..n]) {
@@ -61,147 +59,101 @@ pub fn egress_indexes(addrs: &[IpAddr]) -> io::Result<HashMap<IpAddr, Outcome>> 
 
 /// `ip route get ADDR`, as an `RTM_GETROUTE` request.
 fn request(addr: IpAddr, seq: u32) -> Vec<u8> {
-    let (family, bytes): (u8, Vec<u8>) = match addr {
-        IpAddr::V4(a) => (libc::AF_INET as u8, a.octets().to_vec()),
-        IpAddr::V6(a) => (libc::AF_INET6 as u8, a.octets().to_vec()),
+    let mut route = RouteMessage::default();
+    route.header.address_family = match addr {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
     };
-    let rta_len = 4 + bytes.len();
-    let len = NLMSG_HDRLEN + RTMSG_LEN + rta_len;
-    let mut m = Vec::with_capacity(len);
-    m.extend_from_slice(&(len as u32).to_ne_bytes());
-    m.extend_from_slice(&libc::RTM_GETROUTE.to_ne_bytes());
-    m.extend_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
-    m.extend_from_slice(&seq.to_ne_bytes());
-    m.extend_from_slice(&0u32.to_ne_bytes()); // pid: the kernel
-                                              // rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags
-    m.extend_from_slice(&[family, (bytes.len() * 8) as u8, 0, 0, 0, 0, 0, 0]);
-    m.extend_from_slice(&0u32.to_ne_bytes());
-    m.extend_from_slice(&(rta_len as u16).to_ne_bytes());
-    m.extend_from_slice(&RTA_DST.to_ne_bytes());
-    m.extend_from_slice(&bytes);
-    m
+    route.header.destination_prefix_length = if addr.is_ipv4() { 32 } else { 128 };
+    route
+        .attributes
+        .push(RouteAttribute::Destination(RouteAddress::from(addr)));
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST;
+    header.sequence_number = seq;
+    let mut msg = NetlinkMessage::new(
+        header,
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::GetRoute(route)),
+    );
+    msg.finalize();
+    let mut bytes = vec![0u8; msg.buffer_len()];
+    msg.serialize(&mut bytes);
+    bytes
 }
 
-/// The answers in one datagram, by sequence number.
+/// The answers in one datagram, by sequence number. A message the crate
+/// cannot parse ends the datagram: its sequence stays pending, and the wait
+/// for it ends in a timeout error rather than a wrong answer.
 fn parse(mut buf: &[u8]) -> Vec<(u32, Outcome)> {
     let mut out = Vec::new();
-    while buf.len() >= NLMSG_HDRLEN {
-        let len = u32::from_ne_bytes(buf[0..4].try_into().unwrap()) as usize;
-        if len < NLMSG_HDRLEN || len > buf.len() {
+    while buf.len() >= 16 {
+        let len = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+        if len < 16 || len > buf.len() {
             break;
         }
-        let kind = u16::from_ne_bytes(buf[4..6].try_into().unwrap());
-        let seq = u32::from_ne_bytes(buf[8..12].try_into().unwrap());
-        let body = &buf[NLMSG_HDRLEN..len];
-        if kind == libc::NLMSG_ERROR as u16 && body.len() >= 4 {
-            let errno = i32::from_ne_bytes(body[0..4].try_into().unwrap());
-            // 0 is an acknowledgement, which a plain request does not ask for.
-            if errno != 0 {
-                out.push((seq, Err(-errno)));
-            }
-        } else if kind == libc::RTM_NEWROUTE && body.len() >= RTMSG_LEN {
-            match attribute(&body[RTMSG_LEN..], RTA_OIF) {
-                Some(v) if v.len() >= 4 => {
-                    out.push((seq, Ok(u32::from_ne_bytes(v[0..4].try_into().unwrap()))))
+        let Ok(msg) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[..len]) else {
+            break;
+        };
+        let seq = msg.header.sequence_number;
+        match msg.payload {
+            // No code is an acknowledgement, which a plain request does not ask for.
+            NetlinkPayload::Error(e) => {
+                if let Some(code) = e.code {
+                    out.push((seq, Err(-code.get())));
                 }
+            }
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(route)) => {
+                let oif = route.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Oif(i) => Some(*i),
+                    _ => None,
+                });
                 // A route without an output interface (unreachable,
                 // blackhole, prohibit) leads nowhere.
-                _ => out.push((seq, Err(libc::ENETUNREACH))),
+                out.push((seq, oif.ok_or(libc::ENETUNREACH)));
             }
+            _ => {}
         }
-        buf = &buf[align(len).min(buf.len())..];
+        buf = &buf[((len + 3) & !3).min(buf.len())..];
     }
     out
 }
 
-fn attribute(mut attrs: &[u8], want: u16) -> Option<&[u8]> {
-    while attrs.len() >= 4 {
-        let len = u16::from_ne_bytes(attrs[0..2].try_into().unwrap()) as usize;
-        let kind = u16::from_ne_bytes(attrs[2..4].try_into().unwrap());
-        if len < 4 || len > attrs.len() {
-            return None;
-        }
-        if kind == want {
-            return Some(&attrs[4..len]);
-        }
-        attrs = &attrs[align(len).min(attrs.len())..];
-    }
-    None
-}
-
-fn align(n: usize) -> usize {
-    (n + 3) & !3
-}
-
-fn open() -> io::Result<OwnedFd> {
-    // SAFETY: a new socket, owned at once; setsockopt gets a timeval of the
-    // size given.
-    unsafe {
-        let fd = libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
-        );
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let fd = OwnedFd::from_raw_fd(fd);
-        let tv = libc::timeval {
-            tv_sec: ANSWER_WAIT.as_secs() as _,
-            tv_usec: 0,
-        };
-        if libc::setsockopt(
-            fd.as_raw_fd(),
+fn open() -> io::Result<Socket> {
+    let mut sock = Socket::new(NETLINK_ROUTE)?;
+    sock.bind_auto()?;
+    let tv = libc::timeval {
+        tv_sec: ANSWER_WAIT.as_secs() as _,
+        tv_usec: 0,
+    };
+    // SAFETY: setsockopt reads a timeval of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
             libc::SOL_SOCKET,
             libc::SO_RCVTIMEO,
             (&tv as *const libc::timeval).cast(),
             std::mem::size_of::<libc::timeval>() as u32,
-        ) != 0
-        {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(fd)
-    }
-}
-
-fn send(sock: &OwnedFd, msg: &[u8]) -> io::Result<()> {
-    // SAFETY: a zeroed sockaddr_nl addressed to the kernel; the message is
-    // read for its length.
-    let rc = unsafe {
-        let mut to: libc::sockaddr_nl = std::mem::zeroed();
-        to.nl_family = libc::AF_NETLINK as u16;
-        libc::sendto(
-            sock.as_raw_fd(),
-            msg.as_ptr().cast(),
-            msg.len(),
-            0,
-            (&to as *const libc::sockaddr_nl).cast(),
-            std::mem::size_of::<libc::sockaddr_nl>() as u32,
         )
     };
-    if rc < 0 {
+    if rc != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(())
+    Ok(sock)
 }
 
-fn recv(sock: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
+fn recv(sock: &Socket, buf: &mut Vec<u8>) -> io::Result<usize> {
     loop {
-        // SAFETY: reads into a buffer of the length given.
-        let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let e = io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::EINTR) => continue,
-            Some(libc::EAGAIN) => {
+        buf.clear();
+        match sock.recv(buf, 0) {
+            Ok(n) => return Ok(n.min(buf.len())),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     "the kernel did not answer a route lookup",
                 ))
             }
-            _ => return Err(e),
+            Err(e) => return Err(e),
         }
     }
 }
@@ -239,7 +191,7 @@ mod tests {
         m.extend_from_slice(&15u16.to_ne_bytes()); // RTA_TABLE
         m.extend_from_slice(&254u32.to_ne_bytes());
         m.extend_from_slice(&8u16.to_ne_bytes());
-        m.extend_from_slice(&RTA_OIF.to_ne_bytes());
+        m.extend_from_slice(&4u16.to_ne_bytes()); // RTA_OIF
         m.extend_from_slice(&42u32.to_ne_bytes());
         let err_len = 16 + 4 + 16;
         m.extend_from_slice(&(err_len as u32).to_ne_bytes());
