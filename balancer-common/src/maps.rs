@@ -173,7 +173,8 @@ pub struct AffinityKey {
 pub struct Affinity {
     pub slot: u32,
     pub _pad: u32,
-    /// `bpf_ktime_get_ns` of the last message of the dialog.
+    /// `bpf_ktime_get_coarse_ns` of the last message of the dialog, written
+    /// at most once a second ([`Affinity::touch`]).
     pub seen: u64,
 }
 
@@ -188,7 +189,23 @@ impl Affinity {
     pub fn is_fresh(&self, now_ns: u64, idle_s: u32) -> bool {
         now_ns.wrapping_sub(self.seen) < idle_s as u64 * 1_000_000_000
     }
+
+    /// Records a message of the dialog at `now_ns`, at most once per
+    /// [`AFFINITY_TOUCH_NS`]: most messages of a busy dialog then only read
+    /// the entry, and its cache line is not written on every packet (or
+    /// bounced between CPUs). An entry so ages up to that much early, against
+    /// idle times of minutes.
+    #[inline(always)]
+    pub fn touch(&mut self, now_ns: u64) {
+        if now_ns.wrapping_sub(self.seen) >= AFFINITY_TOUCH_NS {
+            self.seen = now_ns;
+        }
+    }
 }
+
+/// How stale [`Affinity::seen`] may get before a message of its dialog
+/// writes it again.
+pub const AFFINITY_TOUCH_NS: u64 = 1_000_000_000;
 
 /// A fragmented datagram: addresses as the first fragment arrived, and its IP
 /// identification.
@@ -364,6 +381,10 @@ pub mod names {
     pub const SEED: &str = "SEED";
     /// aya-log's ring buffer: the program's log records (`balancer::kernel::program_log`).
     pub const AYA_LOGS: &str = "AYA_LOGS";
+    /// Maps that hold nothing worth keeping across a restart (per-datagram
+    /// working memory): never pinned, so a new build may change their layout
+    /// without making the pins of a running data plane unfit to adopt.
+    pub const UNPINNED: &[&str] = &[SCRATCH];
 
     /// Every map of the object.
     pub const ALL: &[&str] = &[
@@ -392,6 +413,11 @@ pub mod names {
         HINTS,
         SEED,
     ];
+
+    /// The maps a pin directory holds: [`ALL`] but [`UNPINNED`].
+    pub fn pinned() -> impl Iterator<Item = &'static str> {
+        ALL.iter().copied().filter(|m| !UNPINNED.contains(m))
+    }
 }
 
 /// Verdict/reason counters, indices into the `STATS` per-CPU array.

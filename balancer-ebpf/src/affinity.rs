@@ -40,7 +40,7 @@ pub fn choose(ctx: &XdpContext, u: &Udp, svc: &Service, hash: u32, table: u32) -
     if let Some(e) = AFFINITY.get_ptr_mut(&key) {
         let entry = unsafe { &mut *e };
         if entry.is_fresh(now, svc.affinity_idle) && sticky(entry.slot) {
-            entry.seen = now;
+            entry.touch(now);
             count(reason::AFFINITY_HIT);
             return Ok(entry.slot);
         }
@@ -49,7 +49,7 @@ pub fn choose(ctx: &XdpContext, u: &Udp, svc: &Service, hash: u32, table: u32) -
     if let Some(e) = LEARNED.get_ptr_mut(&key) {
         let e = unsafe { &mut *e };
         if e.is_fresh(now, svc.affinity_idle) && sticky(e.slot) {
-            e.seen = now;
+            e.touch(now);
             count(reason::AFFINITY_HIT);
             return Ok(e.slot);
         }
@@ -87,7 +87,7 @@ pub fn learn(r: &Reverse, hash: u32, starts: bool) {
     if let Some(e) = LEARNED.get_ptr_mut(&key) {
         let e = unsafe { &mut *e };
         if e.slot == r.slot {
-            e.seen = now;
+            e.touch(now);
             return;
         }
     }

@@ -78,8 +78,11 @@ pub fn rewrite_addr(
 /// TTL / hop limit of the packet.
 #[inline(always)]
 pub fn ttl(ctx: &XdpContext, family: u8, l3: usize) -> Result<u8, u32> {
-    let off = if family == AF_INET { l3 + 8 } else { l3 + 7 };
-    Ok(unsafe { *ptr_at::<u8>(ctx, off)? })
+    // The header's first 9 bytes, then the byte: a one-byte check at a
+    // variable offset may compile to `p >= end`, from which some verifiers
+    // learn no range at all.
+    let h = unsafe { &*ptr_at::<[u8; 9]>(ctx, l3)? };
+    Ok(if family == AF_INET { h[8] } else { h[7] })
 }
 
 /// Decrements TTL / hop limit (we are a router on the DNAT path).

@@ -231,7 +231,9 @@ fn main() {
 
     let mut table = String::new();
     table.push_str("| message | balancer ns/pkt (p10-p90) | trivial ns/pkt (p10-p90) | ratio of medians | verdict |\n|---|---:|---:|---:|---|\n");
-    for (name, frame, ingress) in &cases {
+    // BENCH_ONLY=TEXT: only the messages whose name holds TEXT (for profiling one).
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    for (name, frame, ingress) in cases.iter().filter(|c| c.0.contains(&only)) {
         let before: std::collections::HashMap<_, _> = dp.stats().unwrap().into_iter().collect();
         let ([ours, base], v) = ns_per_packet(&mut dp, frame, *ingress);
         let moved: Vec<String> = dp

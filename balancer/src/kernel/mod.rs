@@ -117,8 +117,8 @@ impl Dataplane {
                 std::fs::create_dir_all(dir)
                     .with_context(|| format!("creating pin directory {}", dir.display()))?;
                 pins::check(dir, OBJECT)?;
-                // Every map, so a restarted daemon adopts all of the state.
-                names::ALL.iter().map(|m| (*m, dir.join(m))).collect()
+                // Every map that holds state, so a restarted daemon adopts all of it.
+                names::pinned().map(|m| (m, dir.join(m))).collect()
             }
             None => Vec::new(),
         };

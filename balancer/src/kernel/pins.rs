@@ -98,12 +98,12 @@ pub(super) fn check(dir: &Path, object: &[u8]) -> Result<(), Box<PinError>> {
         instance: instance.clone(),
         what: format!("an object that does not parse: {e}"),
     })?;
-    for name in names::ALL {
+    for name in names::pinned() {
         let path = dir.join(name);
         if !path.exists() {
             continue;
         }
-        let Some(declared) = obj.maps.get(*name) else {
+        let Some(declared) = obj.maps.get(name) else {
             continue;
         };
         let info = MapData::from_pin(&path)
