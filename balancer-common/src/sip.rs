@@ -24,9 +24,35 @@ pub fn starts_dialog(start: &[u8; 10]) -> bool {
     start[..7] == *b"INVITE " || start[..6] == *b"REFER " || start[..] == *b"SUBSCRIBE "
 }
 
+/// Whether a message starting with `start` is a request that never belongs
+/// to a dialog (RFC 3261 10, RFC 3903 4): REGISTER, PUBLISH. Its key looks
+/// up no affinity entry: a phone's re-registrations, often most of a
+/// registrar's traffic, skip both affinity maps.
+#[inline(always)]
+pub fn never_in_dialog(start: &[u8; 10]) -> bool {
+    start[..9] == *b"REGISTER " || start[..8] == *b"PUBLISH "
+}
+
 #[cfg(test)]
 mod tests {
-    use super::starts_dialog;
+    use super::{never_in_dialog, starts_dialog};
+
+    #[test]
+    fn requests_outside_any_dialog() {
+        let f = |s: &str| never_in_dialog(&first10(s.as_bytes()));
+        assert!(f("REGISTER sip:a SIP/2.0"));
+        assert!(f("PUBLISH sip:a@b SIP/2.0"));
+        for m in [
+            "INVITE sip:a@b SIP/2.0",
+            "OPTIONS sip:a SIP/2.0",
+            "register sip:a",
+            "REGISTERX",
+            "SIP/2.0 200 OK",
+            "",
+        ] {
+            assert!(!f(m), "{m}");
+        }
+    }
 
     fn first10(s: &[u8]) -> [u8; 10] {
         let mut a = [0u8; 10];

@@ -216,6 +216,15 @@ pub fn request_starts_dialog(ctx: &XdpContext, u: &Udp) -> bool {
     }
 }
 
+/// Whether the datagram is a request that never belongs to a dialog.
+#[inline(always)]
+pub fn never_in_dialog(ctx: &XdpContext, u: &Udp) -> bool {
+    match ptr_at::<[u8; 10]>(ctx, u.l4 + 8) {
+        Ok(p) => sip::never_in_dialog(unsafe { &*p }),
+        Err(_) => false,
+    }
+}
+
 /// Whether the datagram's key came from the message (see [`set_keyed`]).
 #[inline(always)]
 pub fn keyed() -> bool {

@@ -197,8 +197,13 @@ fn pick(ctx: &XdpContext, u: &Udp, svc: &Service, hash: u32) -> Result<u32, u32>
         events::note(events::MAGLEV_OUT_OF_RANGE, svc.id, idx.into());
         return Err(reason::NO_BACKEND);
     };
-    // Round-robin's key is a counter, a fallback's the source: no dialog's.
-    if svc.flags & SERVICE_AFFINITY == 0 || svc.algorithm == ALG_ROUND_ROBIN || !policy::keyed() {
+    // Round-robin's key is a counter, a fallback's the source: no dialog's;
+    // a REGISTER or PUBLISH is in none.
+    if svc.flags & SERVICE_AFFINITY == 0
+        || svc.algorithm == ALG_ROUND_ROBIN
+        || !policy::keyed()
+        || policy::never_in_dialog(ctx, u)
+    {
         return Ok(table);
     }
     affinity::choose(ctx, u, svc, hash, table)

@@ -2044,6 +2044,73 @@ fn dialogs_stay_on_their_backend_when_one_is_added() {
     assert!(on_new > 60, "the added backend takes new dialogs: {on_new}");
 }
 
+/// Where a request starting with `start_line` and carrying `id` is sent.
+fn request_sent_to(bed: &mut Bed, start_line: &str, id: &str) -> SocketAddr {
+    let msg = format!(
+        "{start_line}\r\nVia: SIP/2.0/UDP 10.0.1.2:5060;branch=z9hG4bK-{id}\r\n\
+         From: <sip:alice@example.com>;tag=1\r\nTo: <sip:alice@example.com>\r\n\
+         Call-ID: {id}\r\nCSeq: 1 X\r\nContent-Length: 0\r\n\r\n"
+    );
+    let f = client_v4(msg.as_bytes());
+    let (v, out) = bed.run(&f.build(), bed.cli);
+    assert!(v == XDP_REDIRECT || v == XDP_PASS, "verdict {v}");
+    let p = parse(&out);
+    SocketAddr::new(p.dst, p.dport)
+}
+
+#[test]
+fn registrations_and_publications_skip_affinity() {
+    let mut bed = bed();
+    change(&mut bed, |_| {});
+    // Dialogs started, then a backend added: the table moves some of their
+    // Call-IDs, affinity keeps the dialogs where they were.
+    let calls = ids("reg", 300);
+    let first: Vec<SocketAddr> = calls.iter().map(|id| sent_to(&mut bed, id)).collect();
+    change(&mut bed, |s| {
+        s.backends
+            .push(balancer::model::BackendConfig::new(addr("10.0.2.14:5060")))
+    });
+    let held: Vec<(&String, &SocketAddr)> = calls
+        .iter()
+        .zip(&first)
+        .filter(|(id, b)| table_pick(&bed, id) != **b)
+        .collect();
+    assert!(
+        held.len() > 40,
+        "the new table moves many keys: {}",
+        held.len()
+    );
+    let before = bed.counters();
+    for (id, _) in &held {
+        // Never in a dialog: the table's choice, no affinity entry read.
+        for start in [
+            "REGISTER sip:example.com SIP/2.0",
+            "PUBLISH sip:alice@example.com SIP/2.0",
+        ] {
+            assert_eq!(
+                request_sent_to(&mut bed, start, id),
+                table_pick(&bed, id),
+                "{start} {id}"
+            );
+        }
+    }
+    let after = bed.counters();
+    assert_eq!(after["affinity_hit"], before["affinity_hit"]);
+    // The dialogs' own requests still follow them.
+    for (id, b) in &held {
+        assert_eq!(
+            request_sent_to(&mut bed, "BYE sip:bob@10.0.2.11 SIP/2.0", id),
+            **b,
+            "BYE {id}"
+        );
+    }
+    let last = bed.counters();
+    assert_eq!(
+        last["affinity_hit"] - after["affinity_hit"],
+        held.len() as u64
+    );
+}
+
 #[test]
 fn draining_keeps_dialogs_down_and_disabled_replace_them() {
     use balancer::model::AdminState;
