@@ -1,0 +1,247 @@
+//! The goals summary at the top of bench/RESULTS.md: each performance goal of
+//! issue 15, the figure measured for it, whether it is met, and which run the
+//! figure is from. Benches hand their figures over as `name<TAB>value` lines
+//! (test-support's `figures`); they are kept in bench/figures.tsv with the run
+//! they come from, so a section not run this time keeps its last figures.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+/// The store's file in bench/.
+pub const FIGURES: &str = "figures.tsv";
+
+/// Figure name -> (value, run).
+pub struct Store(BTreeMap<String, (f64, String)>);
+
+impl Store {
+    /// The store as an earlier run left it (empty if there is none).
+    pub fn read(path: &Path) -> Result<Store> {
+        let mut m = BTreeMap::new();
+        let Ok(text) = std::fs::read_to_string(path) else {
+            return Ok(Store(m));
+        };
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
+            let f: Vec<&str> = line.split('\t').collect();
+            match f[..] {
+                [name, value, run] => {
+                    let v = value
+                        .parse()
+                        .with_context(|| format!("{}: {line:?}", path.display()))?;
+                    m.insert(name.to_string(), (v, run.to_string()));
+                }
+                _ => anyhow::bail!("{}: bad line {line:?}", path.display()),
+            }
+        }
+        Ok(Store(m))
+    }
+
+    /// A section ran: its figures (names beginning with `prefix`) are now these.
+    pub fn replace(&mut self, prefix: &str, figures: Vec<(String, f64)>, run: &str) {
+        self.0.retain(|k, _| !k.starts_with(prefix));
+        for (k, v) in figures.into_iter().filter(|(k, _)| k.starts_with(prefix)) {
+            self.0.insert(k, (v, run.to_string()));
+        }
+    }
+
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let mut t = String::from(
+            "# Written by `cargo xtask bench`: the latest figure of each goal, with the run it is from.\n",
+        );
+        for (k, (v, run)) in &self.0 {
+            t += &format!("{k}\t{v}\t{run}\n");
+        }
+        std::fs::write(path, t).with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// The figures whose names begin with `prefix`.
+    fn with_prefix<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = (&'a str, f64, &'a str)> {
+        self.0
+            .iter()
+            .filter(move |(k, _)| k.starts_with(prefix))
+            .map(|(k, (v, run))| (k.as_str(), *v, run.as_str()))
+    }
+}
+
+/// A bench's `name<TAB>value` lines.
+pub fn parse(text: &str) -> Result<Vec<(String, f64)>> {
+    text.lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let (k, v) = l
+                .split_once('\t')
+                .with_context(|| format!("a bench handed the figure line {l:?}"))?;
+            Ok((k.to_string(), v.trim().parse()?))
+        })
+        .collect()
+}
+
+enum Bound {
+    AtMost(f64),
+    AtLeast(f64),
+}
+
+enum Unit {
+    /// A ratio, shown as `1.23x`.
+    Times,
+    /// A share, shown as a percentage.
+    Share,
+    /// A count, shown with thousands separators.
+    Count,
+}
+
+struct Goal {
+    what: &'static str,
+    /// The figure's name; with `max`, the prefix of figures whose largest counts.
+    figure: &'static str,
+    max: bool,
+    bound: Bound,
+    unit: Unit,
+}
+
+const fn goal(what: &'static str, figure: &'static str, bound: Bound, unit: Unit) -> Goal {
+    Goal {
+        what,
+        figure,
+        max: false,
+        bound,
+        unit,
+    }
+}
+
+/// Issue 15's goals.
+const GOALS: &[Goal] = &[
+    goal(
+        "In-kernel time, INVITE 917 B (Call-ID second header), balancer / trivial",
+        "dataplane.invite",
+        Bound::AtMost(2.0),
+        Unit::Times,
+    ),
+    goal(
+        "The same with 100,000 Call-IDs in rotation (live dialogs out of the CPU caches)",
+        "dataplane.invite_rotation",
+        Bound::AtMost(2.0),
+        Unit::Times,
+    ),
+    goal(
+        "In-kernel time, INVITE 1,401 B with the Call-ID last, balancer / trivial",
+        "dataplane.invite_late",
+        Bound::AtMost(3.5),
+        Unit::Times,
+    ),
+    goal(
+        "In-kernel time, CRLF keepalive, balancer / trivial",
+        "dataplane.keepalive",
+        Bound::AtMost(1.5),
+        Unit::Times,
+    ),
+    goal(
+        "In-kernel time, 200 OK from a backend (reverse NAT), balancer / trivial",
+        "dataplane.reply",
+        Bound::AtMost(1.5),
+        Unit::Times,
+    ),
+    goal(
+        "Live frames, INVITE 917 B: balancer's packets/s per CPU (DSR) / trivial's",
+        "live.invite",
+        Bound::AtLeast(0.9),
+        Unit::Share,
+    ),
+    goal(
+        "Through the bed at 50k/s: CPU per delivered datagram, dnat / trivial",
+        "bed.dnat_trivial.50k",
+        Bound::AtMost(1.2),
+        Unit::Times,
+    ),
+    goal(
+        "Through the bed at 100k/s: CPU per delivered datagram, dnat / trivial",
+        "bed.dnat_trivial.100k",
+        Bound::AtMost(1.2),
+        Unit::Times,
+    ),
+    goal(
+        "Through the bed at 50k/s: CPU per delivered datagram, Kamailio / dnat",
+        "bed.kamailio_dnat.50k",
+        Bound::AtLeast(10.0),
+        Unit::Times,
+    ),
+    goal(
+        "Through the bed at 100k/s: CPU per delivered datagram, Kamailio / dnat",
+        "bed.kamailio_dnat.100k",
+        Bound::AtLeast(10.0),
+        Unit::Times,
+    ),
+    Goal {
+        what: "Instructions the verifier processes for `balancer`, on every tested kernel",
+        figure: "verifier.",
+        max: true,
+        bound: Bound::AtMost(500_000.0),
+        unit: Unit::Count,
+    },
+];
+
+fn show(v: f64, unit: &Unit) -> String {
+    match unit {
+        Unit::Times => format!("{v:.2}x"),
+        Unit::Share => format!("{:.0}%", v * 100.0),
+        Unit::Count => {
+            let s = format!("{v:.0}");
+            let mut out = String::new();
+            for (i, c) in s.chars().enumerate() {
+                if i > 0 && (s.len() - i).is_multiple_of(3) {
+                    out.push(',');
+                }
+                out.push(c);
+            }
+            out
+        }
+    }
+}
+
+/// The summary's Markdown.
+pub fn summary(store: &Store) -> String {
+    let mut t = String::from(
+        "## Goals (issue 15)\n\nEach goal, the figure measured for it (ratios of medians measured in one run, the two contenders alternating) and the run it comes from: a section that an invocation did not run keeps its last figures. Details in the sections below.\n\n| goal | target | measured | met | from run |\n|---|---:|---:|---|---|\n",
+    );
+    for g in GOALS {
+        let target = match g.bound {
+            Bound::AtMost(b) => format!("<= {}", show(b, &g.unit)),
+            Bound::AtLeast(b) => format!(">= {}", show(b, &g.unit)),
+        };
+        let found: Option<(f64, String, String)> = if g.max {
+            let all: Vec<_> = store.with_prefix(g.figure).collect();
+            all.iter()
+                .max_by(|a, b| a.1.total_cmp(&b.1))
+                .map(|(k, v, run)| {
+                    let which = k.trim_start_matches(g.figure);
+                    let note = format!(" (the most of {} kernels: {which})", all.len());
+                    (*v, note, run.to_string())
+                })
+        } else {
+            store
+                .with_prefix(g.figure)
+                .find(|(k, _, _)| *k == g.figure)
+                .map(|(_, v, run)| (v, String::new(), run.to_string()))
+        };
+        match found {
+            Some((v, note, run)) => {
+                let met = match g.bound {
+                    Bound::AtMost(b) => v <= b,
+                    Bound::AtLeast(b) => v >= b,
+                };
+                t += &format!(
+                    "| {} | {target} | {}{note} | {} | {run} |\n",
+                    g.what,
+                    show(v, &g.unit),
+                    if met { "yes" } else { "no" }
+                );
+            }
+            None => t += &format!("| {} | {target} | not measured yet | - | - |\n", g.what),
+        }
+    }
+    t
+}
