@@ -90,6 +90,8 @@ enum Unit {
     Times,
     /// A share, shown as a percentage.
     Share,
+    /// Already a percentage.
+    Percent,
     /// A count, shown with thousands separators.
     Count,
 }
@@ -101,6 +103,8 @@ struct Goal {
     max: bool,
     bound: Bound,
     unit: Unit,
+    /// Figures shown beside the measured one: (label, figure name).
+    beside: &'static [(&'static str, &'static str)],
 }
 
 const fn goal(what: &'static str, figure: &'static str, bound: Bound, unit: Unit) -> Goal {
@@ -110,6 +114,21 @@ const fn goal(what: &'static str, figure: &'static str, bound: Bound, unit: Unit
         max: false,
         bound,
         unit,
+        beside: &[],
+    }
+}
+
+/// A goal through the bed at `k` thousand datagrams/s, with the losses of the
+/// contenders it compares beside it.
+const fn bed(
+    what: &'static str,
+    figure: &'static str,
+    bound: Bound,
+    beside: &'static [(&'static str, &'static str)],
+) -> Goal {
+    Goal {
+        beside,
+        ..goal(what, figure, bound, Unit::Times)
     }
 }
 
@@ -151,29 +170,41 @@ const GOALS: &[Goal] = &[
         Bound::AtLeast(0.9),
         Unit::Share,
     ),
-    goal(
+    bed(
         "Through the bed at 50k/s: CPU per delivered datagram, dnat / trivial",
         "bed.dnat_trivial.50k",
         Bound::AtMost(1.2),
-        Unit::Times,
+        &[
+            ("dnat lost", "bed.loss.dnat.50k"),
+            ("trivial lost", "bed.loss.trivial.50k"),
+        ],
     ),
-    goal(
+    bed(
         "Through the bed at 100k/s: CPU per delivered datagram, dnat / trivial",
         "bed.dnat_trivial.100k",
         Bound::AtMost(1.2),
-        Unit::Times,
+        &[
+            ("dnat lost", "bed.loss.dnat.100k"),
+            ("trivial lost", "bed.loss.trivial.100k"),
+        ],
     ),
-    goal(
+    bed(
         "Through the bed at 50k/s: CPU per delivered datagram, Kamailio / dnat",
         "bed.kamailio_dnat.50k",
         Bound::AtLeast(10.0),
-        Unit::Times,
+        &[
+            ("Kamailio lost", "bed.loss.kamailio.50k"),
+            ("dnat lost", "bed.loss.dnat.50k"),
+        ],
     ),
-    goal(
+    bed(
         "Through the bed at 100k/s: CPU per delivered datagram, Kamailio / dnat",
         "bed.kamailio_dnat.100k",
         Bound::AtLeast(10.0),
-        Unit::Times,
+        &[
+            ("Kamailio lost", "bed.loss.kamailio.100k"),
+            ("dnat lost", "bed.loss.dnat.100k"),
+        ],
     ),
     Goal {
         what: "Instructions the verifier processes for `balancer`, on every tested kernel",
@@ -181,6 +212,7 @@ const GOALS: &[Goal] = &[
         max: true,
         bound: Bound::AtMost(500_000.0),
         unit: Unit::Count,
+        beside: &[],
     },
 ];
 
@@ -188,6 +220,7 @@ fn show(v: f64, unit: &Unit) -> String {
     match unit {
         Unit::Times => format!("{v:.2}x"),
         Unit::Share => format!("{:.0}%", v * 100.0),
+        Unit::Percent => format!("{v:.2} %"),
         Unit::Count => {
             let s = format!("{v:.0}");
             let mut out = String::new();
@@ -205,7 +238,7 @@ fn show(v: f64, unit: &Unit) -> String {
 /// The summary's Markdown.
 pub fn summary(store: &Store) -> String {
     let mut t = String::from(
-        "## Goals (issue 15)\n\nEach goal, the figure measured for it (ratios of medians measured in one run, the two contenders alternating) and the run it comes from: a section that an invocation did not run keeps its last figures. Details in the sections below.\n\n| goal | target | measured | met | from run |\n|---|---:|---:|---|---|\n",
+        "## Goals (issue 15)\n\nEach goal, the figure measured for it (ratios of medians measured in one run, the two contenders alternating) and the run it comes from: a section that an invocation did not run keeps its last figures. Through the bed, CPU per delivered datagram compares contenders only where they delivered what they were offered: their losses (median % of what was sent) are beside the ratio. Details in the sections below.\n\n| goal | target | measured | met | from run |\n|---|---:|---:|---|---|\n",
     );
     for g in GOALS {
         let target = match g.bound {
@@ -228,7 +261,18 @@ pub fn summary(store: &Store) -> String {
                 .map(|(_, v, run)| (v, String::new(), run.to_string()))
         };
         match found {
-            Some((v, note, run)) => {
+            Some((v, mut note, run)) => {
+                let beside: Vec<String> = g
+                    .beside
+                    .iter()
+                    .filter_map(|(label, f)| {
+                        let (_, v, _) = store.with_prefix(f).find(|(k, _, _)| k == f)?;
+                        Some(format!("{label} {}", show(v, &Unit::Percent)))
+                    })
+                    .collect();
+                if !beside.is_empty() {
+                    note += &format!(" ({})", beside.join(", "));
+                }
                 let met = match g.bound {
                     Bound::AtMost(b) => v <= b,
                     Bound::AtLeast(b) => v >= b,

@@ -315,6 +315,13 @@ pub fn figures(rows: &[Row]) -> Vec<(String, f64)> {
         if let (Some((d, _)), Some((m, _))) = (dnat, us_at(rows, Contender::Kamailio, rate)) {
             out.push((format!("bed.kamailio_dnat.{k}k"), m / d));
         }
+        // A ratio means little where a contender dropped part of what it was
+        // offered: the summary shows the losses beside it.
+        for c in [Contender::Trivial, Contender::Dnat, Contender::Kamailio] {
+            if let Some((_, loss)) = us_at(rows, c, rate) {
+                out.push((format!("bed.loss.{}.{k}k", c.key()), loss));
+            }
+        }
     }
     out
 }
