@@ -188,6 +188,7 @@ fn main() {
         ));
         counters.push_str(&format!("- {name}: {}\n", show(&ours_total)));
         figs.push((format!("live.{figure}"), o / t));
+        figs.push((format!("live.{figure}_kernel"), 100.0 * tk / ok));
     }
 
     // The pitfall, measured: the same service in DNAT mode, one call.
