@@ -292,3 +292,72 @@ pub fn summary(store: &Store) -> String {
     }
     t
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_section_that_runs_replaces_only_its_own_figures() {
+        let mut s = Store(BTreeMap::new());
+        s.replace(
+            "dataplane.",
+            parse("dataplane.invite\t5.5\n").unwrap(),
+            "run 1",
+        );
+        s.replace(
+            "bed.",
+            parse("bed.dnat_trivial.50k\t1.1\n").unwrap(),
+            "run 1",
+        );
+        // The dataplane runs again, without the figure it handed before.
+        s.replace(
+            "dataplane.",
+            parse("dataplane.reply\t1.4\n").unwrap(),
+            "run 2",
+        );
+        let names: Vec<_> = s.0.keys().cloned().collect();
+        assert_eq!(names, ["bed.dnat_trivial.50k", "dataplane.reply"]);
+        assert_eq!(s.0["bed.dnat_trivial.50k"].1, "run 1");
+        assert_eq!(s.0["dataplane.reply"].1, "run 2");
+    }
+
+    #[test]
+    fn the_summary_says_met_not_met_and_not_measured() {
+        let mut s = Store(BTreeMap::new());
+        s.replace(
+            "dataplane.",
+            parse("dataplane.invite\t2.5\ndataplane.reply\t1.4\n").unwrap(),
+            "r1",
+        );
+        s.replace(
+            "verifier.",
+            vec![
+                ("verifier.6.1".into(), 600_000.0),
+                ("verifier.6.18".into(), 100.0),
+            ],
+            "r2",
+        );
+        let t = summary(&s);
+        let row = |what: &str| t.lines().find(|l| l.contains(what)).unwrap().to_string();
+        assert!(row("INVITE 917 B").contains("| 2.50x | no | r1 |"));
+        assert!(row("reverse NAT").contains("| 1.40x | yes | r1 |"));
+        assert!(row("keepalive").contains("not measured yet"));
+        assert!(row("verifier").contains("600,000 (the most of 2 kernels: 6.1) | no | r2"));
+    }
+
+    #[test]
+    fn store_round_trip() {
+        let dir = std::env::temp_dir().join(format!("goals-test-{}", std::process::id()));
+        let mut s = Store(BTreeMap::new());
+        s.replace(
+            "live.",
+            parse("live.invite\t0.32\n").unwrap(),
+            "2026-11-30 11:11 UTC, abc",
+        );
+        s.write(&dir).unwrap();
+        let back = Store::read(&dir).unwrap();
+        std::fs::remove_file(&dir).unwrap();
+        assert_eq!(back.0, s.0);
+    }
+}
