@@ -281,6 +281,7 @@ so the entries, their hash buckets and the Maglev table's slots are mostly out o
 the trivial program touches no such state.\n\n{table}",
         rot = thousands(rotation as u64),
     );
+    figs.push(("dataplane.rotation".into(), rotation as f64));
     figures::write(&figs);
     println!("{report}");
     if let Ok(path) = std::env::var("BENCH_DATAPLANE") {
