@@ -105,6 +105,9 @@ struct Goal {
     unit: Unit,
     /// Figures shown beside the measured one: (label, figure name, unit).
     beside: &'static [(&'static str, &'static str, Unit)],
+    /// The figures beside are the compared contenders' losses (%): above
+    /// 0.1 % the ratio does not say whether the goal is met.
+    losses: bool,
 }
 
 const fn goal(what: &'static str, figure: &'static str, bound: Bound, unit: Unit) -> Goal {
@@ -115,6 +118,7 @@ const fn goal(what: &'static str, figure: &'static str, bound: Bound, unit: Unit
         bound,
         unit,
         beside: &[],
+        losses: false,
     }
 }
 
@@ -128,6 +132,7 @@ const fn bed(
 ) -> Goal {
     Goal {
         beside,
+        losses: true,
         ..goal(what, figure, bound, Unit::Times)
     }
 }
@@ -223,6 +228,7 @@ const GOALS: &[Goal] = &[
         bound: Bound::AtMost(500_000.0),
         unit: Unit::Count,
         beside: &[],
+        losses: false,
     },
 ];
 
@@ -248,7 +254,7 @@ fn show(v: f64, unit: &Unit) -> String {
 /// The summary's Markdown.
 pub fn summary(store: &Store) -> String {
     let mut t = String::from(
-        "## Goals (issue 15)\n\nEach goal, the figure measured for it (ratios of medians measured in one run, the two contenders alternating) and the run it comes from: a section that an invocation did not run keeps its last figures. Through the bed, CPU per delivered datagram compares contenders only where they delivered what they were offered: their losses (median % of what was sent) are beside the ratio. Details in the sections below.\n\n| goal | target | measured | met | from run |\n|---|---:|---:|---|---|\n",
+        "## Goals (issue 15)\n\nEach goal, the figure measured for it (ratios of medians measured in one run, the two contenders alternating) and the run it comes from: a section that an invocation did not run keeps its last figures. Through the bed, CPU per delivered datagram compares contenders only where they delivered what they were offered: their losses (median % of what was sent) are beside the ratio, and where one lost more than 0.1 % the summary does not say whether the goal is met. Details in the sections below.\n\n| goal | target | measured | met | from run |\n|---|---:|---:|---|---|\n",
     );
     for g in GOALS {
         let target = match g.bound {
@@ -272,14 +278,16 @@ pub fn summary(store: &Store) -> String {
         };
         match found {
             Some((v, mut note, run)) => {
-                let beside: Vec<String> = g
+                let beside: Vec<(String, f64)> = g
                     .beside
                     .iter()
                     .filter_map(|(label, f, unit)| {
                         let (_, v, _) = store.with_prefix(f).find(|(k, _, _)| k == f)?;
-                        Some(format!("{label}: {}", show(v, unit)))
+                        Some((format!("{label}: {}", show(v, unit)), v))
                     })
                     .collect();
+                let lossy = g.losses && beside.iter().any(|(_, v)| *v > 0.1);
+                let beside: Vec<String> = beside.into_iter().map(|(t, _)| t).collect();
                 if !beside.is_empty() {
                     note += &format!(" ({})", beside.join(", "));
                 }
@@ -291,7 +299,11 @@ pub fn summary(store: &Store) -> String {
                     "| {} | {target} | {}{note} | {} | {run} |\n",
                     g.what,
                     show(v, &g.unit),
-                    if met { "yes" } else { "no" }
+                    match (met, lossy) {
+                        (_, true) => "unclear: a contender lost more than 0.1 %",
+                        (true, false) => "yes",
+                        (false, false) => "no",
+                    }
                 );
             }
             None => t += &format!("| {} | {target} | not measured yet | - | - |\n", g.what),
@@ -351,6 +363,19 @@ mod tests {
         assert!(row("reverse NAT").contains("| 1.40x | yes | r1 |"));
         assert!(row("keepalive").contains("not measured yet"));
         assert!(row("verifier").contains("600,000 (the most of 2 kernels: 6.1) | no | r2"));
+    }
+
+    #[test]
+    fn a_ratio_with_losses_is_unclear() {
+        let mut s = Store(BTreeMap::new());
+        let figures =
+            "bed.dnat_trivial.50k\t1.1\nbed.loss.dnat.50k\t0.0\nbed.loss.trivial.50k\t0.05\n\
+bed.kamailio_dnat.50k\t12\nbed.loss.kamailio.50k\t26\n";
+        s.replace("bed.", parse(figures).unwrap(), "r");
+        let t = summary(&s);
+        let row = |what: &str| t.lines().find(|l| l.contains(what)).unwrap().to_string();
+        assert!(row("50k/s: CPU per delivered datagram, dnat / trivial").contains("| yes |"));
+        assert!(row("50k/s: CPU per delivered datagram, Kamailio").contains("| unclear"));
     }
 
     #[test]
