@@ -11,7 +11,8 @@
 //! Knobs: BENCH_SECONDS (per run, default 3), BENCH_REPS (3), BENCH_RATES
 //! (comma-separated datagrams/s, 0 = flat out), BENCH_CONTENDERS (trivial, dnat,
 //! dsr, nftables, kamailio), BENCH_KAMAILIO_CHILDREN (1), LOADGEN_BIN.
-//! BENCH_THROUGHPUT and BENCH_SVG name the Markdown section and the plot.
+//! BENCH_THROUGHPUT and BENCH_SVG name the Markdown section and the plot,
+//! BENCH_FIGURES the file of CPU ratios for `cargo xtask bench`'s goals summary.
 //! A benchmark: it measures, it does not judge.
 
 #[path = "throughput/contenders.rs"]
@@ -492,6 +493,7 @@ fn main() {
         drop(running);
     }
     let mut md = report::markdown(&knobs, &results);
+    balancer_test_support::figures::write(&report::figures(&results));
     if !cli_change[0].is_empty() {
         let m = |v: &mut Vec<f64>| {
             v.sort_by(f64::total_cmp);

@@ -403,50 +403,7 @@ impl Drop for Bed {
     }
 }
 
-/// Attaches an XDP program that passes every frame (`r0 = XDP_PASS; exit`) to
-/// `dev` in namespace `ns`, in native mode. Loaded with the bpf syscall, pinned
-/// for as long as `ip` takes to attach it (netlink: the attachment then lives
-/// with the device, which goes with the namespace), then unpinned.
+/// Attaches an XDP program that passes every frame to `dev` in namespace `ns`.
 fn xdp_pass(ns: &str, dev: &str) {
-    const BPF_PROG_LOAD: libc::c_long = 5;
-    const BPF_OBJ_PIN: libc::c_long = 6;
-    const BPF_PROG_TYPE_XDP: u32 = 6;
-    const XDP_PASS: i32 = 2;
-    // mov64 r0, XDP_PASS; exit
-    let mut insns = [0u8; 16];
-    insns[0] = 0xb7;
-    insns[4..8].copy_from_slice(&XDP_PASS.to_ne_bytes());
-    insns[8] = 0x95;
-    let license = b"GPL\0";
-    let mut attr = [0u8; 128];
-    attr[0..4].copy_from_slice(&BPF_PROG_TYPE_XDP.to_ne_bytes());
-    attr[4..8].copy_from_slice(&2u32.to_ne_bytes());
-    attr[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
-    attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
-    attr[48..52].copy_from_slice(b"pass");
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_LOAD, attr.as_ptr(), attr.len()) };
-    assert!(
-        fd >= 0,
-        "loading an XDP pass program: {}",
-        std::io::Error::last_os_error()
-    );
-    let pin = format!("/sys/fs/bpf/balancer-test-pass-{ns}-{dev}\0");
-    let mut attr = [0u8; 128];
-    attr[0..8].copy_from_slice(&(pin.as_ptr() as u64).to_ne_bytes());
-    attr[8..12].copy_from_slice(&(fd as u32).to_ne_bytes());
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_PIN, attr.as_ptr(), attr.len()) };
-    let pinned = std::io::Error::last_os_error();
-    unsafe { libc::close(fd as i32) };
-    assert_eq!(rc, 0, "pinning the XDP pass program at {pin}: {pinned}");
-    let pin = pin.trim_end_matches('\0');
-    // `nsenter`, not `ip -n`: the latter remounts /sys, which hides bpffs.
-    let attached = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{ns}"))
-        .args(["ip", "link", "set", "dev", dev, "xdpdrv", "pinned", pin])
-        .status();
-    let _ = std::fs::remove_file(pin);
-    assert!(
-        attached.is_ok_and(|s| s.success()),
-        "attaching the XDP pass program to {dev} in {ns}"
-    );
+    crate::xdp::attach_verdict(ns, dev, crate::xdp::XDP_PASS);
 }

@@ -6,6 +6,7 @@
 //! - [`bed`]: the netns test bed (client, balancer host, switch, backends);
 //! - [`binomial`]: how far a hash's spread may stray from the weights;
 //! - [`daemon`]: the balancer binary run in the bed, and its CLI;
+//! - [`figures`]: figures a benchmark hands to `cargo xtask bench`'s goals summary;
 //! - [`forge`]: forged frames with any source address, captures, and
 //!   packet-filter counters, for the hostile-network tests;
 //! - [`peers`], [`kamailio`], [`sipp`]: SIP peers, from minimal UDP ones to real
@@ -17,6 +18,7 @@
 pub mod bed;
 pub mod binomial;
 pub mod daemon;
+pub mod figures;
 pub mod forge;
 pub mod kamailio;
 pub mod netns;

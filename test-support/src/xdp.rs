@@ -1,6 +1,6 @@
 //! The loaded program driven directly: one frame through it with
 //! BPF_PROG_TEST_RUN, and the maps it uses read and written beside the
-//! `Dataplane` API.
+//! `Dataplane` API; constant-verdict programs for the peers of veths.
 
 /// Runs `prog` once on `frame` as received on `ingress` (BPF_PROG_TEST_RUN with
 /// an `xdp_md` context); the output frame lands in `out`.
@@ -88,4 +88,95 @@ pub fn pin_to_current_cpu() -> usize {
         );
         cpu as usize
     }
+}
+
+/// XDP verdicts, as the kernel numbers them.
+pub const XDP_DROP: i32 = 1;
+pub const XDP_PASS: i32 = 2;
+
+/// Runs `prog` on `frames` frames, each a copy of `frame` as received on
+/// `ingress`, in live-frames mode (`BPF_F_TEST_XDP_LIVE_FRAMES`, Linux 5.18):
+/// the kernel runs the program on batches of `batch` frames from a page pool
+/// and really carries out the verdicts, redirects included (flushed after
+/// each batch, as a driver's NAPI poll does). Returns the wall time of the
+/// syscall, and the kernel's own time per frame (its timer runs around the
+/// batches only: not the page pool's set-up and teardown).
+///
+/// The page pool initialises a page's data only when it allocates the page:
+/// a recycled page holds the frame as the program left it, so only a program
+/// whose rewrite is idempotent sees `frame` every time (check its counters).
+pub fn run_xdp_live(
+    dp: &mut balancer::kernel::Dataplane,
+    prog: &str,
+    frame: &[u8],
+    ingress: u32,
+    frames: u32,
+    batch: u32,
+) -> (std::time::Duration, std::time::Duration) {
+    use aya::programs::{TestRun, TestRunAttrs, TestRunOptions};
+    let mut ctx = [0u8; 24];
+    ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+    ctx[12..16].copy_from_slice(&ingress.to_ne_bytes());
+    let p = dp.program(prog).unwrap();
+    let t = std::time::Instant::now();
+    let r = p
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            ctx_in: Some(&ctx),
+            repeat: frames,
+            attrs: TestRunAttrs::new().xdp_live_frames(batch),
+            ..Default::default()
+        })
+        .expect("BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES (Linux 5.18 or later)");
+    (t.elapsed(), r.duration)
+}
+
+/// Attaches an XDP program that returns `action` for every frame
+/// (`r0 = action; exit`) to `dev` in namespace `ns`, in native mode. Loaded
+/// with the bpf syscall, pinned for as long as `ip` takes to attach it
+/// (netlink: the attachment then lives with the device, which goes with the
+/// namespace), then unpinned. On a veth, a program on the peer is what makes
+/// the peer accept redirected frames (`ndo_xdp_xmit`).
+pub fn attach_verdict(ns: &str, dev: &str, action: i32) {
+    use std::process::Command;
+    const BPF_PROG_LOAD: libc::c_long = 5;
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    const BPF_PROG_TYPE_XDP: u32 = 6;
+    // mov64 r0, action; exit
+    let mut insns = [0u8; 16];
+    insns[0] = 0xb7;
+    insns[4..8].copy_from_slice(&action.to_ne_bytes());
+    insns[8] = 0x95;
+    let license = b"GPL\0";
+    let mut attr = [0u8; 128];
+    attr[0..4].copy_from_slice(&BPF_PROG_TYPE_XDP.to_ne_bytes());
+    attr[4..8].copy_from_slice(&2u32.to_ne_bytes());
+    attr[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
+    attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
+    attr[48..55].copy_from_slice(b"verdict");
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_LOAD, attr.as_ptr(), attr.len()) };
+    assert!(
+        fd >= 0,
+        "loading an XDP program returning {action}: {}",
+        std::io::Error::last_os_error()
+    );
+    let pin = format!("/sys/fs/bpf/balancer-test-verdict{action}-{ns}-{dev}\0");
+    let mut attr = [0u8; 128];
+    attr[0..8].copy_from_slice(&(pin.as_ptr() as u64).to_ne_bytes());
+    attr[8..12].copy_from_slice(&(fd as u32).to_ne_bytes());
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_PIN, attr.as_ptr(), attr.len()) };
+    let pinned = std::io::Error::last_os_error();
+    unsafe { libc::close(fd as i32) };
+    assert_eq!(rc, 0, "pinning the XDP program at {pin}: {pinned}");
+    let pin = pin.trim_end_matches('\0');
+    // `nsenter`, not `ip -n`: the latter remounts /sys, which hides bpffs.
+    let attached = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{ns}"))
+        .args(["ip", "link", "set", "dev", dev, "xdpdrv", "pinned", pin])
+        .status();
+    let _ = std::fs::remove_file(pin);
+    assert!(
+        attached.is_ok_and(|s| s.success()),
+        "attaching an XDP program returning {action} to {dev} in {ns}"
+    );
 }

@@ -8,24 +8,33 @@ use std::process::Command;
 
 use anyhow::{Context, Result};
 
-/// (section file in bench/, bench target, environment variable naming the file)
-const SECTIONS: &[(&str, &str, &str)] = &[
-    ("dataplane.md", "dataplane", "BENCH_DATAPLANE"),
-    ("maglev.md", "maglev", "BENCH_MAGLEV"),
-    ("throughput.md", "throughput", "BENCH_THROUGHPUT"),
-    ("HEALTH.md", "health", "BENCH_HEALTH"),
+use crate::goals;
+
+/// (section file in bench/, bench target, environment variable naming the
+/// file, prefix of the figures it hands to the goals summary)
+const SECTIONS: &[(&str, &str, &str, &str)] = &[
+    ("dataplane.md", "dataplane", "BENCH_DATAPLANE", "dataplane."),
+    ("live_frames.md", "live_frames", "BENCH_LIVE", "live."),
+    ("maglev.md", "maglev", "BENCH_MAGLEV", "maglev."),
+    ("throughput.md", "throughput", "BENCH_THROUGHPUT", "bed."),
+    ("HEALTH.md", "health", "BENCH_HEALTH", "health."),
 ];
 
 pub fn run(root: &Path, smoke: bool, only: Option<&str>) -> Result<()> {
     let dir = root.join("bench");
     let known = |name: &str| SECTIONS.iter().any(|s| s.1 == name) || name == "verifier";
     if let Some(name) = only.filter(|n| !known(n)) {
-        anyhow::bail!("no bench section {name}: dataplane, maglev, throughput, health, verifier");
+        anyhow::bail!(
+            "no bench section {name}: dataplane, live_frames, maglev, throughput, health, verifier"
+        );
     }
     let wanted = |name: &str| only.is_none_or(|o| o == name);
     if smoke {
         for (k, v) in [
             ("BENCH_TESTRUN_RUNS", "500"),
+            ("BENCH_ROTATION", "2000"),
+            ("BENCH_LIVE_FRAMES", "20000"),
+            ("BENCH_LIVE_ROUNDS", "3"),
             ("BENCH_MAGLEV_RUNS", "3"),
             ("BENCH_SECONDS", "1"),
             ("BENCH_REPS", "1"),
@@ -48,23 +57,43 @@ pub fn run(root: &Path, smoke: bool, only: Option<&str>) -> Result<()> {
     ])?;
     std::env::set_var("LOADGEN_BIN", root.join("target/release/sip-loadgen"));
     std::env::set_var("BENCH_SVG", dir.join("throughput.svg"));
-    for (file, bench, var) in SECTIONS.iter().filter(|s| wanted(s.1)) {
+    let stamp = run_stamp(root, smoke);
+    let mut store = goals::Store::read(&dir.join(goals::FIGURES))?;
+    let handed =
+        std::env::temp_dir().join(format!("balancer-bench-figures-{}", std::process::id()));
+    std::env::set_var("BENCH_FIGURES", &handed);
+    for (file, bench, var, prefix) in SECTIONS.iter().filter(|s| wanted(s.1)) {
         std::env::set_var(var, dir.join(file));
+        let _ = std::fs::remove_file(&handed);
         super::cargo(&["bench", "-p", "balancer", "--bench", bench])?;
+        // A bench that hands no figures leaves its prefix empty: figures of an
+        // earlier run of the same section are not kept beside new ones.
+        let text = std::fs::read_to_string(&handed).unwrap_or_default();
+        store.replace(prefix, goals::parse(&text)?, &stamp);
     }
+    let _ = std::fs::remove_file(&handed);
     if wanted("verifier") {
-        let verifier = verifier_section(smoke)?;
+        let (verifier, figures) = verifier_section(smoke)?;
         std::fs::write(dir.join(VERIFIER), verifier)?;
+        store.replace("verifier.", figures, &stamp);
     }
+    store.write(&dir.join(goals::FIGURES))?;
     let mut out = header(root, smoke);
     if let Some(name) = only {
         out += &format!(
-            "- this run: only the {name} section; the others are as an earlier run left them (their own headers are not kept: see git log)\n"
+            "- this run: only the {name} section; the others are as an earlier run left them (their own headers are not kept: see git log; the goals below say which run each figure is from)\n"
         );
     }
+    out.push('\n');
+    out.push_str(&goals::summary(&store));
     for file in SECTIONS.iter().map(|s| s.0).chain([VERIFIER]) {
-        let text = std::fs::read_to_string(dir.join(file))
-            .with_context(|| format!("reading bench/{file}"))?;
+        let path = dir.join(file);
+        if !path.exists() {
+            eprintln!("bench/{file}: not run yet, left out of RESULTS.md");
+            continue;
+        }
+        let text =
+            std::fs::read_to_string(&path).with_context(|| format!("reading bench/{file}"))?;
         out.push('\n');
         // Each section becomes a level-2 heading of RESULTS.md.
         out.push_str(&demote_title(&text));
@@ -75,12 +104,26 @@ pub fn run(root: &Path, smoke: bool, only: Option<&str>) -> Result<()> {
     Ok(())
 }
 
+/// Which run figures come from: date, commit, and whether it was a smoke run.
+fn run_stamp(root: &Path, smoke: bool) -> String {
+    format!(
+        "{}, {}{}{}",
+        out("date -u '+%Y-%m-%d %H:%M UTC'", root),
+        out(
+            "git rev-parse --short HEAD 2>/dev/null || echo unknown",
+            root
+        ),
+        dirty(root),
+        if smoke { ", smoke run" } else { "" }
+    )
+}
+
 /// The verifier section's file in bench/.
 const VERIFIER: &str = "verifier.md";
 
 /// The `verifier` bench on the host and in a VM per supported kernel: the
 /// instructions each kernel's verifier processes and the time a load takes.
-fn verifier_section(smoke: bool) -> Result<String> {
+fn verifier_section(smoke: bool) -> Result<(String, Vec<(String, f64)>)> {
     let runs = if smoke { "1" } else { "5" };
     let bin = crate::binaries("bench", ["verifier"].into_iter())?["verifier"].clone();
     let mut rows = Vec::new();
@@ -122,7 +165,9 @@ fn verifier_section(smoke: bool) -> Result<String> {
     verifier_table(&rows, runs)
 }
 
-fn verifier_table(rows: &[(&str, String)], runs: &str) -> Result<String> {
+/// The section's text, and the instructions each kernel's verifier processed
+/// for `balancer` (figures `verifier.<kernel release>`).
+fn verifier_table(rows: &[(&str, String)], runs: &str) -> Result<(String, Vec<(String, f64)>)> {
     const LIMIT: u64 = 1_000_000;
     let mut t = format!(
         "# Verifier: instructions processed and load time per kernel
@@ -133,19 +178,21 @@ The verifier's work for the `balancer` program (its limit is {LIMIT} instruction
 |---|---|---:|---:|---:|---|
 "
     );
+    let mut figures = Vec::new();
     for (place, row) in rows {
         let f: Vec<&str> = row.trim().split('\t').collect();
         let n: u64 = match (f.len(), f.get(1).map(|n| n.parse())) {
             (6, Some(Ok(n))) => n,
             _ => anyhow::bail!("the verifier bench printed {row:?} ({place})"),
         };
+        figures.push((format!("verifier.{}", f[0]), n as f64));
         let headroom = 100.0 * (LIMIT.saturating_sub(n)) as f64 / LIMIT as f64;
         t += &format!(
             "| {} | {place} | {} | {headroom:.0}% | {} | {} ({}-{}) |\n",
             f[0], f[1], f[2], f[3], f[4], f[5]
         );
     }
-    Ok(t)
+    Ok((t, figures))
 }
 
 /// A `# Title` first line becomes `## Title`.
@@ -166,10 +213,10 @@ fn out(cmd: &str, root: &Path) -> String {
         .unwrap_or_default()
 }
 
-fn header(root: &Path, smoke: bool) -> String {
-    let cpu = out("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2", root);
+/// " (with uncommitted changes)" when the measured code differs from the commit.
+fn dirty(root: &Path) -> &'static str {
     // bench/ is what this run writes: it does not make the measured code dirty.
-    let dirty = if out(
+    if out(
         "git status --porcelain --untracked-files=no -- . ':!bench'",
         root,
     )
@@ -178,7 +225,12 @@ fn header(root: &Path, smoke: bool) -> String {
         ""
     } else {
         " (with uncommitted changes)"
-    };
+    }
+}
+
+fn header(root: &Path, smoke: bool) -> String {
+    let cpu = out("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2", root);
+    let dirty = dirty(root);
     format!(
         "# Benchmark results\n\nWritten by `cargo xtask bench{}`{}. Each section below is also in its own file in bench/.\n\n\
 - machine: {cpu}, {} CPUs, {} MiB memory\n- kernel: {}\n- commit: {}{dirty}\n- date: {}\n",

@@ -5,6 +5,7 @@
 
 mod bench;
 mod fuzz;
+mod goals;
 mod kernel_suite;
 mod kernels;
 mod mutants;
@@ -56,15 +57,15 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Benchmarks: in-kernel ns/packet, Maglev build, throughput through the netns bed
+    /// Benchmarks: in-kernel ns/packet, live-frames packets/s, Maglev build, throughput through the netns bed
     /// against Kamailio, nftables and a trivial XDP rewrite, health detection
     /// (writes bench/RESULTS.md, bench/throughput.svg and one file per section).
     Bench {
         /// Tiny durations: checks the harness end to end in about a minute.
         #[arg(long)]
         smoke: bool,
-        /// Run only this section (dataplane, maglev, throughput, health,
-        /// verifier); RESULTS.md keeps the others' last figures.
+        /// Run only this section (dataplane, live_frames, maglev, throughput,
+        /// health, verifier); RESULTS.md keeps the others' last figures.
         #[arg(long)]
         only: Option<String>,
     },

@@ -115,10 +115,15 @@ pub fn start(c: Contender, bed: &Bed, kamailio_children: u32) -> Running {
             if dsr {
                 bed.vip_on_backends(BACKENDS);
             }
-            // Health checks on, but never marking down: the sinks do not answer
-            // OPTIONS, and a benchmark must not measure a table with no backends.
-            std::fs::write(bed::config_path(&bed.prefix), "[health]\nenabled = false\n").unwrap();
+            // `attach_args` writes the configuration file (the service, no
+            // per-source limits); then health checks on, but never marking
+            // down: the sinks do not answer OPTIONS, and a benchmark must not
+            // measure a table with no backends.
             let args = Bed::attach_args(if dsr { "dsr" } else { "dnat" }, &bed.prefix, &backends());
+            let path = bed::config_path(&bed.prefix);
+            let mut conf = std::fs::read_to_string(&path).unwrap();
+            conf.push_str("\n[health]\nenabled = false\n");
+            std::fs::write(&path, conf).unwrap();
             Running::Balancer {
                 daemon: Some(Daemon::start(&lb, &args)),
                 dsr,

@@ -227,6 +227,7 @@ Kamailio 5.6 is a stateless dispatcher (`ds_select_dst(\"1\",\"0\")`, `forward()
         ratio(Contender::Nftables, Contender::Trivial),
     ));
     s.push_str(&capacity(rows));
+    s.push_str(&cpu_ratios(rows));
     s.push_str("Where the XDP contenders deliver everything that is offered even flat out, the generator (one CPU, also serving the sinks) is the ceiling, not the balancer: compare CPU per delivered datagram, and the in-kernel ns/packet above.\n\n![delivered against offered load](throughput.svg)\n");
     s
 }
@@ -287,6 +288,74 @@ fn capacity(rows: &[Row]) -> String {
     }
     s.push_str(" These per-datagram figures move by up to a fifth between runs of the bench on this VM.\n\n");
     s
+}
+
+/// The rates the CPU goals name (per delivered datagram: dnat
+/// against trivial, Kamailio against dnat).
+const GOAL_RATES: [u64; 2] = [50_000, 100_000];
+
+/// Median CPU per delivered datagram of `c` at `rate`, and its median loss %.
+fn us_at(rows: &[Row], c: Contender, rate: u64) -> Option<(f64, f64)> {
+    rows.iter()
+        .find(|r| r.contender == c && r.rate == rate)
+        .map(|r| (r.us().0, r.loss().0))
+        .filter(|(u, _)| u.is_finite() && *u > 0.0)
+}
+
+/// The ratios of CPU per delivered datagram at the goal rates:
+/// (figure name, value) for `cargo xtask bench`'s goals summary.
+pub fn figures(rows: &[Row]) -> Vec<(String, f64)> {
+    let mut out = Vec::new();
+    for rate in GOAL_RATES {
+        let k = rate / 1000;
+        let dnat = us_at(rows, Contender::Dnat, rate);
+        if let (Some((d, _)), Some((t, _))) = (dnat, us_at(rows, Contender::Trivial, rate)) {
+            out.push((format!("bed.dnat_trivial.{k}k"), d / t));
+        }
+        if let (Some((d, _)), Some((m, _))) = (dnat, us_at(rows, Contender::Kamailio, rate)) {
+            out.push((format!("bed.kamailio_dnat.{k}k"), m / d));
+        }
+        // A ratio means little where a contender dropped part of what it was
+        // offered: the summary shows the losses beside it.
+        for c in [Contender::Trivial, Contender::Dnat, Contender::Kamailio] {
+            if let Some((_, loss)) = us_at(rows, c, rate) {
+                out.push((format!("bed.loss.{}.{k}k", c.key()), loss));
+            }
+        }
+    }
+    out
+}
+
+/// One line per goal rate: dnat's CPU per delivered datagram against the
+/// trivial program's, Kamailio's against dnat's.
+fn cpu_ratios(rows: &[Row]) -> String {
+    let mut parts = Vec::new();
+    for rate in GOAL_RATES {
+        let Some((d, dl)) = us_at(rows, Contender::Dnat, rate) else {
+            continue;
+        };
+        let mut p = format!("at {}: dnat {d:.2} µs (lost {dl:.2} %)", rate_name(rate));
+        if let Some((t, tl)) = us_at(rows, Contender::Trivial, rate) {
+            p += &format!(", {:.2}x trivial's {t:.2} µs (lost {tl:.2} %)", d / t);
+        }
+        if let Some((m, ml)) = us_at(rows, Contender::Kamailio, rate) {
+            p += &format!(
+                "; Kamailio {m:.2} µs (lost {ml:.2} %), {:.1}x dnat's",
+                m / d
+            );
+            if ml > 0.1 {
+                p += " (Kamailio overloaded: it drops part of what it is offered)";
+            }
+        }
+        parts.push(p);
+    }
+    if parts.is_empty() {
+        return String::new();
+    }
+    format!(
+        "CPU per delivered datagram, medians of this run: {}.\n\n",
+        parts.join("; ")
+    )
 }
 
 pub fn svg(rows: &[Row]) -> String {
