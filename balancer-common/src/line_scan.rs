@@ -78,6 +78,9 @@ impl Run for &[u8] {
 pub const SEEK_WORDS: u32 = 16;
 /// Words one step reads looking for the end of the value.
 pub const VALUE_WORDS: u32 = 8;
+/// Words a step reads one by one near the window's end (where a run does
+/// not fit).
+pub const NEAR_END_WORDS: u32 = 8;
 /// Words of a [`Words::run`]: a seeking step's, and the word after them.
 pub const RUN_WORDS: u32 = SEEK_WORDS + 1;
 pub const RUN_BYTES: u32 = 8 * RUN_WORDS;
@@ -107,6 +110,7 @@ const L_SEEK: u32 = 1; // inside a line that cannot matter: find the next that m
 const L_LINE: u32 = 2; // at the first byte of a line that may matter
 const L_PREVALUE: u32 = 3; // right after the Call-ID's colon
 const L_VALUE: u32 = 4; // inside the value: find its line end
+const L_END: u32 = 9; // at the value's LF, or at the window's end
 /// [`LineScan::code`]: the span is [`LineScan::span`].
 pub const FOUND: u32 = 5;
 /// [`LineScan::code`]: [`Outcome::Absent`].
@@ -177,25 +181,34 @@ impl LineScan {
     /// ([`code`](Self::code)). The kernel runs one step per `bpf_loop` call.
     #[inline(always)]
     pub fn advance<W: Words>(&mut self, src: &mut W) -> bool {
-        // States are read back from memory before each phase (volatile, or
-        // the compiler would carry them over): the verifier then checks each
-        // phase once, not once per way into it.
-        if self.state() == L_START {
-            self.start_line(src);
-        }
-        if self.state() == L_SEEK {
+        // A phase with many ways out (a word of a run each) ends the step:
+        // the verifier would check whatever follows once per way. The state
+        // is read back from memory before each phase (volatile, or the
+        // compiler would carry it over).
+        let s = self.state();
+        if s == L_SEEK {
             self.seek(src);
+        } else if s == L_START {
+            self.start_line(src);
+            if self.state() == L_SEEK {
+                self.seek(src);
+            }
+        } else {
+            if self.state() == L_LINE {
+                self.line(src);
+            }
+            if self.state() == L_PREVALUE {
+                self.prevalue(src);
+            }
+            if self.state() == L_VALUE {
+                self.value(src);
+            }
+            if self.state() == L_END {
+                self.line_end(src);
+            }
         }
-        if self.state() == L_LINE {
-            self.line(src);
-        }
-        if self.state() == L_PREVALUE {
-            self.prevalue(src);
-        }
-        if self.state() == L_VALUE {
-            self.value(src);
-        }
-        self.state() >= FOUND
+        let s = self.state();
+        s >= FOUND && s != L_END
     }
 
     /// The answer: [`FOUND`], [`ABSENT`], [`KEEPALIVE`] or [`DEFER`] (also for
@@ -203,7 +216,7 @@ impl LineScan {
     #[inline(always)]
     pub fn code(&self) -> u32 {
         let s = self.state();
-        if s >= FOUND {
+        if s >= FOUND && s <= DEFER {
             s
         } else {
             DEFER
@@ -240,9 +253,18 @@ impl LineScan {
         unsafe { core::ptr::write_volatile(&mut self.state, state) };
     }
 
+    /// Where the state goes on from, read from memory: a position the
+    /// verifier knows only as a number, not as the way it was computed (a
+    /// byte index found by branches, a run's word), so the paths that led to
+    /// different positions meet again.
+    #[inline(always)]
+    fn pos(&self) -> u32 {
+        unsafe { core::ptr::read_volatile(&self.pos) }
+    }
+
     #[inline(always)]
     fn go(&mut self, state: u32, pos: u32) {
-        self.pos = pos;
+        unsafe { core::ptr::write_volatile(&mut self.pos, pos) };
         self.set(state);
     }
 
@@ -294,7 +316,7 @@ impl LineScan {
     /// no Call-ID.
     #[inline(always)]
     fn seek<W: Words>(&mut self, src: &mut W) {
-        let p = self.pos;
+        let p = self.pos();
         // Away from the window's end, the words are read as a run: one check
         // and no masking for the lot.
         if p + RUN_BYTES <= self.len {
@@ -310,45 +332,39 @@ impl LineScan {
                     w0 = w1;
                     k += 1;
                 }
-                self.pos = p + 8 * SEEK_WORDS;
-                return;
+                return self.go(L_SEEK, p + 8 * SEEK_WORDS);
             }
         }
         self.seek_near_end(src)
     }
 
-    /// [`seek`](Self::seek) word by word, each masked to the window.
+    /// [`seek`](Self::seek) word by word, each masked to the window. The
+    /// position goes through memory from word to word.
     #[inline(always)]
     fn seek_near_end<W: Words>(&mut self, src: &mut W) {
-        let len = self.len;
-        let mut p = self.pos;
-        let Some(mut w0) = self.load(src, p) else {
-            return self.set(DEFER);
-        };
         let mut k = 0;
-        while k < SEEK_WORDS {
-            if p >= len {
+        while k < NEAR_END_WORDS {
+            let p = self.pos();
+            if p >= self.len {
                 return self.set(ABSENT);
             }
-            let Some(w1) = self.load(src, p + 8) else {
+            let (Some(w0), Some(w1)) = (self.load(src, p), self.load(src, p + 8)) else {
                 return self.set(DEFER);
             };
             let m = line_may_matter(w0, w1);
             if m != 0 {
                 return self.go(L_LINE, p + first_byte(m) as u32 + 1);
             }
-            p += 8;
-            w0 = w1;
+            self.go(L_SEEK, p + 8);
             k += 1;
         }
-        self.pos = p;
     }
 
     /// At the first byte of a line that may matter: the end of the headers,
     /// a plain `Call-ID:` or `i:` (case-insensitive), or a line to pass over.
     #[inline(always)]
     fn line<W: Words>(&mut self, src: &mut W) {
-        let at = self.pos;
+        let at = self.pos();
         let Some(w) = self.load(src, at) else {
             return self.set(DEFER);
         };
@@ -383,7 +399,7 @@ impl LineScan {
     /// SP, HT or CR, within this word.
     #[inline(always)]
     fn prevalue<W: Words>(&mut self, src: &mut W) {
-        let at = self.pos;
+        let at = self.pos();
         let Some(w) = self.load(src, at) else {
             return self.set(DEFER);
         };
@@ -405,23 +421,21 @@ impl LineScan {
         self.go(L_VALUE, v);
     }
 
-    /// Inside the value, to its LF; the value's end is the last byte before
-    /// it that is not SP, HT or CR.
+    /// Inside the value, to its LF (or the window's end): [`L_END`] there.
     #[inline(always)]
     fn value<W: Words>(&mut self, src: &mut W) {
-        let p = self.pos;
+        let p = self.pos();
         if p + RUN_BYTES <= self.len {
             if let Some(run) = src.run(p) {
                 let mut k = 0;
                 while k < VALUE_WORDS {
                     let nl = eq_bytes(run.word(k), LF);
                     if nl != 0 {
-                        return self.line_end(src, p + 8 * k + first_byte(nl) as u32);
+                        return self.go(L_END, p + 8 * k + first_byte(nl) as u32);
                     }
                     k += 1;
                 }
-                self.pos = p + 8 * VALUE_WORDS;
-                return;
+                return self.go(L_VALUE, p + 8 * VALUE_WORDS);
             }
         }
         self.value_near_end(src)
@@ -430,36 +444,32 @@ impl LineScan {
     /// [`value`](Self::value) word by word, each masked to the window.
     #[inline(always)]
     fn value_near_end<W: Words>(&mut self, src: &mut W) {
-        let len = self.len;
-        let mut p = self.pos;
         let mut k = 0;
-        while k < VALUE_WORDS {
-            if p >= len {
-                // The value runs to the window's end: it counts only when
-                // the window is the whole datagram.
-                if self.complete == 0 {
-                    return self.set(ABSENT);
-                }
-                return self.trim(src, len);
+        while k < NEAR_END_WORDS {
+            let p = self.pos();
+            if p >= self.len {
+                return self.go(L_END, self.len);
             }
             let Some(w) = self.load(src, p) else {
                 return self.set(DEFER);
             };
             let nl = eq_bytes(w, LF);
             if nl != 0 {
-                return self.line_end(src, p + first_byte(nl) as u32);
+                return self.go(L_END, p + first_byte(nl) as u32);
             }
-            p += 8;
+            self.go(L_VALUE, p + 8);
             k += 1;
         }
-        self.pos = p;
     }
 
-    /// The value's LF at `e`: the byte after it says whether the value goes
-    /// on (a fold: deferred) or ends; past the window, only a whole datagram
-    /// ends it.
+    /// At the value's LF (`pos`), the byte after it says whether the value
+    /// goes on (a fold: deferred) or ends; at the window's end, or an LF
+    /// that is its last byte, only a whole datagram ends it. The value ends
+    /// after the last byte before `pos` that is not SP, HT or CR, looked for
+    /// in the word before `pos`.
     #[inline(always)]
-    fn line_end<W: Words>(&mut self, src: &mut W, e: u32) {
+    fn line_end<W: Words>(&mut self, src: &mut W) {
+        let e = self.pos();
         let after = e + 1;
         if after < self.len {
             let Some(w) = self.load(src, after) else {
@@ -471,13 +481,6 @@ impl LineScan {
         } else if self.complete == 0 {
             return self.set(ABSENT);
         }
-        self.trim(src, e)
-    }
-
-    /// Found: the value ends after the last byte before `e` that is not SP,
-    /// HT or CR, looked for in the word before `e`.
-    #[inline(always)]
-    fn trim<W: Words>(&mut self, src: &mut W, e: u32) {
         if e < 8 {
             return self.set(DEFER);
         }

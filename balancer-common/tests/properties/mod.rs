@@ -156,10 +156,11 @@ pub fn check_line_scan(data: &[u8]) -> bool {
         got,
         "in place: the bytes past those asked for changed the answer"
     );
-    assert_eq!(
-        line_scan(&mut NoRuns(data), w.len, w.complete),
-        got,
-        "in place: word by word against runs of words"
+    // Word by word takes more steps, and may run out of them.
+    let by_word = line_scan(&mut NoRuns(data), w.len, w.complete);
+    assert!(
+        by_word == got || by_word == Outcome::Defer,
+        "in place word by word: {by_word:?}, with runs: {got:?}"
     );
     let n = w.len as usize;
     for reach in [0, n / 3, n / 2, n.saturating_sub(9), n - 1] {
