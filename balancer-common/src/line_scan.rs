@@ -193,6 +193,13 @@ impl LineScan {
             if self.state() == L_SEEK {
                 self.seek(src);
             }
+        } else if s == L_VALUE {
+            self.value(src);
+            if self.state() == L_END {
+                self.line_end(src);
+            }
+        } else if s == L_END {
+            self.line_end(src);
         } else {
             if self.state() == L_LINE {
                 self.line(src);
@@ -200,15 +207,9 @@ impl LineScan {
             if self.state() == L_PREVALUE {
                 self.prevalue(src);
             }
-            if self.state() == L_VALUE {
-                self.value(src);
-            }
-            if self.state() == L_END {
-                self.line_end(src);
-            }
         }
         let s = self.state();
-        s >= FOUND && s != L_END
+        s >= FOUND && s <= DEFER
     }
 
     /// The answer: [`FOUND`], [`ABSENT`], [`KEEPALIVE`] or [`DEFER`] (also for
@@ -262,6 +263,20 @@ impl LineScan {
         unsafe { core::ptr::read_volatile(&self.pos) }
     }
 
+    /// The window's length and whether it is the whole datagram, read anew
+    /// at each use for the same reason: the verifier would otherwise learn
+    /// different bounds for them on different paths, decide later branches
+    /// by them and keep the paths apart.
+    #[inline(always)]
+    fn len(&self) -> u32 {
+        unsafe { core::ptr::read_volatile(&self.len) }
+    }
+
+    #[inline(always)]
+    fn complete(&self) -> u32 {
+        unsafe { core::ptr::read_volatile(&self.complete) }
+    }
+
     #[inline(always)]
     fn go(&mut self, state: u32, pos: u32) {
         unsafe { core::ptr::write_volatile(&mut self.pos, pos) };
@@ -272,7 +287,7 @@ impl LineScan {
     /// byte machine's buffer is); `None`: they cannot be read here.
     #[inline(always)]
     fn load<W: Words>(&self, src: &mut W, off: u32) -> Option<u64> {
-        let len = self.len;
+        let len = self.len();
         if off >= len {
             return Some(0);
         }
@@ -290,7 +305,7 @@ impl LineScan {
         let Some(w) = self.load(src, 0) else {
             return self.set(DEFER);
         };
-        let len = self.len;
+        let len = self.len();
         let bytes = if len >= 8 {
             !0
         } else {
@@ -319,7 +334,7 @@ impl LineScan {
         let p = self.pos();
         // Away from the window's end, the words are read as a run: one check
         // and no masking for the lot.
-        if p + RUN_BYTES <= self.len {
+        if p + RUN_BYTES <= self.len() {
             if let Some(run) = src.run(p) {
                 let mut w0 = run.word(0);
                 let mut k = 0;
@@ -345,7 +360,7 @@ impl LineScan {
         let mut k = 0;
         while k < NEAR_END_WORDS {
             let p = self.pos();
-            if p >= self.len {
+            if p >= self.len() {
                 return self.set(ABSENT);
             }
             let (Some(w0), Some(w1)) = (self.load(src, p), self.load(src, p + 8)) else {
@@ -409,7 +424,7 @@ impl LineScan {
         }
         let j = first_byte(other);
         let v = at + j as u32;
-        if v >= self.len {
+        if v >= self.len() {
             // The window ends before any value.
             return self.set(ABSENT);
         }
@@ -425,7 +440,7 @@ impl LineScan {
     #[inline(always)]
     fn value<W: Words>(&mut self, src: &mut W) {
         let p = self.pos();
-        if p + RUN_BYTES <= self.len {
+        if p + RUN_BYTES <= self.len() {
             if let Some(run) = src.run(p) {
                 let mut k = 0;
                 while k < VALUE_WORDS {
@@ -447,8 +462,8 @@ impl LineScan {
         let mut k = 0;
         while k < NEAR_END_WORDS {
             let p = self.pos();
-            if p >= self.len {
-                return self.go(L_END, self.len);
+            if p >= self.len() {
+                return self.go(L_END, self.len());
             }
             let Some(w) = self.load(src, p) else {
                 return self.set(DEFER);
@@ -471,14 +486,14 @@ impl LineScan {
     fn line_end<W: Words>(&mut self, src: &mut W) {
         let e = self.pos();
         let after = e + 1;
-        if after < self.len {
+        if after < self.len() {
             let Some(w) = self.load(src, after) else {
                 return self.set(DEFER);
             };
             if is_blank_space(w as u8) {
                 return self.set(DEFER);
             }
-        } else if self.complete == 0 {
+        } else if self.complete() == 0 {
             return self.set(ABSENT);
         }
         if e < 8 {

@@ -43,6 +43,22 @@ struct Packet {
 /// the pointer's offset stays below 64 KiB with the access added.
 const FRAME_MAX: usize = 0x7fff;
 
+impl Packet {
+    /// The packet's start and end, read anew for every access: computed
+    /// once and kept, what a bounds check taught the verifier about them on
+    /// one path would set that path apart from the others for the rest of
+    /// the step, and the step would be checked once per path.
+    #[inline(always)]
+    fn ends(&self) -> (usize, usize) {
+        unsafe {
+            (
+                core::ptr::read_volatile(&self.data),
+                core::ptr::read_volatile(&self.end),
+            )
+        }
+    }
+}
+
 /// A run of words whose bounds are checked (`Words::run`).
 struct PacketRun(usize);
 
@@ -58,8 +74,9 @@ impl Words for Packet {
 
     #[inline(always)]
     fn run(&mut self, off: u32) -> Option<PacketRun> {
-        let p = opaque(self.data + self.base + (off as usize & (SCAN_MAX - 1)));
-        if p + RUN_BYTES as usize > self.end {
+        let (data, end) = self.ends();
+        let p = opaque(data + self.base + (off as usize & (SCAN_MAX - 1)));
+        if p + RUN_BYTES as usize > end {
             return None;
         }
         Some(PacketRun(p))
@@ -69,19 +86,20 @@ impl Words for Packet {
     fn word(&mut self, off: u32, need: u32) -> Option<u64> {
         // The scan asks only for bytes inside the window: the mask changes
         // nothing, and tells the verifier how far the pointer may go.
+        let (data, end) = self.ends();
         let at = self.base + (off as usize & (SCAN_MAX - 1));
-        if self.data + at + 8 <= self.end {
-            return Some(load(self.data + at));
+        if data + at + 8 <= end {
+            return Some(load(data + at));
         }
         // The window's last bytes end the frame: take the frame's last word
         // and shift the wanted bytes down. Bytes past the frame (a packet's
         // non-linear part) are out of reach: the scan defers.
-        let frame = self.end - self.data;
+        let frame = end - data;
         if at + need as usize > frame || frame > FRAME_MAX {
             return None;
         }
-        let last = self.data + ((frame - 8) & FRAME_MAX);
-        if last + 8 > self.end {
+        let last = data + ((frame - 8) & FRAME_MAX);
+        if last + 8 > end {
             return None;
         }
         let shift = (at + 8 - frame) & 7;
