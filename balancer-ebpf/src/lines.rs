@@ -121,8 +121,11 @@ fn opaque(p: usize) -> usize {
 }
 
 /// The 8 bytes at packet address `p`, first byte lowest. Packet words sit at
-/// any byte offset; BPF on the targets the program is built for (x86-64,
-/// arm64) loads them unaligned in one instruction.
+/// any byte offset. A `u64` read, volatile, is one 8-byte load in BPF (not
+/// so sure with `read_unaligned`, which may be split up); the verifier
+/// allows unaligned packet access (no strict alignment on x86-64 and arm64)
+/// and the JITs load unaligned words. Rust itself asks for alignment here:
+/// nothing but this one load is derived from the pointer.
 #[inline(always)]
 fn load(p: usize) -> u64 {
     unsafe { core::ptr::read_volatile(p as *const u64) }
