@@ -72,9 +72,10 @@ impl Run for &[u8] {
     }
 }
 
-/// Words one step reads looking for the next line that may matter. Each is
-/// unrolled in the kernel's step function: more cost verifier work, fewer
-/// cost more `bpf_loop` calls (about 9 ns each).
+/// Words one step reads looking for the next line that may matter. The
+/// verifier walks each of them in the kernel's step function: more cost
+/// verifier work (32: 43k more instructions on 6.18, for a gain lost in the
+/// bench's noise), fewer cost more `bpf_loop` calls (15-20 ns each here).
 pub const SEEK_WORDS: u32 = 16;
 /// Words one step reads looking for the end of the value.
 pub const VALUE_WORDS: u32 = 8;
@@ -181,10 +182,13 @@ impl LineScan {
     /// ([`code`](Self::code)). The kernel runs one step per `bpf_loop` call.
     #[inline(always)]
     pub fn advance<W: Words>(&mut self, src: &mut W) -> bool {
-        // A phase with many ways out (a word of a run each) ends the step:
-        // the verifier would check whatever follows once per way. The state
-        // is read back from memory before each phase (volatile, or the
-        // compiler would carry it over).
+        // Which phases share a step is the verifier's price (bench/NOTES.md,
+        // issue 15): SEEK, with a way out per word of its run, ends the step
+        // (whatever followed would be checked once per way); START+SEEK,
+        // LINE+PREVALUE and VALUE+END are cheap together; PREVALUE into VALUE
+        // made LLVM copy a register undefined on one path, which the
+        // verifier refuses. The state is read back from memory before each
+        // phase (volatile, or the compiler would carry it over).
         let s = self.state();
         if s == L_SEEK {
             self.seek(src);
