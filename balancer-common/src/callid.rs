@@ -469,7 +469,7 @@ impl HeaderScan {
     }
 }
 
-const ONES: u64 = 0x0101_0101_0101_0101;
+pub(crate) const ONES: u64 = 0x0101_0101_0101_0101;
 const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
 
 /// Bit 7 set in exactly the zero bytes of `x` (no borrow between bytes).
@@ -480,14 +480,14 @@ const fn zero_bytes(x: u64) -> u64 {
 
 /// Bit 7 set in exactly the bytes of `x` equal to `c`.
 #[inline(always)]
-const fn eq_bytes(x: u64, c: u8) -> u64 {
+pub(crate) const fn eq_bytes(x: u64, c: u8) -> u64 {
     zero_bytes(x ^ (ONES * c as u64))
 }
 
 /// Index of the lowest byte whose bit 7 is set in a non-zero `m` (BPF has no
 /// count-trailing-zeros instruction; three tests do it).
 #[inline(always)]
-const fn first_byte(mut m: u64) -> usize {
+pub(crate) const fn first_byte(mut m: u64) -> usize {
     let mut j = 0;
     if m & 0xffff_ffff == 0 {
         j += 4;

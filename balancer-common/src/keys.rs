@@ -11,6 +11,7 @@
 
 use crate::callid::{scan, Header, HeaderScan, ScanBuf, Span};
 use crate::hash::{hash_addr, hash_span};
+use crate::line_scan::{line_scan, Outcome, SliceWords};
 use crate::maps::{reason, ALG_FROM_URI, ALG_REQUEST_URI, ALG_ROUND_ROBIN, ALG_SOURCE, ALG_TO_URI};
 use crate::sip::is_lws;
 
@@ -591,6 +592,20 @@ pub fn message_dispatch(
     }
     let mut buf = ScanBuf::zeroed();
     let (len, complete) = buf.fill(payload);
+    // The kernel's order: in place first, the byte machine when that defers.
+    if len > 0 && scans_in_place(algorithm) {
+        match line_scan(&mut SliceWords(payload), len, complete) {
+            Outcome::Found(span) => {
+                return Dispatch {
+                    hash: hash_span(&buf, span),
+                    reason: reason::CALLID,
+                }
+            }
+            Outcome::Absent => return by_source(reason::FALLBACK_NO_CALLID),
+            Outcome::Keepalive => return by_source(reason::FALLBACK_KEEPALIVE),
+            Outcome::Defer => {}
+        }
+    }
     if let Some((span, reason)) = key_span(&buf, len, complete, algorithm) {
         return Dispatch {
             hash: hash_span(&buf, span),
@@ -624,6 +639,15 @@ pub fn key_span(buf: &ScanBuf, len: u32, complete: bool, algorithm: u32) -> Opti
         i += 1;
     }
     s.result()
+}
+
+/// Whether the kernel looks for an algorithm's key in place first
+/// ([`crate::line_scan`]): the Call-ID's (`ALG_CALL_ID` and unknown values).
+/// The others take the byte machine's path alone.
+#[inline(always)]
+pub const fn scans_in_place(algorithm: u32) -> bool {
+    matches!(KeySource::of(algorithm), KeySource::Message)
+        && !matches!(algorithm, ALG_FROM_URI | ALG_TO_URI | ALG_REQUEST_URI)
 }
 
 /// The header an algorithm scans for: From, To, or the Call-ID (`ALG_CALL_ID`,

@@ -13,6 +13,7 @@ pub mod hash;
 pub mod hints;
 pub mod keys;
 pub mod limits;
+pub mod line_scan;
 pub mod maglev;
 pub mod maps;
 pub mod sip;

@@ -1,6 +1,6 @@
-//! The key a service hashes to pick a backend, from the message (the search runs
-//! in `bpf_loop` steps over a copy of the payload), the source address, or a
-//! round-robin counter.
+//! The key a service hashes to pick a backend, from the message (the Call-ID
+//! searched in place, `lines.rs`; otherwise a search in `bpf_loop` steps over a
+//! copy of the payload), the source address, or a round-robin counter.
 
 use aya_ebpf::{
     helpers::generated::{bpf_loop, bpf_xdp_load_bytes},
@@ -12,10 +12,11 @@ use balancer_common::{
     callid::SCAN_MAX,
     hash::{hash_addr, hash_span},
     keys::{is_keepalive, KeyScan, KeySource},
+    line_scan::{ABSENT, FOUND, KEEPALIVE},
     maps::{reason, MAX_SERVICES},
 };
 
-use crate::{counters::count, events, maps::SCRATCH, parse::Udp};
+use crate::{counters::count, events, lines, maps::SCRATCH, parse::Udp};
 
 /// Round-robin counters (`ALG_ROUND_ROBIN`), per CPU, indexed by service id: the
 /// counter is the key hash, post-incremented per datagram.
@@ -57,6 +58,26 @@ pub fn key_of(ctx: &XdpContext, u: &Udp, alg: u32, id: u32) -> Result<Option<u32
     };
     if n > 0 {
         let off = (u.l4 + 8) as u32;
+        // The Call-ID in place first; the byte machine over a copy only where
+        // that defers (and for the other algorithms).
+        unsafe { (*s).lines.reset(n, n == len) };
+        match lines::search(ctx.ctx, unsafe { &mut (*s).lines }, off, alg) {
+            FOUND => {
+                if let Some(h) = lines::hash_found(ctx, s, off) {
+                    count(reason::CALLID);
+                    return Ok(Some(h));
+                }
+            }
+            ABSENT => {
+                count(reason::FALLBACK_NO_CALLID);
+                return Ok(None);
+            }
+            KEEPALIVE => {
+                count(reason::FALLBACK_KEEPALIVE);
+                return Ok(None);
+            }
+            _ => {}
+        }
         // The length masked into [1, SCAN_MAX] right at the call (a no-op here):
         // 6.1's verifier does not learn `n >= 1` from `n > 0` and refuses a
         // helper access that might be empty.

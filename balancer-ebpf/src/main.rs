@@ -28,6 +28,8 @@ mod guard;
 #[cfg(target_arch = "bpf")]
 mod key;
 #[cfg(target_arch = "bpf")]
+mod lines;
+#[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod parse;

@@ -9,6 +9,7 @@ use aya_ebpf::{
 use balancer_common::{
     callid::ScanBuf,
     keys::KeyScan,
+    line_scan::LineScan,
     maglev::MAX_TABLE,
     maps::{
         Backend, Endpoint, FragEntry, FragKey, Reverse, Service, TrivialTarget, MAX_BACKENDS,
@@ -67,6 +68,8 @@ pub struct Scratch {
     pub event: Event,
     /// `policy::admit`'s input and keys.
     pub policy: crate::policy::Admission,
+    /// The in-place Call-ID search (`lines.rs`).
+    pub lines: LineScan,
 }
 
 #[map]

@@ -270,7 +270,7 @@ fn main() {
     let report = format!(
         "## In-kernel cost per packet\n\nIn-kernel time of one program run, as BPF_PROG_TEST_RUN reports it, {runs} runs per message and program, each on a fresh copy of the frame, the two programs alternating run by run (median, 10th-90th percentile), \
 same run, same frames. `trivial` is `xdp_trivial`: parse, rewrite destination address and port with checksum updates, \
-set fixed MACs, redirect through the devmap to the backend-side interface: the least a DNAT balancer does. `balancer` also finds the service, copies the payload, scans \
+set fixed MACs, redirect through the devmap to the backend-side interface: the least a DNAT balancer does. `balancer` also finds the service, scans the packet in place \
 for the Call-ID, hashes it, looks up Maglev, finds the next hop (FIB, through a one-second cache), counts, and redirects through a devmap; \
 and every protection check is in place and paid for, none refusing: the reverse-path table holds the backends, the VIP and the host's addresses, \
 the block list three prefixes (none near the client), the per-source limits are on (far above the bench's rate). \

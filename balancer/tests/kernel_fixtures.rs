@@ -1638,6 +1638,177 @@ fn long_key_cases() -> Vec<Case> {
     t
 }
 
+/// A request whose headers are `lines` (the Call-ID's among them), each
+/// ended by `eol`, after `lead` and a start line.
+fn request_with(lead: &str, eol: &str, lines: &[&str]) -> Vec<u8> {
+    let mut m = format!("{lead}INVITE sip:bob@example.com SIP/2.0{eol}");
+    for l in lines {
+        m.push_str(l);
+        m.push_str(eol);
+    }
+    m.push_str(&format!("Content-Length: 0{eol}{eol}"));
+    m.into_bytes()
+}
+
+/// The Call-ID search in place (`line_scan`) and its hand-over to the byte
+/// machine: the kernel's backend and key hash (the affinity entry an INVITE
+/// creates) against the byte machine's Call-ID (`call_id`), which user space
+/// reads without the in-place scan, over IPv4 and IPv6 (another payload
+/// offset). Each payload says whether the scan answers it in place.
+fn in_place_cases() -> Vec<Case> {
+    use balancer_common::line_scan::{line_scan_of, Outcome};
+    let via = "Via: SIP/2.0/UDP 10.0.1.2:5060;branch=z9hG4bK776asdhds;rport";
+    let other = [
+        "Max-Forwards: 70",
+        "To: Bob <sip:bob@example.com>",
+        "From: Alice <sip:alice@example.com>;tag=1928301774",
+        "CSeq: 314159 INVITE",
+        "Contact: <sip:alice@10.0.1.2>",
+    ];
+    let with = |cid: &'static str, at: usize| {
+        let mut v: Vec<&str> = vec![via];
+        v.extend(other);
+        v.insert(at.min(v.len()), cid);
+        v
+    };
+    let crlf = |lines: Vec<&str>| request_with("", "\r\n", &lines);
+    let payloads: Vec<(&str, Vec<u8>, bool)> = vec![
+        ("Call-ID first", crlf(with("Call-ID: first@h", 0)), true),
+        ("Call-ID second", crlf(with("Call-ID: second@h", 1)), true),
+        (
+            "Call-ID in the middle",
+            crlf(with("Call-ID: middle@h", 4)),
+            true,
+        ),
+        ("Call-ID last", crlf(with("Call-ID: last@h", 9)), true),
+        (
+            "Call-ID last of 1400 bytes",
+            invite("Call-ID: far-away-in-place@example.com", 1400),
+            true,
+        ),
+        ("compact i", crlf(with("i: compact@h", 3)), true),
+        ("compact I, no space", crlf(with("I:compact-2@h", 3)), true),
+        ("mixed case", crlf(with("cALL-iD: mixed-case@h", 2)), true),
+        (
+            "decoys that begin like Call-ID",
+            crlf(vec![
+                via,
+                "Call-Info: <sip:x>",
+                "Call-IDx: no",
+                "ix: no",
+                "Ca",
+                "i: after-decoys@h",
+            ]),
+            true,
+        ),
+        (
+            "trailing blanks",
+            crlf(with("Call-ID: trailing@h \t ", 2)),
+            true,
+        ),
+        (
+            "LF line ends",
+            request_with("", "\n", &with("Call-ID: lf@h", 3)),
+            true,
+        ),
+        (
+            "leading CRLF",
+            request_with("\r\n", "\r\n", &with("Call-ID: lead@h", 3)),
+            true,
+        ),
+        (
+            "folded value",
+            crlf(with("Call-ID: fold\r\n ed@h", 2)),
+            false,
+        ),
+        (
+            "whitespace before the colon",
+            crlf(with("Call-ID : ws@h", 2)),
+            false,
+        ),
+        (
+            "compact form folded before the colon",
+            crlf(with("i\r\n : ws-fold@h", 2)),
+            false,
+        ),
+        (
+            "an empty Call-ID first",
+            crlf(with("Call-ID: \r\ni: second-one@h", 2)),
+            false,
+        ),
+    ];
+    let mut t = vec![];
+    for (name, payload, in_place) in payloads {
+        let id = call_id(&payload)
+            .expect("each payload has a Call-ID")
+            .to_vec();
+        let answered = matches!(line_scan_of(&payload), Outcome::Found(_));
+        assert_eq!(answered, in_place, "{name}: answered in place");
+        let hash = hash_bytes(&id);
+        let mut steps = vec![
+            Step::Do(Act::Affinity(V4_VIP)),
+            Step::Do(Act::Affinity(V6_VIP)),
+            Step::UserSpace {
+                payload: payload.clone(),
+                call_id: Some(id.clone()),
+                reason: "callid",
+            },
+        ];
+        // Leading line ends hide the method from the dialog check: no
+        // affinity entry then, and the backend alone shows the key.
+        let mut first = [0u8; 10];
+        first.copy_from_slice(&payload[..10]);
+        let dialog = balancer_common::sip::starts_dialog(&first);
+        for (f, vip) in [(client_v4(&payload), V4_VIP), (client_v6(&payload), V6_VIP)] {
+            let moved: &[&str] = if dialog {
+                &["affinity_new", "callid", "redirect"]
+            } else {
+                DISPATCHED
+            };
+            steps.push(
+                Packet::client(f)
+                    .out(Out::Dnat(key(vip, &id)))
+                    .moved(moved)
+                    .step(),
+            );
+            if dialog {
+                steps.push(Step::AffinityHash { vip, hash });
+            }
+        }
+        let how = if in_place {
+            "in place"
+        } else {
+            "by the byte machine"
+        };
+        t.push(case(format!("{name}: found {how}"), steps));
+    }
+    // No Call-ID in the headers (the body's does not count), answered in place.
+    let no_id = request_with("", "\r\n", &[via, "Call-Info: <sip:x>"]);
+    let mut body = no_id.clone();
+    body.extend_from_slice(b"Call-ID: body@h\r\n");
+    for payload in [no_id, body] {
+        assert_eq!(line_scan_of(&payload), Outcome::Absent);
+        t.push(case(
+            format!(
+                "no Call-ID in the headers of {} bytes: by the source",
+                payload.len()
+            ),
+            vec![
+                Step::UserSpace {
+                    payload: payload.clone(),
+                    call_id: None,
+                    reason: "fallback_no_callid",
+                },
+                Packet::client(client_v4(&payload))
+                    .out(Out::Dnat(To::Source(V4_VIP)))
+                    .moved(&["fallback_no_callid", "redirect"])
+                    .step(),
+            ],
+        ));
+    }
+    t
+}
+
 /// A 300-byte Call-ID at the edge of the scan window, either side of it.
 /// BPF_PROG_TEST_RUN gives the program one page, less than the window: these
 /// travel as real jumbo packets. `reaching_end`: only the cases whose value
@@ -1837,6 +2008,11 @@ fn scanners_are_dropped_by_their_user_agent() {
 #[test]
 fn single_datagrams() {
     run_table(dispatch_cases());
+}
+
+#[test]
+fn call_ids_found_in_place_and_handed_over() {
+    run_table(in_place_cases());
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! The Call-ID, From and To header scans: `callid::call_id`, `scan` and the
 //! stepped `HeaderScan` agree, stay inside the window, never read past it,
 //! finish within the kernel's step count, and agree with the RFC 3261 oracle
-//! where it applies (`balancer-common/tests/properties`).
+//! where it applies; the in-place Call-ID scan (`line_scan`) answers as they
+//! do or defers (`balancer-common/tests/properties`).
 #![no_main]
 
 #[allow(dead_code)]
@@ -10,4 +11,5 @@ mod properties;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     properties::check_header_scans(data);
+    properties::check_line_scan(data);
 });

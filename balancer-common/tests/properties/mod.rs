@@ -19,6 +19,7 @@ use balancer_common::callid::{
 };
 use balancer_common::hash::{hash_addr, hash_span};
 use balancer_common::keys::{is_keepalive, key_span, message_dispatch, Dispatch, KeyScan, KEY_MAX};
+use balancer_common::line_scan::{line_scan, Outcome, SliceWords, Words};
 use balancer_common::maps::{
     reason, ALG_CALL_ID, ALG_FROM_URI, ALG_REQUEST_URI, ALG_ROUND_ROBIN, ALG_SOURCE, ALG_TO_URI,
 };
@@ -79,10 +80,97 @@ fn window(data: &[u8]) -> Window {
 
 /// Every check on one datagram; what the oracle could be compared on.
 pub fn check(data: &[u8]) -> Applied {
+    check_line_scan(data);
     Applied {
         headers: check_header_scans(data),
         keys: check_keys(data),
     }
+}
+
+/// A datagram read as the kernel reads its packet: the bytes above those
+/// asked for are whatever follows (here junk that looks like line starts).
+struct JunkAbove<'a>(&'a [u8]);
+
+impl<'a> Words for JunkAbove<'a> {
+    type Run = &'a [u8];
+
+    fn run(&mut self, off: u32) -> Option<&'a [u8]> {
+        SliceWords(self.0).run(off)
+    }
+
+    fn word(&mut self, off: u32, need: u32) -> Option<u64> {
+        let w = SliceWords(self.0).word(off, need)?;
+        let junk = u64::from_le_bytes(*b"\nCa\ni:\r\n");
+        Some(if need >= 8 {
+            w
+        } else {
+            w | (junk << (8 * need))
+        })
+    }
+}
+
+/// A datagram read word by word only, as near the end of a packet.
+struct NoRuns<'a>(&'a [u8]);
+
+impl<'a> Words for NoRuns<'a> {
+    type Run = &'a [u8];
+
+    fn run(&mut self, _off: u32) -> Option<&'a [u8]> {
+        None
+    }
+
+    fn word(&mut self, off: u32, need: u32) -> Option<u64> {
+        SliceWords(self.0).word(off, need)
+    }
+}
+
+/// The in-place Call-ID scan (`line_scan`): wherever it answers, it answers
+/// what the byte machine does (the same span, or no Call-ID and the same
+/// keepalive verdict); it never reads past the window; and where only part of
+/// the window can be read in place (a packet whose linear part ends first)
+/// it answers the same or defers. Returns whether it answered.
+pub fn check_line_scan(data: &[u8]) -> bool {
+    let w = window(data);
+    if w.len == 0 {
+        // The kernel does not search an empty payload.
+        return false;
+    }
+    let slow = scan(&w.clean, w.len, w.complete, Header::CALL_ID);
+    let keepalive = is_keepalive(&w.clean, w.len);
+    let got = line_scan(&mut SliceWords(data), w.len, w.complete);
+    match got {
+        Outcome::Found(s) => assert_eq!(Some(s), slow, "in place against the byte machine"),
+        Outcome::Absent => assert!(
+            slow.is_none() && !keepalive,
+            "in place: absent; byte machine: {slow:?}, keepalive {keepalive}"
+        ),
+        Outcome::Keepalive => assert!(
+            slow.is_none() && keepalive,
+            "in place: keepalive; byte machine: {slow:?}, keepalive {keepalive}"
+        ),
+        Outcome::Defer => {}
+    }
+    let window_only = &data[..w.len as usize];
+    assert_eq!(
+        line_scan(&mut JunkAbove(window_only), w.len, w.complete),
+        got,
+        "in place: the bytes past those asked for changed the answer"
+    );
+    // Word by word takes more steps, and may run out of them.
+    let by_word = line_scan(&mut NoRuns(data), w.len, w.complete);
+    assert!(
+        by_word == got || by_word == Outcome::Defer,
+        "in place word by word: {by_word:?}, with runs: {got:?}"
+    );
+    let n = w.len as usize;
+    for reach in [0, n / 3, n / 2, n.saturating_sub(9), n - 1] {
+        let part = line_scan(&mut SliceWords(&data[..reach]), w.len, w.complete);
+        assert!(
+            part == got || part == Outcome::Defer,
+            "in place with {reach} of {n} bytes readable: {part:?}, whole: {got:?}"
+        );
+    }
+    got != Outcome::Defer
 }
 
 fn assert_in_window(s: Span, len: u32, what: &str) {
