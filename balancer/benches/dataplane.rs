@@ -154,7 +154,7 @@ fn main() {
     // the frames have the same size; every frame is built afresh (checksums
     // included, though the program does not check them).
     let options_len = options("a84b4c76e66710").len();
-    let cases = vec![
+    let cases = [
         single(
             format!("INVITE {} B, Call-ID second header", early.len()),
             to_vip(&early),
