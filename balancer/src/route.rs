@@ -1,5 +1,6 @@
 //! Which interface leads to an address, per the kernel's routing table.
 
+pub mod announce;
 mod lookup;
 
 use std::collections::HashMap;

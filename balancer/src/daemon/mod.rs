@@ -1,6 +1,7 @@
 //! The long-running daemon: owns the data plane and the configuration, answers
 //! the control socket, writes every change back to the configuration file.
 
+mod announce;
 mod answers;
 mod blocks;
 mod guard;
@@ -52,6 +53,8 @@ pub struct Daemon {
     prober: Option<Prober>,
     /// Table rebuilds caused by health changes (churn shows here).
     health_rebuilds: u64,
+    /// Writes the announcement routes (`[announce]` enabled).
+    announcer: Option<announce::Announcer>,
 }
 
 enum Exit {
@@ -106,6 +109,7 @@ pub fn run(opts: Options) -> Result<()> {
         health: HashMap::new(),
         prober: None,
         health_rebuilds: 0,
+        announcer: None,
     };
     let config = d.opts.config.clone();
     if let Err(e) = d
@@ -143,7 +147,14 @@ pub fn run(opts: Options) -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let exit = match rt.block_on(d.serve()) {
+    let exit = rt.block_on(d.serve());
+    // Without --persist, or on detach, the routing daemon stops announcing
+    // this host before the data plane goes.
+    let keep = d.opts.persist && matches!(exit, Ok(Exit::Signal));
+    if let Some(a) = d.announcer.take() {
+        a.finish(!keep);
+    }
+    let exit = match exit {
         Ok(e) => e,
         Err(e) => {
             if !d.opts.persist {
@@ -210,6 +221,16 @@ impl Daemon {
         self.prober = Some(Prober::new(tx).await?);
         self.update_probes()?;
         self.first_probe_round(&mut events).await?;
+        let a = &self.dp.config().announce;
+        if a.enabled {
+            self.announcer = Some(announce::Announcer::start(
+                crate::route::announce::Place {
+                    table: a.table,
+                    protocol: a.protocol,
+                },
+            ));
+            self.update_announce();
+        }
         let c = self.dp.config();
         println!(
             "ready: instance {} serving {} services, {} backends on {} (control: {})",
@@ -248,6 +269,8 @@ impl Daemon {
                     }
                 }
             }
+            // Health and configuration change only in the branches above.
+            self.update_announce();
         }
     }
 

@@ -17,6 +17,7 @@
 //! Every change is made on a copy, checked whole by [`Config::validate`], and only
 //! then applied and saved, so nothing ever half-applies.
 
+mod announce;
 pub(crate) mod duration;
 pub mod edit;
 mod error;
@@ -38,6 +39,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::health::{HealthConfig, Params};
 
+pub use announce::{AnnounceConfig, ANNOUNCE_PROTOCOL, ANNOUNCE_TABLE};
 pub use duration::{fmt_duration, parse_duration};
 pub use edit::Op;
 pub use error::ConfigError;
@@ -84,6 +86,9 @@ pub struct Config {
     /// Sources dropped before any service sees them.
     #[serde(default, rename = "block", skip_serializing_if = "Vec::is_empty")]
     pub blocks: Vec<BlockEntry>,
+    /// Kernel routes telling a routing daemon which VIPs to announce.
+    #[serde(default, skip_serializing_if = "AnnounceConfig::is_default")]
+    pub announce: AnnounceConfig,
     #[serde(default, rename = "service")]
     pub services: Vec<ServiceConfig>,
 }
@@ -100,6 +105,7 @@ impl Default for Config {
             user_agents: policy::default_user_agents(),
             health: HealthConfig::default(),
             blocks: Vec::new(),
+            announce: AnnounceConfig::default(),
             services: Vec::new(),
         }
     }
@@ -217,6 +223,7 @@ impl Config {
             }
         }
         policy::check_user_agents(&self.user_agents)?;
+        self.announce.validate()?;
         if self.blocks.len() > BLOCK_ENTRIES as usize {
             return Err(ConfigError::TooManyBlocks);
         }

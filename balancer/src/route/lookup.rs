@@ -121,6 +121,12 @@ fn parse(mut buf: &[u8]) -> Vec<(u32, Outcome)> {
 fn open() -> io::Result<Socket> {
     let mut sock = Socket::new(NETLINK_ROUTE)?;
     sock.bind_auto()?;
+    set_timeout(&sock)?;
+    Ok(sock)
+}
+
+/// Bounds every wait for an answer on `sock` ([`ANSWER_WAIT`]).
+pub(super) fn set_timeout(sock: &Socket) -> io::Result<()> {
     let tv = libc::timeval {
         tv_sec: ANSWER_WAIT.as_secs() as _,
         tv_usec: 0,
@@ -138,10 +144,10 @@ fn open() -> io::Result<Socket> {
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(sock)
+    Ok(())
 }
 
-fn recv(sock: &Socket, buf: &mut Vec<u8>) -> io::Result<usize> {
+pub(super) fn recv(sock: &Socket, buf: &mut Vec<u8>) -> io::Result<usize> {
     loop {
         buf.clear();
         match sock.recv(buf, 0) {
