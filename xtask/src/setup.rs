@@ -30,6 +30,9 @@ const PACKAGES: &[&str] = &[
     "kamailio",
     "sip-tester",
     "sipsak",
+    // A real routing daemon reading the VIP announcement routes (tests/announce.rs);
+    // its service is disabled after installation, the tests run their own.
+    "bird2",
     // The plain-Linux contender of the throughput bench (nft DNAT).
     "nftables",
     // The VM tests on Debian's own kernels (`cargo xtask kernels`): QEMU, a
@@ -120,7 +123,12 @@ fn apt() -> Result<()> {
             .args(["install", "-y", "-q"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
+    )?;
+    // Debian starts BIRD on installation: not on a build or test host.
+    if missing.contains(&"bird2") && have("systemctl") {
+        quiet(Command::new("systemctl").args(["disable", "--now", "bird"]));
+    }
+    Ok(())
 }
 
 fn link_toolchain() -> Result<()> {

@@ -223,12 +223,10 @@ impl Daemon {
         self.first_probe_round(&mut events).await?;
         let a = &self.dp.config().announce;
         if a.enabled {
-            self.announcer = Some(announce::Announcer::start(
-                crate::route::announce::Place {
-                    table: a.table,
-                    protocol: a.protocol,
-                },
-            ));
+            self.announcer = Some(announce::Announcer::start(crate::route::announce::Place {
+                table: a.table,
+                protocol: a.protocol,
+            }));
             self.update_announce();
         }
         let c = self.dp.config();

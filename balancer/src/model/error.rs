@@ -15,7 +15,9 @@ pub enum ConfigError {
     Syntax(String),
     #[error("[announce] table {0}: not one of the kernel's own (0, 253, 254, 255)")]
     AnnounceTable(u32),
-    #[error("[announce] protocol {0}: taken by the kernel (0-4) or a routing daemon (11, 12, 186-196)")]
+    #[error(
+        "[announce] protocol {0}: taken by the kernel (0-4) or a routing daemon (11, 12, 186-196)"
+    )]
     AnnounceProtocol(u8),
     #[error("`{0}` is not IP:PORT (IPv6 as [ADDR]:PORT)")]
     Addr(String),

@@ -243,7 +243,16 @@ mod tests {
         // family, dst len, src len, tos, table, protocol, scope, type
         assert_eq!(
             &r[16..24],
-            &[libc::AF_INET as u8, 32, 0, 0, 252, 252, 0, libc::RTN_BLACKHOLE]
+            &[
+                libc::AF_INET as u8,
+                32,
+                0,
+                0,
+                252,
+                252,
+                0,
+                libc::RTN_BLACKHOLE
+            ]
         );
         let d = del_request("fd00::10".parse().unwrap(), PLACE, 3);
         assert_eq!(u16::from_ne_bytes(d[4..6].try_into().unwrap()), 25); // RTM_DELROUTE
@@ -257,7 +266,8 @@ mod tests {
         m.header.protocol = RouteProtocol::Bird;
         assert_eq!(ours(&m, PLACE), None);
         let mut m = message("10.0.0.10".parse().unwrap(), PLACE);
-        m.attributes.retain(|a| !matches!(a, RouteAttribute::Table(_)));
+        m.attributes
+            .retain(|a| !matches!(a, RouteAttribute::Table(_)));
         m.header.table = 254;
         assert_eq!(ours(&m, PLACE), None);
         let mut m = message("10.0.0.10".parse().unwrap(), PLACE);
