@@ -24,6 +24,7 @@ pub mod file;
 mod kinds;
 pub mod policy;
 mod service;
+pub mod sync;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -44,6 +45,7 @@ pub use error::ConfigError;
 pub use kinds::{AdminState, Algorithm, Mode, NoBackend};
 pub use policy::{parse_cidr, BlockEntry, Limits};
 pub use service::{parse_addr, BackendConfig, ServiceConfig};
+pub use sync::{SyncConfig, SyncLimits};
 
 fn default_affinity_entries() -> u32 {
     AFFINITY_ENTRIES
@@ -86,6 +88,9 @@ pub struct Config {
     pub blocks: Vec<BlockEntry>,
     #[serde(default, rename = "service")]
     pub services: Vec<ServiceConfig>,
+    /// Affinity entries exchanged with the other balancers; absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync: Option<SyncConfig>,
 }
 
 fn is_default_user_agents(v: &[String]) -> bool {
@@ -101,6 +106,7 @@ impl Default for Config {
             health: HealthConfig::default(),
             blocks: Vec::new(),
             services: Vec::new(),
+            sync: None,
         }
     }
 }
@@ -280,6 +286,9 @@ impl Config {
             return Err(ConfigError::VipIsBackend(*v));
         }
         self.health_params()?;
+        if let Some(s) = &self.sync {
+            s.validate()?;
+        }
         Ok(())
     }
 }
