@@ -44,13 +44,25 @@ pub struct SyncConfig {
     pub peers: Vec<SocketAddr>,
     /// The shared key, hex or base64 (16 to 64 bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key: Option<String>,
+    pub key: Option<KeyText>,
     /// A file holding the key (mode 0600): keeps it out of a configuration
     /// that is shown, copied or versioned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_file: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "SyncLimits::is_empty")]
     pub limits: SyncLimits,
+}
+
+/// The key as written in the configuration. Its `Debug` hides it: a
+/// configuration printed for debugging must not hand out the key.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct KeyText(pub String);
+
+impl std::fmt::Debug for KeyText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyText(..)")
+    }
 }
 
 /// `[sync.limits]`, per peer. Absent fields take the defaults; a rate of 0
@@ -106,7 +118,9 @@ impl SyncConfig {
     /// The key, from the configuration or its file.
     pub fn load_key(&self) -> Result<Key, ConfigError> {
         match (&self.key, &self.key_file) {
-            (Some(k), None) => Key::parse(k).map_err(|e| ConfigError::Sync(format!("`key` {e}"))),
+            (Some(k), None) => {
+                Key::parse(&k.0).map_err(|e| ConfigError::Sync(format!("`key` {e}")))
+            }
             (None, Some(f)) => {
                 Key::read(f).map_err(|e| ConfigError::Sync(format!("`key_file` {e}")))
             }
@@ -222,6 +236,7 @@ max_skew = "10s"
         );
         assert_eq!(e.max_skew.as_secs(), 10);
         assert!(s.load_key().is_ok());
+        assert!(!format!("{c:?}").contains("0a0b"), "the key in Debug");
         let text = c.to_toml();
         assert_eq!(Config::parse(&text).unwrap(), c);
         assert!(!text.contains("entries_burst"), "{text}");

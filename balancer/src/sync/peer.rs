@@ -354,7 +354,7 @@ mod tests {
         SyncConfig {
             listen: listen.parse().unwrap(),
             peers: peers.iter().map(|p| p.parse().unwrap()).collect(),
-            key: Some(KEY.into()),
+            key: Some(crate::model::sync::KeyText(KEY.into())),
             key_file: None,
             limits: Default::default(),
         }
@@ -561,6 +561,38 @@ mod tests {
         let (b, next) = tx.bulk_chunk(&all, 1000, NOW_MS);
         assert_eq!(next, 0);
         assert!(rx.receive(a, &b, now, NOW_MS).unwrap().entries.is_empty());
+    }
+
+    /// Over real sockets: the source address the receiver sees is the
+    /// sender's bound `listen` address, which is what its id is derived from.
+    #[test]
+    fn over_loopback_udp() {
+        let sa = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let sb = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        sb.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let (a, b) = (sa.local_addr().unwrap(), sb.local_addr().unwrap());
+        let ca = config(&a.to_string(), &[&b.to_string()]);
+        let cb = config(&b.to_string(), &[&a.to_string()]);
+        let key = Key::parse(KEY).unwrap();
+        let now = Instant::now();
+        let mut tx = Sender::new(&ca, key.clone(), unix_ms(SystemTime::now()));
+        let mut rx = Peers::new(&cb, key, now);
+        let es: Vec<Entry> = (0..40).map(entry).collect();
+        let ds = tx.entries(Kind::Entries, &es, unix_ms(SystemTime::now()));
+        for d in &ds {
+            sa.send_to(d, b).unwrap();
+        }
+        let mut got = Vec::new();
+        let mut buf = [0u8; 2048];
+        for _ in &ds {
+            let (n, from) = sb.recv_from(&mut buf).unwrap();
+            assert_eq!(from, a);
+            let d = rx
+                .receive(from, &buf[..n], Instant::now(), unix_ms(SystemTime::now()))
+                .unwrap();
+            got.extend(d.entries);
+        }
+        assert_eq!(got, es);
     }
 
     #[test]

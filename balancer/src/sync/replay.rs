@@ -8,6 +8,12 @@
 //! before; datagrams of an older epoch are refused whole. Within an epoch an
 //! IPsec-style window of [`WINDOW`] sequence numbers accepts datagrams UDP
 //! reordered, each once.
+//!
+//! The window lives in memory: a receiver that restarts takes, once, a
+//! datagram replayed from before its restart if it is still within the
+//! allowed clock skew (`max_skew`) and its epoch is still the sender's. Such
+//! a replay is at most `max_skew` old: it can bring back an entry removed
+//! within that time, which then lasts until its idle timeout.
 
 use std::time::Duration;
 
