@@ -7,6 +7,8 @@
 //! - [`health`]: SIP OPTIONS probes and the per-backend state machine;
 //! - [`control`]: the control socket's typed protocol and instance paths;
 //! - [`daemon`]: the long-running process that ties them together;
+//! - [`sync`]: affinity entries exchanged with the other balancers behind
+//!   the same ECMP route (the wire format, its authentication and bounds);
 //! - [`import`]: configurations from other balancers (Kamailio's dispatcher);
 //! - [`select`], [`inspect`]: what the kernel decides, predicted in user space.
 
@@ -19,3 +21,4 @@ pub mod kernel;
 pub mod model;
 pub mod route;
 pub mod select;
+pub mod sync;

@@ -90,6 +90,8 @@ pub enum ConfigError {
     Limits(SocketAddr, String),
     #[error("service {0}: max_size {1} must be from 1 to 65535 bytes")]
     MaxSize(SocketAddr, u32),
+    #[error("[sync] {0}")]
+    Sync(String),
 }
 
 impl ConfigError {
@@ -105,7 +107,7 @@ impl ConfigError {
             Cidr(c) | HostBits(c, _) => Some(c.clone()),
             BlockedTwice(n) => Some(n.to_string()),
             MaxSize(_, n) => Some(format!("max_size = {n}")),
-            Limits(_, e) => e.split('`').nth(1).map(str::to_string),
+            Limits(_, e) | Sync(e) => e.split('`').nth(1).map(str::to_string),
             Health(_, e) | GlobalHealth(e) => e.split('`').nth(1).map(str::to_string),
             _ => None,
         }

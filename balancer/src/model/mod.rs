@@ -25,6 +25,7 @@ pub mod file;
 mod kinds;
 pub mod policy;
 mod service;
+pub mod sync;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -46,6 +47,7 @@ pub use error::ConfigError;
 pub use kinds::{AdminState, Algorithm, Mode, NoBackend};
 pub use policy::{parse_cidr, BlockEntry, Limits};
 pub use service::{parse_addr, BackendConfig, ServiceConfig};
+pub use sync::{SyncConfig, SyncLimits};
 
 fn default_affinity_entries() -> u32 {
     AFFINITY_ENTRIES
@@ -91,6 +93,9 @@ pub struct Config {
     pub announce: AnnounceConfig,
     #[serde(default, rename = "service")]
     pub services: Vec<ServiceConfig>,
+    /// Affinity entries exchanged with the other balancers; absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync: Option<SyncConfig>,
 }
 
 fn is_default_user_agents(v: &[String]) -> bool {
@@ -107,6 +112,7 @@ impl Default for Config {
             blocks: Vec::new(),
             announce: AnnounceConfig::default(),
             services: Vec::new(),
+            sync: None,
         }
     }
 }
@@ -287,6 +293,9 @@ impl Config {
             return Err(ConfigError::VipIsBackend(*v));
         }
         self.health_params()?;
+        if let Some(s) = &self.sync {
+            s.validate()?;
+        }
         Ok(())
     }
 }
