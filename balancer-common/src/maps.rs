@@ -127,6 +127,36 @@ pub const SERVICE_AFFINITY: u32 = 2;
 pub const SERVICE_ALLOW_LIST: u32 = 4;
 /// `Service::flags`: requests whose User-Agent begins with a `SCANNERS` entry are dropped.
 pub const SERVICE_SCANNERS: u32 = 8;
+/// `Service::flags`: the affinity entries the program makes for this service
+/// are queued in `AFFINITY_EVENTS` for the daemon to tell its peers (`[sync]`).
+pub const SERVICE_SYNC: u32 = 16;
+
+/// `Reverse::learn` bits: learn the backend's dialogs.
+pub const REVERSE_LEARN: u32 = 1;
+/// `Reverse::learn` bits: and queue what is learned in `AFFINITY_EVENTS`.
+pub const REVERSE_SYNC: u32 = 2;
+
+/// An affinity entry the program made, on its way to the daemon through the
+/// `AFFINITY_EVENTS` ring buffer: the daemon names service and backend by
+/// address and sends it to the peers of `[sync]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct AffinityEvent {
+    /// [`EVENT_CLIENT`] (`AFFINITY`) or [`EVENT_LEARNED`] (`LEARNED`).
+    pub map: u32,
+    pub service: u32,
+    pub hash: u32,
+    pub slot: u32,
+}
+
+/// [`AffinityEvent::map`]: an entry of `AFFINITY` (a client started the dialog).
+pub const EVENT_CLIENT: u32 = 0;
+/// [`AffinityEvent::map`]: an entry of `LEARNED` (a backend started it).
+pub const EVENT_LEARNED: u32 = 1;
+/// Size of `AFFINITY_EVENTS`, bytes (a power of two): 16,384 events of 16
+/// bytes plus the ring's 8-byte headers, about a second of dialog starts at
+/// 10,000/s however late the daemon reads.
+pub const AFFINITY_EVENTS_BYTES: u32 = 512 * 1024;
 
 /// A backend slot. `family == 0` marks an empty slot.
 #[repr(C, align(4))]
@@ -381,6 +411,8 @@ pub mod names {
     pub const SEED: &str = "SEED";
     /// aya-log's ring buffer: the program's log records (`balancer::kernel::program_log`).
     pub const AYA_LOGS: &str = "AYA_LOGS";
+    /// New affinity entries for the peers (`AffinityEvent`, a ring buffer).
+    pub const AFFINITY_EVENTS: &str = "AFFINITY_EVENTS";
     /// Maps that hold nothing worth keeping across a restart (per-datagram
     /// working memory): never pinned, so a new build may change their layout
     /// without making the pins of a running data plane unfit to adopt.
@@ -412,6 +444,7 @@ pub mod names {
         SCANNERS,
         HINTS,
         SEED,
+        AFFINITY_EVENTS,
     ];
 
     /// The maps a pin directory holds: [`ALL`] but [`UNPINNED`].

@@ -2,12 +2,15 @@
 //! traffic, whatever the Maglev table says meanwhile.
 
 use aya_ebpf::{
-    helpers::generated::bpf_ktime_get_coarse_ns, macros::map, maps::LruHashMap,
+    helpers::generated::bpf_ktime_get_coarse_ns,
+    macros::map,
+    maps::{LruHashMap, RingBuf},
     programs::XdpContext,
 };
 use balancer_common::maps::{
-    reason, Affinity, AffinityKey, Reverse, Service, AFFINITY_ENTRIES, BACKEND_STICKY,
-    LEARNED_ENTRIES, NO_BACKEND,
+    reason, Affinity, AffinityEvent, AffinityKey, Reverse, Service, AFFINITY_ENTRIES,
+    AFFINITY_EVENTS_BYTES, BACKEND_STICKY, EVENT_CLIENT, EVENT_LEARNED, LEARNED_ENTRIES,
+    NO_BACKEND, REVERSE_SYNC, SERVICE_SYNC,
 };
 
 use crate::{counters::count, events, maps::BACKENDS, parse::Udp, policy};
@@ -23,6 +26,13 @@ pub static AFFINITY: LruHashMap<AffinityKey, Affinity> =
 #[map]
 pub static LEARNED: LruHashMap<AffinityKey, Affinity> =
     LruHashMap::with_max_entries(LEARNED_ENTRIES, 0);
+
+/// The entries made here, for the daemon to tell its `[sync]` peers: a
+/// balancer that takes over this one's dialogs (ECMP moved them) then keeps
+/// them on their backends. Only services with [`SERVICE_SYNC`] (and backends
+/// with [`REVERSE_SYNC`]) queue anything.
+#[map]
+pub static AFFINITY_EVENTS: RingBuf = RingBuf::with_byte_size(AFFINITY_EVENTS_BYTES, 0);
 
 /// The backend for a key whose table choice is `table`: the dialog's own while
 /// it is fresh and its backend sticky, else the table's. Only a request that
@@ -70,6 +80,9 @@ pub fn choose(ctx: &XdpContext, u: &Udp, svc: &Service, hash: u32, table: u32) -
             count(reason::AFFINITY_NEW);
         }
     }
+    if svc.flags & SERVICE_SYNC != 0 {
+        tell(EVENT_CLIENT, svc.id, hash, table);
+    }
     Ok(table)
 }
 
@@ -96,6 +109,25 @@ pub fn learn(r: &Reverse, hash: u32, starts: bool) {
     }
     remember(&LEARNED, &key, r.slot, now);
     count(reason::AFFINITY_LEARNED);
+    if r.learn & REVERSE_SYNC != 0 {
+        tell(EVENT_LEARNED, r.service, hash, r.slot);
+    }
+}
+
+/// Queues a new entry for the daemon. A subprogram: the main function's
+/// verifier state does not grow by the helper call. A full ring (no daemon
+/// reading it) loses the event, noted for the log; the entry itself stands.
+#[inline(never)]
+fn tell(map: u32, service: u32, hash: u32, slot: u32) {
+    let event = AffinityEvent {
+        map,
+        service,
+        hash,
+        slot,
+    };
+    if let Err(e) = AFFINITY_EVENTS.output::<AffinityEvent>(&event, 0) {
+        events::note(events::AFFINITY_NOT_QUEUED, service, e as i64);
+    }
 }
 
 /// A new affinity entry (the LRU map evicts the least recently used when full:

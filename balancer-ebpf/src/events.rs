@@ -31,6 +31,8 @@ pub const FIB_REFUSED: u32 = 4;
 pub const MAGLEV_OUT_OF_RANGE: u32 = 5;
 /// A service id without a round-robin counter: a = service.
 pub const NO_ROUND_ROBIN: u32 = 6;
+/// AFFINITY_EVENTS was full: a = service, b = error.
+pub const AFFINITY_NOT_QUEUED: u32 = 7;
 
 /// Notes an event for [`log`].
 #[inline(always)]
@@ -62,6 +64,10 @@ pub fn log(ctx: &XdpContext) {
         FIB_REFUSED => error!(ctx, "bpf_fib_lookup refused its arguments: {}", b),
         MAGLEV_OUT_OF_RANGE => error!(ctx, "service {}: Maglev index {} out of range", a, b),
         NO_ROUND_ROBIN => error!(ctx, "service {}: no round-robin counter", a),
+        AFFINITY_NOT_QUEUED => warn!(
+            ctx,
+            "sync: service {} entry not queued for the peers: {}", a, b
+        ),
         _ => {}
     }
     e.kind = 0;

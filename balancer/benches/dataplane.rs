@@ -68,6 +68,152 @@ fn ns_per_packet(
     (stats, verdict)
 }
 
+/// What `[sync]` costs per new dialog: in the kernel, an INVITE that starts a
+/// dialog (a Call-ID of its own each run) with the service's sync flag off
+/// and on, in alternating blocks (the flag adds the entry's queueing in the
+/// `AFFINITY_EVENTS` ring buffer); in user space, per entry, what the
+/// sending daemon does (encode and sign, 27 entries a datagram) and what each
+/// receiving one does (verify and decode, then one map update by syscall).
+fn sync_cost(dp: &mut Dataplane, cli: u32, runs: usize, figs: &mut Vec<(String, f64)>) -> String {
+    use aya::maps::{HashMap, MapData, RingBuf};
+    use balancer::model::{sync::KeyText, SyncConfig};
+    use balancer::sync::{peer::unix_ms, Entry, Key, Kind, Map, Peers, Sender};
+    use balancer_common::maps::{Affinity, AffinityKey, Endpoint, Service, SERVICE_SYNC};
+    use std::time::{Instant, SystemTime};
+
+    let set_sync = |dp: &mut Dataplane, on: bool| {
+        let mut services: HashMap<MapData, Endpoint, Service> =
+            program_map(dp, "SERVICES").try_into().unwrap();
+        let key = Endpoint::from(host::VIP.parse::<std::net::SocketAddr>().unwrap());
+        let mut s = services.get(&key, 0).unwrap();
+        s.flags = if on {
+            s.flags | SERVICE_SYNC
+        } else {
+            s.flags & !SERVICE_SYNC
+        };
+        services.insert(key, s, 0).unwrap();
+    };
+    let mut ring: RingBuf<MapData> = program_map(dp, "AFFINITY_EVENTS").try_into().unwrap();
+    let block = runs.clamp(1, 5_000);
+    let mut medians: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    let mut queued = 0usize;
+    let mut serial = 0usize;
+    for round in 0..6 {
+        let on = round % 2 == 1;
+        set_sync(dp, on);
+        let before = dp.stats().unwrap();
+        let ([ours, _], _) = ns_per_packet(
+            dp,
+            block,
+            |_, buf| {
+                serial += 1;
+                *buf = Frame::udp(
+                    ip("10.0.1.2"),
+                    5060,
+                    ip("10.0.0.10"),
+                    5060,
+                    &invite_early(&format!("{serial:014}@sync.example"), 900),
+                )
+                .build();
+            },
+            cli,
+        );
+        let new = moved(dp, &before)
+            .iter()
+            .find(|(n, _)| *n == "affinity_new")
+            .map_or(0, |m| m.1);
+        assert_eq!(new as usize, block, "every run starts a dialog");
+        while ring.next().is_some() {
+            queued += 1;
+        }
+        medians[on as usize].push(ours.median);
+    }
+    set_sync(dp, false);
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (off, on) = (med(&mut medians[0]), med(&mut medians[1]));
+
+    // User space, per entry.
+    let key_text = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+    let config = |listen: &str, peer: &str| SyncConfig {
+        listen: listen.parse().unwrap(),
+        peers: vec![peer.parse().unwrap()],
+        key: Some(KeyText(key_text.into())),
+        key_file: None,
+        limits: Default::default(),
+    };
+    let (a, b) = (
+        config("10.0.9.1:5099", "10.0.9.2:5099"),
+        config("10.0.9.2:5099", "10.0.9.1:5099"),
+    );
+    let key = Key::parse(key_text).unwrap();
+    let mut tx = Sender::new(&a, key.clone(), unix_ms(SystemTime::now()));
+    let mut rx = Peers::new(&b, key, Instant::now());
+    let entries: Vec<Entry> = (0..27u32)
+        .map(|i| Entry {
+            map: Map::Client,
+            vip: host::VIP.parse().unwrap(),
+            hash: i.wrapping_mul(0x9e37_79b9),
+            backend: "10.0.2.11:5060".parse().unwrap(),
+            age_ms: 0,
+        })
+        .collect();
+    const DATAGRAMS: usize = 2_000;
+    let t = Instant::now();
+    let made: Vec<Vec<u8>> = (0..DATAGRAMS)
+        .map(|_| {
+            tx.entries(Kind::Entries, &entries, unix_ms(SystemTime::now()))
+                .remove(0)
+        })
+        .collect();
+    let send_ns = t.elapsed().as_nanos() as f64 / (DATAGRAMS * entries.len()) as f64;
+    let from = a.listen;
+    let t = Instant::now();
+    for d in &made {
+        // The buckets are per second: the bench's burst is far above them.
+        let _ = rx.receive(from, d, Instant::now(), unix_ms(SystemTime::now()));
+    }
+    let check_ns = t.elapsed().as_nanos() as f64 / (DATAGRAMS * entries.len()) as f64;
+    let mut affinity: HashMap<MapData, AffinityKey, Affinity> =
+        program_map(dp, "AFFINITY").try_into().unwrap();
+    const PUTS: u32 = 20_000;
+    let t = Instant::now();
+    for i in 0..PUTS {
+        let k = AffinityKey {
+            service: 0,
+            hash: i ^ 0x5a5a_0000,
+        };
+        let _ = affinity.get(&k, 0);
+        affinity
+            .insert(
+                k,
+                Affinity {
+                    slot: 0,
+                    _pad: 0,
+                    seen: 1,
+                },
+                0,
+            )
+            .unwrap();
+    }
+    let put_ns = t.elapsed().as_nanos() as f64 / PUTS as f64;
+    figs.push(("dataplane.sync_kernel_ns".into(), on - off));
+    figs.push(("dataplane.sync_sender_ns".into(), send_ns));
+    figs.push(("dataplane.sync_receiver_ns".into(), check_ns + put_ns));
+    format!(
+        "\n### What affinity sync costs per new dialog\n\n\
+In the kernel: an INVITE that starts a dialog (a Call-ID of its own each run; {block} runs a block, six blocks alternating the service's sync flag off and on; median of the blocks' medians). \
+With the flag the program also queues the new entry in the `AFFINITY_EVENTS` ring buffer ({queued} entries queued). In user space, per entry: the sender's encoding and HMAC (27 entries a datagram), \
+a receiver's checks (bucket, HMAC, layout, replay window) and its map update (a lookup and an update by syscall, as the daemon does).\n\n\
+| | ns per new dialog |\n|---|---:|\n\
+| kernel, sync off | {off:.0} |\n| kernel, sync on | {on:.0} |\n| kernel, added by sync | {:.0} |\n\
+| sending daemon, per entry (encode, sign) | {send_ns:.0} |\n| each receiving daemon, per entry (checks) | {check_ns:.0} |\n| each receiving daemon, per entry (map update) | {put_ns:.0} |\n",
+        on - off
+    )
+}
+
 /// How long a backend change takes to reach packets: `Dataplane::sync` from the
 /// start to the flip of the service entry (Maglev build, table copy, flip), and in
 /// total with the RCU grace period that follows. Alternates adding and removing a
@@ -267,6 +413,7 @@ fn main() {
         verified(&mut dp, TRIVIAL)
     ));
     table.push_str(&change_latency(&mut dp));
+    table.push_str(&sync_cost(&mut dp, cli, runs, &mut figs));
     let report = format!(
         "## In-kernel cost per packet\n\nIn-kernel time of one program run, as BPF_PROG_TEST_RUN reports it, {runs} runs per message and program, each on a fresh copy of the frame, the two programs alternating run by run (median, 10th-90th percentile), \
 same run, same frames. `trivial` is `xdp_trivial`: parse, rewrite destination address and port with checksum updates, \

@@ -44,6 +44,7 @@ const SUPPORTED: &[Step] = &[
             "a_one_armed_balancer_reverse_nats_real_backend_replies",
         ],
     ),
+    ("affinity sync", "sync", &["--test-threads=1"]),
     (
         "hitless restart",
         "control_plane",

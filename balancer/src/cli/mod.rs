@@ -4,6 +4,7 @@ pub mod block;
 pub mod detach;
 pub mod import;
 pub mod inspect;
+pub mod peers;
 pub mod service;
 pub mod stats;
 pub mod whereis;

@@ -30,6 +30,8 @@ pub enum Request {
     /// The block list and the sources blocked for going over a limit.
     /// Answer: [`Blocks`].
     Blocks,
+    /// The affinity sync with each `[sync]` peer. Answer: [`Peers`].
+    Peers,
     /// Detach everywhere, remove the pins and exit. Answer: [`Detached`].
     Detach,
 }
@@ -75,6 +77,7 @@ pub enum Reply {
     Stats(Stats),
     Whereis(Whereis),
     Blocks(Blocks),
+    Peers(Peers),
     Detached(Detached),
 }
 
@@ -215,6 +218,65 @@ pub struct Stats {
     #[serde(flatten)]
     pub status: Status,
     pub reasons: BTreeMap<String, u64>,
+    /// The affinity sync's totals; absent without `[sync]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync: Option<SyncTotals>,
+}
+
+/// `peers`: this balancer's sync address and what went to and came from each
+/// peer. Without `[sync]`, `listen` is absent and there are no peers.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Peers {
+    pub listen: Option<SocketAddr>,
+    pub peers: Vec<PeerStatus>,
+    pub totals: SyncTotals,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PeerStatus {
+    pub address: SocketAddr,
+    /// Milliseconds since the last datagram taken from the peer (every peer
+    /// sends one a second at least); absent: never heard since the start.
+    pub last_heard_ms: Option<u64>,
+    /// How late that datagram arrived by its own timestamp, ms: the path's
+    /// delay plus the difference between the two clocks.
+    pub lag_ms: Option<i64>,
+    /// The peer's start (ms since the Unix epoch), from its datagrams.
+    pub epoch: u64,
+    pub sent_datagrams: u64,
+    pub sent_entries: u64,
+    pub received_datagrams: u64,
+    pub received_entries: u64,
+    /// Whether a bulk transfer from the peer is under way (this balancer
+    /// started, or the peer was silent and came back).
+    pub catching_up: bool,
+    /// Datagrams refused, by reason.
+    pub rejected: crate::sync::Rejected,
+}
+
+/// What the affinity sync did since the daemon started.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SyncTotals {
+    /// Entries the program queued (new dialogs, learned dialogs).
+    pub events: u64,
+    pub sent_datagrams: u64,
+    pub sent_entries: u64,
+    pub received_entries: u64,
+    /// Peers' entries written into the maps.
+    pub applied: u64,
+    /// Peers' entries left out: this balancer saw the key more recently.
+    pub kept_newer: u64,
+    /// Peers' entries for a VIP, or a backend of it, this balancer does not serve.
+    pub unknown_service: u64,
+    pub unknown_backend: u64,
+    /// Datagrams refused from peers (sum of their `rejected`).
+    pub rejected: u64,
+    /// Datagrams from addresses that are not peers.
+    pub not_a_peer: u64,
+    /// Bulk requests answered (pages sent).
+    pub bulk_pages: u64,
+    /// Failures to send or to write a map.
+    pub errors: u64,
 }
 
 /// Where the kernel's live state sends a key.
@@ -319,6 +381,7 @@ mod tests {
                 }],
             },
             reasons: [("no_service".to_string(), 4)].into(),
+            sync: None,
         }
     }
 
@@ -440,6 +503,78 @@ mod tests {
             keys(&b["automatic"][0]),
             sorted(&["service", "source", "remaining_s"])
         );
+    }
+
+    /// The README's `peers --json`, field for field.
+    #[test]
+    fn documented_peer_field_names() {
+        let p = Peers {
+            listen: Some("10.0.1.1:5099".parse().unwrap()),
+            peers: vec![PeerStatus {
+                address: "10.0.1.2:5099".parse().unwrap(),
+                last_heard_ms: Some(300),
+                lag_ms: Some(1),
+                epoch: 1,
+                sent_datagrams: 2,
+                sent_entries: 3,
+                received_datagrams: 4,
+                received_entries: 5,
+                catching_up: false,
+                rejected: Default::default(),
+            }],
+            totals: SyncTotals::default(),
+        };
+        let v = serde_json::to_value(&p).unwrap();
+        assert_eq!(keys(&v), sorted(&["listen", "peers", "totals"]));
+        assert_eq!(
+            keys(&v["peers"][0]),
+            sorted(&[
+                "address",
+                "last_heard_ms",
+                "lag_ms",
+                "epoch",
+                "sent_datagrams",
+                "sent_entries",
+                "received_datagrams",
+                "received_entries",
+                "catching_up",
+                "rejected"
+            ])
+        );
+        assert_eq!(
+            keys(&v["peers"][0]["rejected"]),
+            sorted(&[
+                "datagram_rate",
+                "too_long",
+                "auth",
+                "malformed",
+                "sender",
+                "old_epoch",
+                "replay",
+                "behind_window",
+                "skew",
+                "entry_rate"
+            ])
+        );
+        assert_eq!(
+            keys(&v["totals"]),
+            sorted(&[
+                "events",
+                "sent_datagrams",
+                "sent_entries",
+                "received_entries",
+                "applied",
+                "kept_newer",
+                "unknown_service",
+                "unknown_backend",
+                "rejected",
+                "not_a_peer",
+                "bulk_pages",
+                "errors"
+            ])
+        );
+        let back: Peers = serde_json::from_str(&v.to_string()).unwrap();
+        assert_eq!(back, p);
     }
 
     #[test]

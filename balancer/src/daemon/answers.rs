@@ -151,6 +151,7 @@ impl Daemon {
         Ok(Stats {
             status: self.status()?,
             reasons,
+            sync: self.syncer.as_ref().map(|s| s.report().totals),
         })
     }
 

@@ -9,6 +9,7 @@ mod host;
 mod interfaces;
 mod probes;
 mod socket;
+mod sync;
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -55,6 +56,8 @@ pub struct Daemon {
     health_rebuilds: u64,
     /// Writes the announcement routes (`[announce]` enabled).
     announcer: Option<announce::Announcer>,
+    /// Tells the peers about affinity entries (`[sync]`).
+    syncer: Option<sync::Syncer>,
 }
 
 enum Exit {
@@ -110,6 +113,7 @@ pub fn run(opts: Options) -> Result<()> {
         prober: None,
         health_rebuilds: 0,
         announcer: None,
+        syncer: None,
     };
     let config = d.opts.config.clone();
     if let Err(e) = d
@@ -151,6 +155,8 @@ pub fn run(opts: Options) -> Result<()> {
     // Without --persist, or on detach, the routing daemon stops announcing
     // this host before the data plane goes.
     let keep = d.opts.persist && matches!(exit, Ok(Exit::Signal));
+    // Entries queued until now still go out.
+    drop(d.syncer.take());
     if let Some(a) = d.announcer.take() {
         a.finish(!keep);
     }
@@ -229,6 +235,10 @@ impl Daemon {
             }));
             self.update_announce();
         }
+        if let Some(c) = self.dp.config().sync.clone() {
+            let pins = control::pin_dir(&self.opts.instance);
+            self.syncer = Some(sync::Syncer::start(&c, &pins, sync::directory(self))?);
+        }
         let c = self.dp.config();
         println!(
             "ready: instance {} serving {} services, {} backends on {} (control: {})",
@@ -269,6 +279,9 @@ impl Daemon {
             }
             // Health and configuration change only in the branches above.
             self.update_announce();
+            if let Some(s) = &self.syncer {
+                s.set_directory(sync::directory(self));
+            }
         }
     }
 
@@ -331,6 +344,9 @@ impl Daemon {
             Request::Whereis { service, key } => Reply::Whereis(self.whereis(service, &key)?),
             Request::Stats => Reply::Stats(self.stats()?),
             Request::Blocks => Reply::Blocks(self.blocks()?),
+            Request::Peers => {
+                Reply::Peers(self.syncer.as_ref().map_or_else(sync::none, |s| s.report()))
+            }
             Request::Detach => unreachable!("handled by answer"),
         })
     }

@@ -14,6 +14,7 @@
 //! Pins are adopted only once checked ([`pins`]): their version, every map's
 //! layout, and what the backend and service maps hold.
 
+pub mod affinity;
 mod apply;
 mod attach;
 pub mod guard;

@@ -13,8 +13,8 @@ use balancer_common::maglev::BuildError;
 use balancer_common::maps::{
     AllowCidr, Backend, Block, Cidr, Endpoint, Reverse, Service, UaPattern, AF_INET, AF_INET6,
     ALLOW_PREFIX_BITS, BACKEND_STICKY, CIDR_FAMILY_BITS, MAX_BACKENDS, MAX_SERVICES,
-    MAX_UA_PATTERNS, NO_BACKEND, SERVICE_AFFINITY, SERVICE_ALLOW_LIST, SERVICE_PASS_NO_BACKEND,
-    SERVICE_SCANNERS,
+    MAX_UA_PATTERNS, NO_BACKEND, REVERSE_LEARN, REVERSE_SYNC, SERVICE_AFFINITY, SERVICE_ALLOW_LIST,
+    SERVICE_PASS_NO_BACKEND, SERVICE_SCANNERS, SERVICE_SYNC,
 };
 use ipnet::IpNet;
 
@@ -105,7 +105,15 @@ pub fn plan(
     out.allowed = allowed(next, &ids);
     out.scanners = scanners(&next.user_agents);
     for s in &next.services {
-        let p = service(s, ids[&s.vip], down, &out.slots, now.services.get(&s.vip))?;
+        let sync = next.sync.is_some();
+        let p = service(
+            s,
+            ids[&s.vip],
+            down,
+            &out.slots,
+            now.services.get(&s.vip),
+            sync,
+        )?;
         out.services.insert(s.vip, p);
     }
     out.gone = now
@@ -206,6 +214,11 @@ fn reverse(
     let mut out = HashMap::new();
     for s in next.services.iter().filter(|s| s.mode == Mode::Dnat) {
         let learn = s.affinity && s.algorithm.learns();
+        let bits = match (learn, next.sync.is_some()) {
+            (false, _) => 0,
+            (true, false) => REVERSE_LEARN,
+            (true, true) => REVERSE_LEARN | REVERSE_SYNC,
+        };
         for b in &s.backends {
             out.insert(
                 Endpoint::from(b.address),
@@ -214,7 +227,7 @@ fn reverse(
                     service: ids[&s.vip],
                     slot: slots[&b.address],
                     algorithm: s.algorithm.raw(),
-                    learn: learn as u32,
+                    learn: bits,
                 },
             );
         }
@@ -230,6 +243,7 @@ fn service(
     down: &HashSet<SocketAddr>,
     slots: &HashMap<SocketAddr, u32>,
     held: Option<&Held>,
+    sync: bool,
 ) -> Result<ServicePlan, PlanError> {
     let members: Vec<_> = s.members(down).into_iter().cloned().collect();
     let selector =
@@ -248,6 +262,8 @@ fn service(
         (s.affinity, SERVICE_AFFINITY),
         (!s.allow.is_empty(), SERVICE_ALLOW_LIST),
         (s.drop_scanners, SERVICE_SCANNERS),
+        // The entries only matter to peers when affinity is on.
+        (s.affinity && sync, SERVICE_SYNC),
     ] {
         if on {
             flags |= flag;

@@ -56,6 +56,7 @@
 //! [`replay`]). Anything else is dropped and counted by reason ([`Counters`]).
 
 pub mod auth;
+pub mod directory;
 pub mod limits;
 pub mod peer;
 pub mod replay;

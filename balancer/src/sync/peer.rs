@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::auth::Key;
 use super::limits::Bucket;
@@ -67,7 +67,7 @@ pub enum Reject {
 
 /// Drops by reason. A field each, not a map: `balancer peers --json` then
 /// always shows every reason, zeros included.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rejected {
     pub datagram_rate: u64,
     pub too_long: u64,
@@ -318,6 +318,11 @@ impl Sender {
             .chunks(MAX_ENTRIES)
             .map(|c| self.datagram(kind, c, 0, now_ms))
             .collect()
+    }
+
+    /// An empty [`Kind::Entries`]: tells the peers this balancer is there.
+    pub fn heartbeat(&mut self, now_ms: u64) -> Vec<u8> {
+        self.datagram(Kind::Entries, &[], 0, now_ms)
     }
 
     /// Asks a peer for everything it holds, from `cursor` on (0: the start).
