@@ -118,7 +118,13 @@ fn sync_cost(dp: &mut Dataplane, cli: u32, runs: usize, figs: &mut Vec<(String, 
             },
             cli,
         );
-        let new = moved(dp, &before)
+        let counted = moved(dp, &before);
+        eprintln!(
+            "new dialogs, sync {}: counters {}",
+            if on { "on" } else { "off" },
+            show(&counted)
+        );
+        let new = counted
             .iter()
             .find(|(n, _)| *n == "affinity_new")
             .map_or(0, |m| m.1);
@@ -412,8 +418,10 @@ fn main() {
         verified(&mut dp, PROGRAM),
         verified(&mut dp, TRIVIAL)
     ));
-    table.push_str(&change_latency(&mut dp));
+    // Before the change latency's rebuilds, which write the service's
+    // default limits over the bench's.
     table.push_str(&sync_cost(&mut dp, cli, runs, &mut figs));
+    table.push_str(&change_latency(&mut dp));
     let report = format!(
         "## In-kernel cost per packet\n\nIn-kernel time of one program run, as BPF_PROG_TEST_RUN reports it, {runs} runs per message and program, each on a fresh copy of the frame, the two programs alternating run by run (median, 10th-90th percentile), \
 same run, same frames. `trivial` is `xdp_trivial`: parse, rewrite destination address and port with checksum updates, \

@@ -3,8 +3,9 @@
 //! into this kernel's maps, over one UDP socket (`crate::sync` has the
 //! format and the checks).
 //!
-//! - New entries go out within [`FLUSH`], up to 27 a datagram, the same
-//!   datagram to every peer.
+//! - A new entry goes out at once if nothing was sent for [`FLUSH`], else
+//!   within [`FLUSH`] with those that follow (up to 27 a datagram); the same
+//!   datagram goes to every peer.
 //! - Every peer hears from this one at least every [`HEARTBEAT`], which is
 //!   how `balancer peers` knows when each was last heard.
 //! - At start, and when a peer is heard again after [`SILENCE`], this
@@ -252,6 +253,9 @@ impl Worker {
             let now = Instant::now();
             if self.pending.len() >= MAX_ENTRIES
                 || self.pending_since.is_some_and(|t| now >= t + FLUSH)
+                // Nothing went out for as long: the news goes at once. Only a
+                // busy balancer batches.
+                || (!self.pending.is_empty() && now >= self.last_sent + FLUSH)
                 || now >= self.last_sent + HEARTBEAT
             {
                 self.flush();
