@@ -267,6 +267,39 @@ impl Sipp {
         c: &Calls,
         logs: &Logs,
     ) -> Sipp {
+        Sipp::uac_with(ns, name, ip, port, target, c, logs, &[])
+    }
+
+    /// A caller that opens a UDP socket of its own for each call (`-t un`):
+    /// every call leaves from another source port, so a router hashing on
+    /// ports (ECMP with L4 hashing) spreads the calls of this one caller over
+    /// its paths, while all messages of one call keep one path. `port` is the
+    /// caller's main socket (answers to OPTIONS).
+    pub fn uac_per_call_ports(
+        ns: &str,
+        name: &str,
+        ip: &str,
+        port: u16,
+        target: &str,
+        c: &Calls,
+        logs: &Logs,
+    ) -> Sipp {
+        let extra = ["-t", "un", "-max_socket", "4096"].map(String::from);
+        Sipp::uac_with(ns, name, ip, port, target, c, logs, &extra)
+    }
+
+    /// [`Sipp::uac`] with more sipp arguments.
+    #[allow(clippy::too_many_arguments)]
+    pub fn uac_with(
+        ns: &str,
+        name: &str,
+        ip: &str,
+        port: u16,
+        target: &str,
+        c: &Calls,
+        logs: &Logs,
+        extra: &[String],
+    ) -> Sipp {
         let host = if ip.contains(':') {
             format!("[{ip}]")
         } else {
@@ -306,6 +339,7 @@ impl Sipp {
             .iter()
             .map(|s| s.to_string()),
         );
+        args.extend(extra.iter().cloned());
         Sipp::spawn(ns, name, logs, &args)
     }
 
