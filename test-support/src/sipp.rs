@@ -170,6 +170,8 @@ pub struct Sipp {
     pub log: String,
     stat: String,
     calldebug: String,
+    /// A caller's Call-ID tag: its own calls are `TAG-N@HOST`.
+    tag: Option<String>,
 }
 
 /// What a caller reports when it is done.
@@ -239,6 +241,7 @@ impl Sipp {
             log,
             stat,
             calldebug,
+            tag: None,
         }
     }
 
@@ -340,7 +343,9 @@ impl Sipp {
             .map(|s| s.to_string()),
         );
         args.extend(extra.iter().cloned());
-        Sipp::spawn(ns, name, logs, &args)
+        let mut s = Sipp::spawn(ns, name, logs, &args);
+        s.tag = Some(c.tag.to_string());
+        s
     }
 
     /// The Call-IDs a caller with this tag uses, in order.
@@ -387,6 +392,13 @@ impl Sipp {
                 self.name, self.calldebug
             )
         });
+        // A caller on a backend's SIP port also answers the balancer's
+        // OPTIONS (`-aa`), and once calls fail sipp lists those exchanges in
+        // the file too: only the caller's own Call-IDs are its calls.
+        if let Some(tag) = &self.tag {
+            let own = format!("{tag}-");
+            o.failed_ids.retain(|id| id.starts_with(&own));
+        }
         // The file names each failed call once: fewer names than failures
         // means it was not read right, and "which calls failed" would be
         // answered with fewer than there were.
