@@ -78,7 +78,11 @@ fn wait_placed(s: &Sipp, calls: u64, limit: Duration) {
     let ok = ha::until(limit, Duration::from_millis(100), || {
         s.progress().is_some_and(|p| p[0] >= calls)
     });
-    assert!(ok, "{}: not all {calls} calls placed within {limit:?}", s.name);
+    assert!(
+        ok,
+        "{}: not all {calls} calls placed within {limit:?}",
+        s.name
+    );
     std::thread::sleep(Duration::from_secs(1));
 }
 
@@ -230,7 +234,9 @@ fn withdrawal() {
     let c = Calls::new("wd", CALLS, 45, 500);
     let o = caller(&bed, &logs, 5070, &c).wait(Duration::from_secs(90));
     let after: Vec<ha::Counters> = (0..3).map(|i| bed.counters(i)).collect();
-    let to_vip: Vec<u64> = (0..3).map(|i| after[i].service - before[i].service).collect();
+    let to_vip: Vec<u64> = (0..3)
+        .map(|i| after[i].service - before[i].service)
+        .collect();
     eprintln!("{CALLS} calls after the withdrawal: datagrams to the VIP per balancer {to_vip:?}");
     assert_all_completed("after the withdrawal", &o, CALLS);
     assert_eq!(to_vip[2], 0, "balancer 2 still got calls");
@@ -248,7 +254,10 @@ fn withdrawal() {
     let logs_b = stop_all(uas);
     let ids = Sipp::call_ids("wd", ha::CLIENT, CALLS);
     let (split, incomplete) = split_and_incomplete(&logs_b, &ids);
-    assert!(split.is_empty() && incomplete.is_empty(), "{split:?} {incomplete:?}");
+    assert!(
+        split.is_empty() && incomplete.is_empty(),
+        "{split:?} {incomplete:?}"
+    );
 }
 
 /// What a failover run counted.

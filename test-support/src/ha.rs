@@ -363,7 +363,9 @@ impl HaBed {
                 "ip -n {b} addr add {}/24 dev e0 && ip -n {b} link set e0 up && ip -n {b} route add default via {ROUTER_BACKEND_SIDE}",
                 backend_ip(i)
             ));
-            sh(&format!("ip netns exec {b} ethtool -K e0 tx off >/dev/null"));
+            sh(&format!(
+                "ip netns exec {b} ethtool -K e0 tx off >/dev/null"
+            ));
         }
     }
 
@@ -529,7 +531,11 @@ impl HaBed {
             balancer_ip(i)
         );
         let d = &self.dir;
-        let file = |n: &str| d.join(format!("lb{i}-keepalived.{n}")).display().to_string();
+        let file = |n: &str| {
+            d.join(format!("lb{i}-keepalived.{n}"))
+                .display()
+                .to_string()
+        };
         std::fs::write(file("conf"), conf).unwrap();
         let argv = [
             "keepalived",
@@ -739,7 +745,7 @@ impl HaBed {
             Mode::Vrrp => {
                 let t = Instant::now();
                 let ok = until(limit, Duration::from_millis(20), || {
-                    self.ping_vip();
+                    self.poke_vip();
                     self.vip_holder_seen_by_router().is_some()
                 });
                 assert!(
@@ -762,19 +768,17 @@ impl HaBed {
         (self.router_vip_mac()? == self.balancer_mac(h[0])).then_some(h[0])
     }
 
-    /// One ping from the router to the VIP (so that it has an ARP entry for
-    /// it); waits at most a second for the answer.
-    pub fn ping_vip(&self) {
+    /// One datagram from the router to the VIP (port 9, discard), so that
+    /// the router resolves the VIP's MAC address (the bed has no `ping`).
+    pub fn poke_vip(&self) {
         let _ = Command::new("ip")
             .args([
                 "netns",
                 "exec",
                 &self.router_ns(),
-                "ping",
-                "-c1",
-                "-W1",
-                "-q",
-                VIP,
+                "bash",
+                "-c",
+                &format!("echo poke > /dev/udp/{VIP}/9"),
             ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -783,7 +787,10 @@ impl HaBed {
 
     /// `birdc` on the router (ECMP mode).
     pub fn router_birdc(&self, args: &str) -> String {
-        self.router.as_ref().map(|b| b.birdc(args)).unwrap_or_default()
+        self.router
+            .as_ref()
+            .map(|b| b.birdc(args))
+            .unwrap_or_default()
     }
 
     /// `birdc` on balancer `i`'s BIRD (ECMP mode).
