@@ -249,7 +249,12 @@ impl Sipp {
     /// that belongs to no call it knows (a misrouted BYE) gets no answer, where
     /// sipp would by default answer a BYE with 200 and hide the misrouting.
     pub fn uas(ns: &str, name: &str, ip: &str, logs: &Logs) -> Sipp {
-        let args: Vec<String> = ["-sf", &scenario("uas.xml"), "-nd", "-i", ip, "-p", "5060"]
+        Sipp::uas_scenario(ns, name, ip, "uas.xml", logs)
+    }
+
+    /// [`Sipp::uas`] with another scenario of `sipp/` (`phone.xml`).
+    pub fn uas_scenario(ns: &str, name: &str, ip: &str, file: &str, logs: &Logs) -> Sipp {
+        let args: Vec<String> = ["-sf", &scenario(file), "-nd", "-i", ip, "-p", "5060"]
             .iter()
             .map(|s| s.to_string())
             .collect();
