@@ -284,7 +284,9 @@ fn failover(tag: &str, sync: bool) -> Failover {
     let list = backends(0..3) + &ha::backend_toml(&ha::backend(caller_host), 0, false);
     bed.start_balancers(HEALTH, &list, sync);
     bed.wait_converged(CONVERGE);
-    let phone = Sipp::uas(&bed.client_ns(), "phone", ha::CLIENT, &logs);
+    // It answers after 300 ms: [sync] is asynchronous, an answer faster than
+    // it would reach a balancer that has not heard of the dialog yet.
+    let phone = Sipp::uas_scenario(&bed.client_ns(), "phone", ha::CLIENT, "phone.xml", &logs);
 
     let long = caller(&bed, &logs, 5070, &Calls::new("long", LONG, 30, 15_000));
     wait_placed(&long, LONG as u64, Duration::from_secs(20));
@@ -450,6 +452,37 @@ fn vrrp() {
         bed.vip_holder_seen_by_router(),
         Some(0),
         "{}",
+        bed.diagnose()
+    );
+
+    // keepalived follows balancer-carries: the master without a usable
+    // backend gives the VIP to the backup (150 - 60 < 100), and takes it
+    // back once it has one again.
+    let moved = |to: usize| {
+        ha::until(Duration::from_secs(15), Duration::from_millis(50), || {
+            bed.poke_vip();
+            bed.vip_holder_seen_by_router() == Some(to)
+        })
+    };
+    for b in 0..3 {
+        bed.cli(0, &["backend", "disable", &ha::backend(b)]);
+    }
+    let t = Instant::now();
+    assert!(
+        moved(1),
+        "the VIP stayed on the master without backends\n{}",
+        bed.diagnose()
+    );
+    eprintln!(
+        "vrrp: the VIP moved to the backup {:?} after the master's withdrawal",
+        t.elapsed()
+    );
+    for b in 0..3 {
+        bed.cli(0, &["backend", "enable", &ha::backend(b)]);
+    }
+    assert!(
+        moved(0),
+        "the master did not take the VIP back\n{}",
         bed.diagnose()
     );
 

@@ -628,10 +628,22 @@ impl HaBed {
         ));
     }
 
-    /// `balancer ARGS` against balancer `i`'s daemon (its control socket);
-    /// the command must succeed; returns its output.
+    /// `balancer --instance INSTANCE ARGS` on balancer host `i` (in its
+    /// namespace, as its operator would run it); the command must succeed;
+    /// returns its output.
     pub fn cli(&self, i: usize, args: &[&str]) -> String {
-        daemon::cli_ok(&self.instance(i), args)
+        let o = daemon::in_netns(&self.balancer_ns(i))
+            .arg("--instance")
+            .arg(self.instance(i))
+            .args(args)
+            .output()
+            .expect("run balancer");
+        assert!(
+            o.status.success(),
+            "balancer {args:?} on balancer {i} failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
     /// `balancer stats --json` of balancer `i`.
@@ -861,6 +873,21 @@ impl HaBed {
             names.push(self.backend_ns(i));
         }
         for n in names {
+            // What a killed run left running in its namespaces (its BIRDs,
+            // daemons, sipps), by pid: deleting a namespace ends no process.
+            if let Ok(o) = Command::new("ip")
+                .args(["netns", "pids", &n])
+                .stderr(Stdio::null())
+                .output()
+            {
+                for pid in String::from_utf8_lossy(&o.stdout)
+                    .split_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok())
+                    .filter(|p| *p > 1)
+                {
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
             let _ = Command::new("ip")
                 .args(["netns", "del", &n])
                 .stderr(Stdio::null())
