@@ -425,24 +425,25 @@ impl HaBed {
         c
     }
 
-    /// A balancer host's BIRD: dist/announce/bird.conf with this bed's
-    /// addresses (and BGP timers short enough for a test).
+    /// A balancer host's BIRD: dist/announce/bird.conf itself, with this
+    /// bed's addresses and interface, and BGP timers short enough for a test
+    /// (BIRD waits 5 s before its first connection and 120 s before trying
+    /// again by default).
     pub fn balancer_bird_conf(&self, i: usize) -> String {
-        let me = balancer_ip(i);
-        format!(
-            "router id {me};\n\
-             log \"{}/lb{i}-bird.log\" all;\n\
-             protocol device {{ scan time 1; }}\n\
-             ipv4 table balancer_vips;\n\
-             protocol kernel balancer {{\n  kernel table 252;\n  learn;\n  scan time 1;\n  \
-             ipv4 {{ table balancer_vips; import where krt_source = 252; export none; }};\n}}\n\
-             protocol bfd {{\n  interface \"e0\" {{ {BFD} }};\n}}\n\
-             protocol bgp uplink {{\n  local {me} as 65001;\n  neighbor {ROUTER_BALANCER_SIDE} as 65000;\n  \
-             bfd on;\n  connect delay time 1;\n  connect retry time 1;\n  error wait time 1, 5;\n  \
-             ipv4 {{\n    table balancer_vips;\n    import none;\n    \
-             export where net.len = 32 && krt_source = 252;\n    next hop self;\n  }};\n}}\n",
-            self.dir.display()
-        )
+        let me = balancer_ip(i).to_string();
+        let timers =
+            "bfd on;\n  connect delay time 1;\n  connect retry time 1;\n  error wait time 1, 5;";
+        let text = dist_example(
+            "bird.conf",
+            &[
+                ("192.0.2.254", ROUTER_BALANCER_SIDE),
+                ("192.0.2.1", &me),
+                ("\"eth0\"", "\"e0\""),
+                ("scan time 10;", "scan time 1;"),
+                ("bfd on;", timers),
+            ],
+        );
+        format!("log \"{}/lb{i}-bird.log\" all;\n{text}", self.dir.display())
     }
 
     /// The configuration of balancer `i`: `top` (top-level tables such as
@@ -520,15 +521,27 @@ impl HaBed {
             .filter(|j| *j != i)
             .map(|j| format!("    {}\n", balancer_ip(j)))
             .collect();
+        // dist/announce/keepalived.conf itself, with this bed's addresses,
+        // VRRPv3 adverts every 100 ms to unicast peers.
+        let instance = dist_example(
+            "keepalived.conf",
+            &[
+                ("/usr/local/bin/balancer-carries", &carries),
+                ("10.0.0.10", VIP),
+                ("interface eth0", "interface e0"),
+                ("priority 150", &format!("priority {priority}")),
+                (
+                    "advert_int 1\n",
+                    &format!(
+                        "advert_int 0.1\n  unicast_src_ip {}\n  unicast_peer {{\n{peers}  }}\n",
+                        balancer_ip(i)
+                    ),
+                ),
+            ],
+        );
         let conf = format!(
             "global_defs {{\n  router_id lb{i}\n  vrrp_version 3\n  script_user root\n  \
-             vrrp_garp_master_delay 1\n  vrrp_garp_master_repeat 3\n}}\n\
-             vrrp_script balancer_carries {{\n  script \"{carries} {VIP}\"\n  interval 1\n  \
-             fall 2\n  rise 2\n  weight -60\n}}\n\
-             vrrp_instance sip_vip {{\n  state BACKUP\n  interface e0\n  virtual_router_id 52\n  \
-             priority {priority}\n  advert_int 0.1\n  unicast_src_ip {}\n  unicast_peer {{\n{peers}  }}\n  \
-             virtual_ipaddress {{\n    {VIP}/32 dev e0\n  }}\n  track_script {{\n    balancer_carries\n  }}\n}}\n",
-            balancer_ip(i)
+             vrrp_garp_master_delay 1\n  vrrp_garp_master_repeat 3\n}}\n{instance}"
         );
         let d = &self.dir;
         let file = |n: &str| {
@@ -922,6 +935,22 @@ impl Drop for HaBed {
     }
 }
 
+/// An example of `dist/announce/` with each `(from, to)` replaced; every
+/// `from` must be there, so an edit of the example that the bed no longer
+/// fits fails here rather than testing something else.
+pub fn dist_example(name: &str, edits: &[(&str, &str)]) -> String {
+    let path = format!("{}/../dist/announce/{name}", env!("CARGO_MANIFEST_DIR"));
+    let mut text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    for (from, to) in edits {
+        assert!(
+            text.contains(from),
+            "{path} no longer has {from:?}: update test-support/src/ha.rs"
+        );
+        text = text.replace(from, to);
+    }
+    text
+}
+
 /// A balancer's counters, from `stats --json`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -1023,6 +1052,11 @@ mod tests {
         );
         let cfg = balancer::model::Config::parse(&plain).unwrap_or_else(|e| panic!("{e}: {plain}"));
         assert_eq!(cfg.services[0].backends.len(), 2);
+        // The dist examples still fit the bed.
+        let bird = bed.balancer_bird_conf(2);
+        assert!(bird.contains("local 10.1.9.13 as 65001;"), "{bird}");
+        assert!(bird.contains("neighbor 10.1.9.1 as 65000;"), "{bird}");
+        assert!(bird.contains("interface \"e0\""), "{bird}");
         // Not built: its drop must not touch namespaces of that name.
         std::mem::forget(bed);
     }
