@@ -22,6 +22,9 @@ use balancer_test_support::sipp::{self, Calls, Logged, Logs, Outcome, Sipp};
 
 /// Health checks fast enough for a test, slow enough for two shared cores.
 const HEALTH: &str = "[health]\ninterval = \"500ms\"\ntimeout = \"300ms\"\nfall = 2\nrise = 1\n";
+/// A service only balancer 0 has in the failover tests, and its backend.
+const OTHER_VIP: &str = "10.1.0.9";
+const OTHER_BACKEND: &str = "10.1.2.10:5060";
 /// From the first BIRD start to BGP and BFD up everywhere.
 const CONVERGE: Duration = Duration::from_secs(40);
 /// From a change on a balancer to the router's kernel route (announce thread,
@@ -282,7 +285,23 @@ fn failover(tag: &str, sync: bool) -> Failover {
     let uas = servers(&bed, &logs, 0..4);
     let caller_host = 4;
     let list = backends(0..3) + &ha::backend_toml(&ha::backend(caller_host), 0, false);
-    bed.start_balancers(HEALTH, &list, sync);
+    // Balancer 0 numbers its services and backends unlike the others (as a
+    // host with another history would): one more service first in its file
+    // (service ids go by file order) with a backend whose address sorts
+    // first (new backend slots go by address), never used. Shared affinity
+    // must name services and backends, not this host's numbers for them.
+    let other = format!(
+        "[[service]]\nvip = \"{OTHER_VIP}:5060\"\n\n{}",
+        ha::backend_toml(OTHER_BACKEND, 1, false)
+    );
+    bed.start_balancers_each(sync, |i| {
+        let top = if i == 0 {
+            format!("{HEALTH}\n{other}")
+        } else {
+            HEALTH.to_string()
+        };
+        (top, list.clone())
+    });
     bed.wait_converged(CONVERGE);
     // It answers after 300 ms: [sync] is asynchronous, an answer faster than
     // it would reach a balancer that has not heard of the dialog yet.
@@ -292,7 +311,8 @@ fn failover(tag: &str, sync: bool) -> Failover {
     wait_placed(&long, LONG as u64, Duration::from_secs(20));
 
     for i in 0..3 {
-        bed.cli(i, &["backend", "add", &ha::backend(3)]);
+        let vip = ha::vip();
+        bed.cli(i, &["backend", "add", "--service", &vip, &ha::backend(3)]);
     }
     let active = |i: usize| {
         let v: serde_json::Value =

@@ -473,10 +473,17 @@ impl HaBed {
     /// Starts every balancer daemon (at once: each load is a verifier run)
     /// from [`HaBed::balancer_config`], and in ECMP mode each host's BIRD.
     pub fn start_balancers(&mut self, top: &str, backends: &str, sync: bool) {
+        self.start_balancers_each(sync, |_| (top.to_string(), backends.to_string()));
+    }
+
+    /// [`HaBed::start_balancers`] with `top` and `backends` of each balancer's
+    /// own: `each(i)`.
+    pub fn start_balancers_each(&mut self, sync: bool, each: impl Fn(usize) -> (String, String)) {
         let configs: Vec<(String, String, String)> = (0..self.balancers)
             .map(|i| {
                 let path = crate::bed::config_path(&self.instance(i));
-                std::fs::write(&path, self.balancer_config(i, top, backends, sync)).unwrap();
+                let (top, backends) = each(i);
+                std::fs::write(&path, self.balancer_config(i, &top, &backends, sync)).unwrap();
                 (self.balancer_ns(i), self.instance(i), path)
             })
             .collect();
