@@ -4,6 +4,7 @@
 //! one `balancer` library both see).
 //!
 //! - [`bed`]: the netns test bed (client, balancer host, switch, backends);
+//! - [`ha`]: several balancers behind a router (BGP with BFD and ECMP, or VRRP);
 //! - [`binomial`]: how far a hash's spread may stray from the weights;
 //! - [`daemon`]: the balancer binary run in the bed, and its CLI;
 //! - [`figures`]: figures a benchmark hands to `cargo xtask bench`'s goals summary;
@@ -20,6 +21,7 @@ pub mod binomial;
 pub mod daemon;
 pub mod figures;
 pub mod forge;
+pub mod ha;
 pub mod kamailio;
 pub mod netns;
 pub mod packet;

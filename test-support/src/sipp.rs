@@ -170,6 +170,8 @@ pub struct Sipp {
     pub log: String,
     stat: String,
     calldebug: String,
+    /// A caller's Call-ID tag: its own calls are `TAG-N@HOST`.
+    tag: Option<String>,
 }
 
 /// What a caller reports when it is done.
@@ -239,6 +241,7 @@ impl Sipp {
             log,
             stat,
             calldebug,
+            tag: None,
         }
     }
 
@@ -246,7 +249,12 @@ impl Sipp {
     /// that belongs to no call it knows (a misrouted BYE) gets no answer, where
     /// sipp would by default answer a BYE with 200 and hide the misrouting.
     pub fn uas(ns: &str, name: &str, ip: &str, logs: &Logs) -> Sipp {
-        let args: Vec<String> = ["-sf", &scenario("uas.xml"), "-nd", "-i", ip, "-p", "5060"]
+        Sipp::uas_scenario(ns, name, ip, "uas.xml", logs)
+    }
+
+    /// [`Sipp::uas`] with another scenario of `sipp/` (`phone.xml`).
+    pub fn uas_scenario(ns: &str, name: &str, ip: &str, file: &str, logs: &Logs) -> Sipp {
+        let args: Vec<String> = ["-sf", &scenario(file), "-nd", "-i", ip, "-p", "5060"]
             .iter()
             .map(|s| s.to_string())
             .collect();
@@ -266,6 +274,39 @@ impl Sipp {
         target: &str,
         c: &Calls,
         logs: &Logs,
+    ) -> Sipp {
+        Sipp::uac_with(ns, name, ip, port, target, c, logs, &[])
+    }
+
+    /// A caller that opens a UDP socket of its own for each call (`-t un`):
+    /// every call leaves from another source port, so a router hashing on
+    /// ports (ECMP with L4 hashing) spreads the calls of this one caller over
+    /// its paths, while all messages of one call keep one path. `port` is the
+    /// caller's main socket (answers to OPTIONS).
+    pub fn uac_per_call_ports(
+        ns: &str,
+        name: &str,
+        ip: &str,
+        port: u16,
+        target: &str,
+        c: &Calls,
+        logs: &Logs,
+    ) -> Sipp {
+        let extra = ["-t", "un", "-max_socket", "4096"].map(String::from);
+        Sipp::uac_with(ns, name, ip, port, target, c, logs, &extra)
+    }
+
+    /// [`Sipp::uac`] with more sipp arguments.
+    #[allow(clippy::too_many_arguments)]
+    pub fn uac_with(
+        ns: &str,
+        name: &str,
+        ip: &str,
+        port: u16,
+        target: &str,
+        c: &Calls,
+        logs: &Logs,
+        extra: &[String],
     ) -> Sipp {
         let host = if ip.contains(':') {
             format!("[{ip}]")
@@ -306,7 +347,10 @@ impl Sipp {
             .iter()
             .map(|s| s.to_string()),
         );
-        Sipp::spawn(ns, name, logs, &args)
+        args.extend(extra.iter().cloned());
+        let mut s = Sipp::spawn(ns, name, logs, &args);
+        s.tag = Some(c.tag.to_string());
+        s
     }
 
     /// The Call-IDs a caller with this tag uses, in order.
@@ -353,6 +397,13 @@ impl Sipp {
                 self.name, self.calldebug
             )
         });
+        // A caller on a backend's SIP port also answers the balancer's
+        // OPTIONS (`-aa`), and once calls fail sipp lists those exchanges in
+        // the file too: only the caller's own Call-IDs are its calls.
+        if let Some(tag) = &self.tag {
+            let own = format!("{tag}-");
+            o.failed_ids.retain(|id| id.starts_with(&own));
+        }
         // The file names each failed call once: fewer names than failures
         // means it was not read right, and "which calls failed" would be
         // answered with fewer than there were.

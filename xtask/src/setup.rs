@@ -5,6 +5,8 @@
 //!   rust-src, where present, works as well and is used when there is no apt.
 //! - bpf-linker 0.13.0 built against Debian's LLVM 22.
 //! - iproute2 and ethtool for the test bed; bpffs mounted.
+//! - The SIP peers and routing daemons the tests run themselves (sipp, Kamailio,
+//!   BIRD 2, keepalived), their services disabled.
 //! - QEMU and what prepares Debian's kernel packages for the VM tests.
 
 use std::process::{Command, Stdio};
@@ -33,6 +35,8 @@ const PACKAGES: &[&str] = &[
     // A real routing daemon reading the VIP announcement routes (tests/announce.rs);
     // its service is disabled after installation, the tests run their own.
     "bird2",
+    // VRRP for the active/standby test (tests/ha.rs); disabled like BIRD.
+    "keepalived",
     // The plain-Linux contender of the throughput bench (nft DNAT).
     "nftables",
     // The VM tests on Debian's own kernels (`cargo xtask kernels`): QEMU, a
@@ -124,11 +128,45 @@ fn apt() -> Result<()> {
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )?;
-    // Debian starts BIRD on installation: not on a build or test host.
-    if missing.contains(&"bird2") && have("systemctl") {
-        quiet(Command::new("systemctl").args(["disable", "--now", "bird"]));
+    // Debian enables (and, under systemd, starts) BIRD and keepalived on
+    // installation: not on a build or test host, where the tests run their own.
+    for (pkg, service, pidfile) in [
+        ("bird2", "bird", "/run/bird/bird.pid"),
+        ("keepalived", "keepalived", "/run/keepalived.pid"),
+    ] {
+        if missing.contains(&pkg) {
+            disable_service(service, pidfile);
+        }
     }
     Ok(())
+}
+
+/// Stops `service` and keeps it from starting at boot, under systemd or
+/// without it (a container, where `invoke-rc.d` may or may not have started
+/// it): the daemon the package started is stopped by its own pid file, never
+/// by name, which would hit the tests' own BIRDs and keepaliveds.
+fn disable_service(service: &str, pidfile: &str) {
+    say(&format!(
+        "disabling the {service} service (the tests start their own)"
+    ));
+    if have("systemctl") {
+        quiet(Command::new("systemctl").args(["disable", "--now", service]));
+    }
+    if have("update-rc.d") {
+        quiet(Command::new("update-rc.d").args([service, "disable"]));
+    }
+    let pid: Option<i32> = std::fs::read_to_string(pidfile)
+        .ok()
+        .and_then(|s| s.trim().parse().ok());
+    if let Some(pid) = pid.filter(|p| *p > 1) {
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim() == service {
+            say(&format!(
+                "stopping the {service} the package started (pid {pid})"
+            ));
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+    }
 }
 
 fn link_toolchain() -> Result<()> {
