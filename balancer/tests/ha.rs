@@ -417,7 +417,6 @@ fn failover(tag: &str, sync: bool) -> Failover {
 }
 
 #[test]
-#[ignore = "needs [sync]"]
 fn failover_keeps_dialogs_with_sync() {
     let _one = serial();
     if !ha::tools_present(&["bird", "birdc", "sipp"]) {
