@@ -30,18 +30,8 @@ fn carried(ns: &str) -> bool {
     routes(ns).contains(&format!("blackhole {}", bed::VIP))
 }
 
-/// Waits until `f` holds, at most `limit`; returns whether it did.
-fn until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + limit;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() > end {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn until(limit: Duration, f: impl FnMut() -> bool) -> bool {
+    balancer_test_support::until(limit, Duration::from_millis(50), f)
 }
 
 /// Whether `f` holds all along `d`.

@@ -83,15 +83,8 @@ fn peers(inst: &str) -> serde_json::Value {
     serde_json::from_str(&cli_ok(inst, &["peers", "--json"])).unwrap()
 }
 
-fn until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + limit;
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    f()
+fn until(limit: Duration, f: impl FnMut() -> bool) -> bool {
+    balancer_test_support::until(limit, Duration::from_millis(50), f)
 }
 
 /// Datagrams the peer socket receives within `limit`, checked with `key`.
@@ -249,6 +242,11 @@ fn entries_travel_both_ways_and_bulk_requests_are_answered() {
     let stats: serde_json::Value =
         serde_json::from_str(&cli_ok(inst, &["stats", "--json"])).unwrap();
     assert!(stats["sync"]["events"].as_u64().unwrap() >= 1, "{stats}");
+    let text = cli_ok(inst, &["stats"]);
+    assert!(
+        text.contains("affinity sync") && text.contains("entries applied"),
+        "{text}"
+    );
 }
 
 #[test]

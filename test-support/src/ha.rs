@@ -38,6 +38,7 @@ use std::time::{Duration, Instant};
 
 use crate::daemon::{self, Daemon};
 use crate::netns::{sh, sh_out};
+pub use crate::until;
 
 pub const VIP: &str = "10.1.0.10";
 pub const CLIENT: &str = "10.1.1.2";
@@ -1000,20 +1001,6 @@ fn next_hops(json: &str) -> Vec<String> {
         }
     }
     out.into_iter().collect()
-}
-
-/// Polls `f` every `every` until it holds, at most `limit`; whether it did.
-pub fn until(limit: Duration, every: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + limit;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() > end {
-            return false;
-        }
-        std::thread::sleep(every);
-    }
 }
 
 #[cfg(test)]

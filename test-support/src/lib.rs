@@ -29,3 +29,19 @@ pub mod peers;
 pub mod sip;
 pub mod sipp;
 pub mod xdp;
+
+use std::time::{Duration, Instant};
+
+/// Polls `f` every `every` until it holds, at most `limit`; whether it did.
+pub fn until(limit: Duration, every: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > end {
+            return false;
+        }
+        std::thread::sleep(every);
+    }
+}

@@ -98,6 +98,25 @@ pub fn run(instance: &str, a: Args) -> Result<()> {
             }
         }
     }
+    if let Some(t) = &s.sync {
+        println!("  affinity sync (balancer peers: per peer)");
+        for (name, n) in [
+            ("entries made", t.events),
+            ("entries sent", t.sent_entries),
+            ("entries received", t.received_entries),
+            ("entries applied", t.applied),
+            ("kept (newer here)", t.kept_newer),
+            ("unknown service", t.unknown_service),
+            ("unknown backend", t.unknown_backend),
+            ("datagrams sent", t.sent_datagrams),
+            ("refused (peers)", t.rejected),
+            ("refused (others)", t.not_a_peer),
+            ("bulk pages sent", t.bulk_pages),
+            ("errors", t.errors),
+        ] {
+            println!("    {name:<20} {n:>14}");
+        }
+    }
     let ms = |v: Option<f64>| v.map_or("-".to_string(), |m| format!("{m:.3}"));
     for svc in &s.status.services {
         println!(
