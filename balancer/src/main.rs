@@ -34,6 +34,7 @@ enum Command {
     Detach(cli::detach::Args),
     ImportDispatcher(cli::import::Args),
     Inspect(cli::inspect::Args),
+    Check(cli::check::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -63,5 +64,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Detach(a) => cli::detach::run(&i, a),
         Command::ImportDispatcher(a) => cli::import::run(&i, a),
         Command::Inspect(a) => cli::inspect::run(a),
+        Command::Check(a) => cli::check::run(a),
     }
 }

@@ -1,6 +1,7 @@
 pub mod attach;
 pub mod backend;
 pub mod block;
+pub mod check;
 pub mod detach;
 pub mod import;
 pub mod inspect;

@@ -120,21 +120,49 @@ impl Default for Config {
 impl Config {
     /// Parses and validates a configuration; errors name the line.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let c: Config = toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
-        c.validate().map_err(|e| {
-            // A duplicate is wrong where it appears the second time.
-            let last = matches!(
-                e,
-                ConfigError::BackendExists(..)
-                    | ConfigError::ServiceExists(_)
-                    | ConfigError::BlockedTwice(_)
-            );
-            match e.subject().and_then(|s| line_of(text, &s, last)) {
-                Some(l) => ConfigError::Syntax(format!("line {l}: {e}")),
-                None => e,
+        let c = Self::syntax(text)?;
+        match c.problems().into_iter().next() {
+            Some(e) => Err(locate(text, e)),
+            None => Ok(c),
+        }
+    }
+
+    /// Every problem of a configuration's text, each naming its line where
+    /// it can: the syntax error, or every validation error.
+    pub fn check(text: &str) -> Vec<ConfigError> {
+        match Self::syntax(text) {
+            Err(e) => vec![e],
+            Ok(c) => {
+                let mut out: Vec<ConfigError> = Vec::new();
+                for e in c.problems().into_iter().map(|e| locate(text, e)) {
+                    // The same problem found by two checks is one.
+                    if !out.iter().any(|o| o.to_string() == e.to_string()) {
+                        out.push(e);
+                    }
+                }
+                out
             }
-        })?;
-        Ok(c)
+        }
+    }
+
+    /// The text as a configuration, unchecked; a syntax error in one line.
+    fn syntax(text: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| {
+            let msg = e.message().trim().replace('\n', "; ");
+            match e.span() {
+                Some(span) => {
+                    let line = text[..span.start.min(text.len())].lines().count().max(1);
+                    // A span at a line's very start counts from that line.
+                    let line = if text[..span.start.min(text.len())].ends_with('\n') {
+                        line + 1
+                    } else {
+                        line
+                    };
+                    ConfigError::Syntax(format!("line {line}: {msg}"))
+                }
+                None => ConfigError::Syntax(msg),
+            }
+        })
     }
 
     pub fn load(path: &Path) -> anyhow::Result<Config> {
@@ -216,87 +244,106 @@ impl Config {
 
     /// Everything the kernel cannot check, over the whole configuration.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.health.params().map_err(ConfigError::GlobalHealth)?;
+        match self.problems().into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Every problem of the configuration, in the file's order as far as
+    /// it goes (`balancer check` lists them all; a change stops at the first).
+    pub fn problems(&self) -> Vec<ConfigError> {
+        let mut out = Vec::new();
+        let mut e = |r: Result<(), ConfigError>| {
+            if let Err(x) = r {
+                out.push(x);
+            }
+        };
+        e(self
+            .health
+            .params()
+            .map(drop)
+            .map_err(ConfigError::GlobalHealth));
         if self.services.len() > MAX_SERVICES as usize {
-            return Err(ConfigError::TooManyServices);
+            e(Err(ConfigError::TooManyServices));
         }
         if !(1024..=1 << 24).contains(&self.affinity_entries) {
-            return Err(ConfigError::AffinityEntries(self.affinity_entries));
+            e(Err(ConfigError::AffinityEntries(self.affinity_entries)));
         }
         for i in &self.interfaces {
             if i.is_empty() || i.len() > 15 || i.contains(['/', ' ']) {
-                return Err(ConfigError::Interface(i.clone()));
+                e(Err(ConfigError::Interface(i.clone())));
             }
         }
-        policy::check_user_agents(&self.user_agents)?;
-        self.announce.validate()?;
+        e(policy::check_user_agents(&self.user_agents));
+        e(self.announce.validate());
         if self.blocks.len() > BLOCK_ENTRIES as usize {
-            return Err(ConfigError::TooManyBlocks);
+            e(Err(ConfigError::TooManyBlocks));
         }
         let mut blocked = HashSet::new();
         for b in &self.blocks {
             if !blocked.insert(b.cidr) {
-                return Err(ConfigError::BlockedTwice(b.cidr));
+                e(Err(ConfigError::BlockedTwice(b.cidr)));
             }
         }
         let allowed: usize = self.services.iter().map(|s| s.allow.len()).sum();
         if allowed > ALLOW_ENTRIES as usize {
-            return Err(ConfigError::TooManyAllowed);
+            e(Err(ConfigError::TooManyAllowed));
         }
         let mut vips = HashSet::new();
         let mut dnat_owner: HashMap<SocketAddr, SocketAddr> = HashMap::new();
         let mut all = HashSet::new();
         for s in &self.services {
             if !vips.insert(s.vip) {
-                return Err(ConfigError::ServiceExists(s.vip));
+                e(Err(ConfigError::ServiceExists(s.vip)));
             }
             if !(3..=MAX_TABLE).contains(&s.table_size) || !is_prime(s.table_size) {
-                return Err(ConfigError::TableSize {
+                e(Err(ConfigError::TableSize {
                     vip: s.vip,
                     size: s.table_size,
-                });
+                }));
             }
-            s.limits
-                .check()
-                .map_err(|e| ConfigError::Limits(s.vip, e))?;
+            e(s.limits.check().map_err(|x| ConfigError::Limits(s.vip, x)));
             if let Some(m) = s.max_size.filter(|m| !(1..=65535).contains(m)) {
-                return Err(ConfigError::MaxSize(s.vip, m));
+                e(Err(ConfigError::MaxSize(s.vip, m)));
             }
             let mut seen = HashSet::new();
             for b in &s.backends {
                 if !seen.insert(b.address) {
-                    return Err(ConfigError::BackendExists(b.address, s.vip));
+                    e(Err(ConfigError::BackendExists(b.address, s.vip)));
                 }
                 if b.address.is_ipv4() != s.vip.is_ipv4() {
-                    return Err(ConfigError::Family {
+                    e(Err(ConfigError::Family {
                         backend: b.address,
                         bfam: family(&b.address),
                         vip: s.vip,
                         vfam: family(&s.vip),
-                    });
+                    }));
                 }
                 if b.weight > u16::MAX as u32 {
-                    return Err(ConfigError::Weight(b.address, b.weight));
+                    e(Err(ConfigError::Weight(b.address, b.weight)));
                 }
                 if s.mode == Mode::Dnat {
-                    if let Some(other) = dnat_owner.insert(b.address, s.vip) {
-                        return Err(ConfigError::SharedDnatBackend(b.address, other, s.vip));
+                    // The same service twice is the duplicate above.
+                    if let Some(other) = dnat_owner.insert(b.address, s.vip).filter(|o| *o != s.vip)
+                    {
+                        e(Err(ConfigError::SharedDnatBackend(b.address, other, s.vip)));
                     }
                 }
                 all.insert(b.address);
             }
         }
         if all.len() > MAX_BACKENDS as usize {
-            return Err(ConfigError::TooManyBackends);
+            e(Err(ConfigError::TooManyBackends));
         }
         if let Some(v) = vips.iter().find(|v| all.contains(v)) {
-            return Err(ConfigError::VipIsBackend(*v));
+            e(Err(ConfigError::VipIsBackend(*v)));
         }
-        self.health_params()?;
+        e(self.health_params().map(drop));
         if let Some(s) = &self.sync {
-            s.validate()?;
+            e(s.validate());
         }
-        Ok(())
+        out
     }
 }
 
@@ -305,6 +352,21 @@ pub(crate) fn family(a: &SocketAddr) -> &'static str {
         "IPv4"
     } else {
         "IPv6"
+    }
+}
+
+/// `e` naming the line of what it is about, when the text shows it.
+fn locate(text: &str, e: ConfigError) -> ConfigError {
+    // A duplicate is wrong where it appears the second time.
+    let last = matches!(
+        e,
+        ConfigError::BackendExists(..)
+            | ConfigError::ServiceExists(_)
+            | ConfigError::BlockedTwice(_)
+    );
+    match e.subject().and_then(|s| line_of(text, &s, last)) {
+        Some(l) => ConfigError::Syntax(format!("line {l}: {e}")),
+        None => e,
     }
 }
 

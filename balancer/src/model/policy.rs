@@ -125,7 +125,7 @@ impl Limits {
             if d < Duration::from_secs(1) || d.subsec_nanos() != 0 || d.as_secs() > u32::MAX as u64
             {
                 return Err(format!(
-                    "`block_for = \"{}\"` must be whole seconds, at least 1s",
+                    "`block_for` must be whole seconds, at least 1s (it is {})",
                     super::fmt_duration(d)
                 ));
             }
