@@ -35,6 +35,7 @@ enum Command {
     ImportDispatcher(cli::import::Args),
     Inspect(cli::inspect::Args),
     Check(cli::check::Args),
+    Reload(cli::reload::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -65,5 +66,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::ImportDispatcher(a) => cli::import::run(&i, a),
         Command::Inspect(a) => cli::inspect::run(a),
         Command::Check(a) => cli::check::run(a),
+        Command::Reload(a) => cli::reload::run(&i, a),
     }
 }

@@ -6,6 +6,7 @@ pub mod detach;
 pub mod import;
 pub mod inspect;
 pub mod peers;
+pub mod reload;
 pub mod service;
 pub mod stats;
 pub mod whereis;

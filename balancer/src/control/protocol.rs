@@ -32,6 +32,9 @@ pub enum Request {
     Blocks,
     /// The affinity sync with each `[sync]` peer. Answer: [`Peers`].
     Peers,
+    /// Re-read the configuration file and apply what differs (as SIGHUP).
+    /// Answer: [`Applied`].
+    Reload,
     /// Detach everywhere, remove the pins and exit. Answer: [`Detached`].
     Detach,
 }

@@ -74,6 +74,73 @@ impl Daemon {
         })
     }
 
+    /// Re-reads the configuration file (SIGHUP, `balancer reload`) and
+    /// applies what differs as a CLI change would, without writing the file:
+    /// the kernel's tables are rebuilt only for services that changed, and
+    /// the backends' health is kept. What only a start reads is refused
+    /// when it changed, with nothing applied.
+    pub(super) fn reload(&mut self) -> Result<Applied> {
+        let path = self.opts.config_path.clone();
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {} (nothing was changed)", path.display()))?;
+        let next = model::Config::parse(&text)
+            .with_context(|| format!("{} (nothing was changed)", path.display()))?;
+        let prev = self.dp.config().clone();
+        for (what, same) in [
+            ("[sync]", next.sync == prev.sync),
+            ("[announce]", next.announce == prev.announce),
+            (
+                "affinity_entries",
+                next.affinity_entries == prev.affinity_entries,
+            ),
+        ] {
+            if !same {
+                bail!(
+                    "{}: {what} changed, and it is read at start only (nothing was changed; restart the daemon with --persist to apply it)",
+                    path.display()
+                );
+            }
+        }
+        let said = model::edit::differences(&prev, &next);
+        if said.is_empty() {
+            return Ok(Applied {
+                changes: Vec::new(),
+                tables: 0,
+                to_kernel_us: 0,
+                total_us: 0,
+            });
+        }
+        self.dp.set_down(self.down_set());
+        let result = self
+            .ensure_interfaces(&next)
+            .and_then(|_| self.dp.sync(&next));
+        let report = match result {
+            Ok(r) => r,
+            Err(e) => {
+                if let Err(e2) = self.dp.sync(&prev) {
+                    eprintln!("error: restoring the previous state failed too: {e2:#}");
+                }
+                return Err(e).with_context(|| format!("reloading {}", path.display()));
+            }
+        };
+        for s in &said {
+            eprintln!(
+                "reload: {s} (in the kernel after {:.2} ms)",
+                report.to_kernel.as_secs_f64() * 1e3
+            );
+        }
+        if let Err(e) = self.update_guard() {
+            eprintln!("error: updating GUARD after the reload: {e:#}");
+        }
+        self.update_probes()?;
+        Ok(Applied {
+            changes: said,
+            tables: report.tables,
+            to_kernel_us: report.to_kernel.as_micros() as u64,
+            total_us: report.total.as_micros() as u64,
+        })
+    }
+
     pub(super) fn status(&self) -> Result<Status> {
         let mut services = Vec::new();
         for (vip, live) in self.dp.live() {

@@ -252,6 +252,8 @@ impl Daemon {
         std::io::stdout().flush()?;
 
         let mut term = signal(SignalKind::terminate())?;
+        // SIGHUP re-reads the file, as systemd's ExecReload sends it.
+        let mut hup = signal(SignalKind::hangup())?;
         let mut routing = guard::watch();
         // Routes were looked up at start: changes from then on count.
         let mut follow_at: Option<tokio::time::Instant> = None;
@@ -262,6 +264,11 @@ impl Daemon {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => return Ok(Exit::Signal),
                 _ = term.recv() => return Ok(Exit::Signal),
+                _ = hup.recv() => match self.reload() {
+                    Ok(a) if a.changes.is_empty() => eprintln!("reload: {}: nothing changed", self.opts.config_path.display()),
+                    Ok(_) => {}
+                    Err(e) => eprintln!("error: reload: {e:#}"),
+                },
                 Some(ev) = events.recv() => self.on_probe(ev),
                 Some(()) = routing.recv() => {
                     follow_at.get_or_insert_with(|| tokio::time::Instant::now() + guard::QUIET);
@@ -344,6 +351,7 @@ impl Daemon {
             Request::Whereis { service, key } => Reply::Whereis(self.whereis(service, &key)?),
             Request::Stats => Reply::Stats(self.stats()?),
             Request::Blocks => Reply::Blocks(self.blocks()?),
+            Request::Reload => Reply::Applied(self.reload()?),
             Request::Peers => {
                 Reply::Peers(self.syncer.as_ref().map_or_else(sync::none, |s| s.report()))
             }

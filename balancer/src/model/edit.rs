@@ -241,3 +241,91 @@ mod tests {
         assert_eq!(serde_json::from_str::<Op>(&j).unwrap(), op);
     }
 }
+
+/// What changed from `prev` to `next`, one line each, as a reload logs and
+/// answers it: services and backends added, removed or changed, and the
+/// other settings by name.
+pub fn differences(prev: &Config, next: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    for s in &prev.services {
+        if !next.services.iter().any(|n| n.vip == s.vip) {
+            out.push(format!("service {} removed", s.vip));
+        }
+    }
+    for n in &next.services {
+        let Some(p) = prev.services.iter().find(|p| p.vip == n.vip) else {
+            out.push(format!(
+                "service {} added with {} backends",
+                n.vip,
+                n.backends.len()
+            ));
+            continue;
+        };
+        for b in &p.backends {
+            if !n.backends.iter().any(|x| x.address == b.address) {
+                out.push(format!("backend {} removed from {}", b.address, n.vip));
+            }
+        }
+        for b in &n.backends {
+            match p.backends.iter().find(|x| x.address == b.address) {
+                None => out.push(format!("backend {} added to {}", b.address, n.vip)),
+                Some(old) if old != b => {
+                    out.push(format!("backend {} of {} changed", b.address, n.vip))
+                }
+                Some(_) => {}
+            }
+        }
+        let (mut a, mut b) = (p.clone(), n.clone());
+        a.backends.clear();
+        b.backends.clear();
+        if a != b {
+            out.push(format!("service {} settings changed", n.vip));
+        }
+    }
+    // Everything but the services, compared as the file writes it.
+    let rest = |c: &Config| {
+        let mut c = c.clone();
+        c.services.clear();
+        toml::Value::try_from(&c).expect("the configuration always serialises")
+    };
+    if let (toml::Value::Table(a), toml::Value::Table(b)) = (rest(prev), rest(next)) {
+        let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+        keys.sort();
+        keys.dedup();
+        for k in keys {
+            if a.get(k) != b.get(k) {
+                out.push(format!("{k} changed"));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod differences_tests {
+    use super::*;
+
+    #[test]
+    fn differences_name_what_changed() {
+        let prev = Config::parse(
+            "interfaces = [\"eth0\"]\n[[service]]\nvip = \"10.0.0.10:5060\"\n[[service.backend]]\naddress = \"10.0.2.11:5060\"\n[[service.backend]]\naddress = \"10.0.2.12:5060\"\n",
+        )
+        .unwrap();
+        assert!(differences(&prev, &prev).is_empty());
+        let next = Config::parse(
+            "interfaces = [\"eth0\", \"eth1\"]\n[[service]]\nvip = \"10.0.0.10:5060\"\nalgorithm = \"from-uri\"\n[[service.backend]]\naddress = \"10.0.2.11:5060\"\nweight = 3\n[[service.backend]]\naddress = \"10.0.2.13:5060\"\n[[service]]\nvip = \"10.0.0.11:5060\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            differences(&prev, &next),
+            [
+                "backend 10.0.2.12:5060 removed from 10.0.0.10:5060",
+                "backend 10.0.2.11:5060 of 10.0.0.10:5060 changed",
+                "backend 10.0.2.13:5060 added to 10.0.0.10:5060",
+                "service 10.0.0.10:5060 settings changed",
+                "service 10.0.0.11:5060 added with 0 backends",
+                "interfaces changed",
+            ]
+        );
+    }
+}
