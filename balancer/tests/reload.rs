@@ -98,6 +98,16 @@ fn sighup_and_reload_apply_the_file_and_keep_health() {
         "a reload does not rewrite the file"
     );
 
+    // A CLI change keeps the operator's comment (the file is merged, not
+    // rewritten).
+    cli_ok(inst, &["backend", "set-weight", &backend(2), "3"]);
+    let after = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        after.contains("# added by hand") && after.contains("weight = 3"),
+        "{after}"
+    );
+    let added = after;
+
     // Nothing changed: said so.
     assert!(cli_ok(inst, &["reload"]).contains("nothing changed"));
 

@@ -23,6 +23,7 @@ pub mod edit;
 mod error;
 pub mod file;
 mod kinds;
+mod layout;
 pub mod policy;
 mod service;
 pub mod sync;
@@ -179,7 +180,7 @@ impl Config {
     /// The file's text: a header line, then the TOML.
     fn file_text(&self) -> String {
         let mut t = String::from(
-            "# Written by balancer after each change; edits here are read at start.\n",
+            "# Written by balancer; CLI changes keep comments, `balancer reload` (SIGHUP) applies edits.\n",
         );
         t += &self.to_toml();
         t
@@ -189,7 +190,14 @@ impl Config {
     /// anything yet: a full or read-only disk fails here, before a change
     /// touches the kernel. See [`file`].
     pub fn stage(&self, path: &Path) -> std::io::Result<file::Staged> {
-        file::stage(path, self.file_text().as_bytes())
+        // Into the file's own text when there is one: its comments and
+        // layout stay (`layout`).
+        let text = std::fs::read_to_string(path)
+            .ok()
+            .filter(|t| !t.trim().is_empty())
+            .and_then(|old| layout::merged(&old, self))
+            .unwrap_or_else(|| self.file_text());
+        file::stage(path, text.as_bytes())
     }
 
     /// Replaces the file at once ([`Config::stage`], then commit).
