@@ -7,6 +7,7 @@ mod blocks;
 mod guard;
 mod host;
 mod interfaces;
+mod notify;
 mod probes;
 mod socket;
 mod sync;
@@ -152,6 +153,7 @@ pub fn run(opts: Options) -> Result<()> {
         .enable_all()
         .build()?;
     let exit = rt.block_on(d.serve());
+    notify::notify("STOPPING=1");
     // Without --persist, or on detach, the routing daemon stops announcing
     // this host before the data plane goes.
     let keep = d.opts.persist && matches!(exit, Ok(Exit::Signal));
@@ -250,6 +252,13 @@ impl Daemon {
         );
         use std::io::Write;
         std::io::stdout().flush()?;
+        notify::notify(&format!(
+            "READY=1\nSTATUS=serving {} services",
+            self.dp.config().services.len()
+        ));
+        // Petted from this loop: a daemon stuck in it is restarted by
+        // systemd (with --persist, without losing a datagram).
+        let mut watchdog = notify::watchdog().map(tokio::time::interval);
 
         let mut term = signal(SignalKind::terminate())?;
         // SIGHUP re-reads the file, as systemd's ExecReload sends it.
@@ -264,11 +273,18 @@ impl Daemon {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => return Ok(Exit::Signal),
                 _ = term.recv() => return Ok(Exit::Signal),
-                _ = hup.recv() => match self.reload() {
-                    Ok(a) if a.changes.is_empty() => eprintln!("reload: {}: nothing changed", self.opts.config_path.display()),
-                    Ok(_) => {}
-                    Err(e) => eprintln!("error: reload: {e:#}"),
-                },
+                _ = hup.recv() => {
+                    notify::notify("RELOADING=1");
+                    match self.reload() {
+                        Ok(a) if a.changes.is_empty() => eprintln!("reload: {}: nothing changed", self.opts.config_path.display()),
+                        Ok(_) => {}
+                        Err(e) => eprintln!("error: reload: {e:#}"),
+                    }
+                    notify::notify("READY=1");
+                }
+                _ = async { watchdog.as_mut().unwrap().tick().await }, if watchdog.is_some() => {
+                    notify::notify("WATCHDOG=1");
+                }
                 Some(ev) = events.recv() => self.on_probe(ev),
                 Some(()) = routing.recv() => {
                     follow_at.get_or_insert_with(|| tokio::time::Instant::now() + guard::QUIET);
