@@ -5,6 +5,7 @@ mod announce;
 mod answers;
 mod blocks;
 mod guard;
+mod hooks;
 mod host;
 mod interfaces;
 mod notify;
@@ -59,6 +60,8 @@ pub struct Daemon {
     announcer: Option<announce::Announcer>,
     /// Tells the peers about affinity entries (`[sync]`).
     syncer: Option<sync::Syncer>,
+    /// Backend states as the hooks last saw them (`[hooks]`).
+    hook_states: Option<hooks::States>,
 }
 
 enum Exit {
@@ -115,6 +118,7 @@ pub fn run(opts: Options) -> Result<()> {
         health_rebuilds: 0,
         announcer: None,
         syncer: None,
+        hook_states: None,
     };
     let config = d.opts.config.clone();
     if let Err(e) = d
@@ -259,6 +263,7 @@ impl Daemon {
         // Petted from this loop: a daemon stuck in it is restarted by
         // systemd (with --persist, without losing a datagram).
         let mut watchdog = notify::watchdog().map(tokio::time::interval);
+        self.run_hooks();
 
         let mut term = signal(SignalKind::terminate())?;
         // SIGHUP re-reads the file, as systemd's ExecReload sends it.
@@ -302,6 +307,7 @@ impl Daemon {
             }
             // Health and configuration change only in the branches above.
             self.update_announce();
+            self.run_hooks();
             if let Some(s) = &self.syncer {
                 s.set_directory(sync::directory(self));
             }

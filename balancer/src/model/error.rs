@@ -92,6 +92,8 @@ pub enum ConfigError {
     MaxSize(SocketAddr, u32),
     #[error("[sync] {0}")]
     Sync(String),
+    #[error("[hooks] {0}")]
+    Hooks(String),
 }
 
 impl ConfigError {
@@ -107,7 +109,7 @@ impl ConfigError {
             Cidr(c) | HostBits(c, _) => Some(c.clone()),
             BlockedTwice(n) => Some(n.to_string()),
             MaxSize(_, n) => Some(format!("max_size = {n}")),
-            Limits(_, e) | Sync(e) => e.split('`').nth(1).map(str::to_string),
+            Limits(_, e) | Sync(e) | Hooks(e) => e.split('`').nth(1).map(str::to_string),
             Health(_, e) | GlobalHealth(e) => e.split('`').nth(1).map(str::to_string),
             _ => None,
         }

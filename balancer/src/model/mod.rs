@@ -22,6 +22,7 @@ pub(crate) mod duration;
 pub mod edit;
 mod error;
 pub mod file;
+pub mod hooks;
 mod kinds;
 mod layout;
 pub mod policy;
@@ -45,6 +46,7 @@ pub use announce::{AnnounceConfig, ANNOUNCE_PROTOCOL, ANNOUNCE_TABLE};
 pub use duration::{fmt_duration, parse_duration};
 pub use edit::Op;
 pub use error::ConfigError;
+pub use hooks::HooksConfig;
 pub use kinds::{AdminState, Algorithm, Mode, NoBackend};
 pub use policy::{parse_cidr, BlockEntry, Limits};
 pub use service::{parse_addr, BackendConfig, ServiceConfig};
@@ -92,6 +94,9 @@ pub struct Config {
     /// Kernel routes telling a routing daemon which VIPs to announce.
     #[serde(default, skip_serializing_if = "AnnounceConfig::is_default")]
     pub announce: AnnounceConfig,
+    /// Commands run on events (backend state changes).
+    #[serde(default, skip_serializing_if = "HooksConfig::is_empty")]
+    pub hooks: HooksConfig,
     #[serde(default, rename = "service")]
     pub services: Vec<ServiceConfig>,
     /// Affinity entries exchanged with the other balancers; absent: none.
@@ -112,6 +117,7 @@ impl Default for Config {
             health: HealthConfig::default(),
             blocks: Vec::new(),
             announce: AnnounceConfig::default(),
+            hooks: HooksConfig::default(),
             services: Vec::new(),
             sync: None,
         }
@@ -285,6 +291,7 @@ impl Config {
         }
         e(policy::check_user_agents(&self.user_agents));
         e(self.announce.validate());
+        e(self.hooks.validate());
         if self.blocks.len() > BLOCK_ENTRIES as usize {
             e(Err(ConfigError::TooManyBlocks));
         }
