@@ -36,6 +36,7 @@ enum Command {
     Inspect(cli::inspect::Args),
     Check(cli::check::Args),
     Reload(cli::reload::Args),
+    Top(cli::top::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -67,5 +68,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Inspect(a) => cli::inspect::run(a),
         Command::Check(a) => cli::check::run(a),
         Command::Reload(a) => cli::reload::run(&i, a),
+        Command::Top(a) => cli::top::run(&i, a),
     }
 }

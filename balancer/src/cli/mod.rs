@@ -9,6 +9,7 @@ pub mod peers;
 pub mod reload;
 pub mod service;
 pub mod stats;
+pub mod top;
 pub mod whereis;
 
 use anyhow::Result;
