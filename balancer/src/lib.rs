@@ -18,6 +18,7 @@ pub mod health;
 pub mod import;
 pub mod inspect;
 pub mod kernel;
+pub mod logging;
 pub mod model;
 pub mod route;
 pub mod select;

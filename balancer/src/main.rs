@@ -14,6 +14,10 @@ struct Cli {
         default_value = "default"
     )]
     instance: String,
+    /// The daemon's log level: error, warn, info (default), debug, trace or
+    /// off (default: `RUST_LOG`, else info).
+    #[arg(long, global = true)]
+    log_level: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -53,6 +57,9 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    balancer::logging::init(
+        balancer::logging::level(cli.log_level.as_deref()).map_err(anyhow::Error::msg)?,
+    );
     let i = cli.instance;
     match cli.command {
         Command::Attach(a) => cli::attach::attach(&i, a),

@@ -75,8 +75,8 @@ impl Announcer {
                         Ok(_) => failed = false,
                         Err(e) => {
                             if !failed {
-                                eprintln!(
-                                    "error: announce: writing the routes of table {} (retrying every second): {e}",
+                                log::error!(
+                                    "announce: writing the routes of table {} (retrying every second): {e}",
                                     place.table
                                 );
                             }
@@ -100,7 +100,7 @@ impl Announcer {
         if let Some(tx) = self.tx.take() {
             if withdraw {
                 for ip in self.carried.keys() {
-                    eprintln!("announce: {ip} withdrawn (detached)");
+                    log::info!("announce: {ip} withdrawn (detached)");
                 }
                 let _ = tx.send(BTreeSet::new());
             }
@@ -128,12 +128,12 @@ impl Daemon {
         for (ip, n) in &now {
             if !a.carried.contains_key(ip) {
                 let s = if *n == 1 { "" } else { "s" };
-                eprintln!("announce: {ip} carried ({n} usable backend{s})");
+                log::info!("announce: {ip} carried ({n} usable backend{s})");
             }
         }
         for ip in a.carried.keys() {
             if !now.contains_key(ip) {
-                eprintln!("announce: {ip} withdrawn (no usable backend)");
+                log::info!("announce: {ip} withdrawn (no usable backend)");
             }
         }
         // The first set goes to the thread whatever it is: routes an earlier

@@ -41,7 +41,7 @@ impl Daemon {
                 .and_then(|r| match staged.commit() {
                     Ok(()) => Ok(r),
                     Err(e @ CommitError::SyncDirectory(_)) => {
-                        eprintln!("warning: {}: {e}", self.opts.config_path.display());
+                        log::warn!("{}: {e}", self.opts.config_path.display());
                         Ok(r)
                     }
                     Err(e) => Err(e)
@@ -51,19 +51,19 @@ impl Daemon {
             Ok(r) => r,
             Err(e) => {
                 if let Err(e2) = self.dp.sync(&prev) {
-                    eprintln!("error: restoring the previous state failed too: {e2:#}");
+                    log::error!("restoring the previous state failed too: {e2:#}");
                 }
                 return Err(e);
             }
         };
         for s in &said {
-            eprintln!(
+            log::info!(
                 "{s} (in the kernel after {:.2} ms)",
                 report.to_kernel.as_secs_f64() * 1e3
             );
         }
         if let Err(e) = self.update_guard() {
-            eprintln!("error: updating GUARD after the change: {e:#}");
+            log::error!("updating GUARD after the change: {e:#}");
         }
         self.update_probes()?;
         Ok(Applied {
@@ -118,19 +118,19 @@ impl Daemon {
             Ok(r) => r,
             Err(e) => {
                 if let Err(e2) = self.dp.sync(&prev) {
-                    eprintln!("error: restoring the previous state failed too: {e2:#}");
+                    log::error!("restoring the previous state failed too: {e2:#}");
                 }
                 return Err(e).with_context(|| format!("reloading {}", path.display()));
             }
         };
         for s in &said {
-            eprintln!(
+            log::info!(
                 "reload: {s} (in the kernel after {:.2} ms)",
                 report.to_kernel.as_secs_f64() * 1e3
             );
         }
         if let Err(e) = self.update_guard() {
-            eprintln!("error: updating GUARD after the reload: {e:#}");
+            log::error!("updating GUARD after the reload: {e:#}");
         }
         self.update_probes()?;
         Ok(Applied {

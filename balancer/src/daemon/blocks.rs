@@ -57,7 +57,7 @@ impl Daemon {
     pub(super) fn expire_blocks(&mut self) {
         let config = self.dp.config().clone();
         if let Err(e) = self.dp.write_blocked(&config) {
-            eprintln!("error: refreshing the block list in the kernel: {e:#}");
+            log::error!("refreshing the block list in the kernel: {e:#}");
         }
         let now = SystemTime::now();
         let ops: Vec<Op> = self
@@ -73,11 +73,11 @@ impl Daemon {
         }
         for op in &ops {
             if let Op::BlockRemove { cidr } = op {
-                eprintln!("block: {cidr} expired");
+                log::info!("block: {cidr} expired");
             }
         }
         if let Err(e) = self.apply(&ops) {
-            eprintln!("error: removing expired block-list entries: {e:#}");
+            log::error!("removing expired block-list entries: {e:#}");
         }
     }
 }

@@ -32,8 +32,8 @@ pub(super) fn watch() -> UnboundedReceiver<()> {
                 .spawn(move || listen(sock, tx))
                 .expect("spawning the rtnetlink thread");
         }
-        Err(e) => eprintln!(
-            "warning: routing changes are not followed (GUARD and interfaces as at start and after each change): {e:#}"
+        Err(e) => log::warn!(
+            "routing changes are not followed (GUARD and interfaces as at start and after each change): {e:#}"
         ),
     }
     rx
@@ -63,7 +63,7 @@ fn listen(sock: Socket, tx: UnboundedSender<()>) {
                 Some(libc::EINTR) => continue,
                 Some(libc::ENOBUFS) => {}
                 _ => {
-                    eprintln!("warning: routing changes are no longer followed: {e}");
+                    log::warn!("routing changes are no longer followed: {e}");
                     return;
                 }
             }
@@ -92,13 +92,13 @@ impl Daemon {
         let looked = tokio::task::spawn_blocking(move || route::egress_interfaces(&addrs)).await;
         let routes = match looked {
             Ok(Ok(r)) => r,
-            Ok(Err(e)) => return eprintln!("error: looking up the backends' routes: {e:#}"),
-            Err(e) => return eprintln!("error: looking up the backends' routes: {e}"),
+            Ok(Err(e)) => return log::error!("looking up the backends' routes: {e:#}"),
+            Err(e) => return log::error!("looking up the backends' routes: {e}"),
         };
         let moved = self.set_routes(routes);
         let want = self.wanted_interfaces();
         if let Err(e) = self.attach_interfaces(want) {
-            eprintln!("error: attaching to a backend's new interface: {e:#}");
+            log::error!("attaching to a backend's new interface: {e:#}");
         }
         // After the attachment: the program may redirect to the new
         // interface once it asks the FIB again.
@@ -106,7 +106,7 @@ impl Daemon {
             self.forget_next_hops(&moved);
         }
         if let Err(e) = self.update_guard() {
-            eprintln!("error: updating GUARD: {e:#}");
+            log::error!("updating GUARD: {e:#}");
         }
     }
 
@@ -123,7 +123,7 @@ impl Daemon {
             .filter_map(|b| self.dp.slot_of(b.address))
             .collect();
         match self.dp.forget_next_hops(moved, &slots) {
-            Ok(n) => eprintln!(
+            Ok(n) => log::info!(
                 "route: next hops towards {} refreshed ({n} cached entries dropped)",
                 moved
                     .iter()
@@ -131,9 +131,9 @@ impl Daemon {
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
-            Err(e) => eprintln!(
-                "error: dropping cached next hops (they expire within a second anyway): {e:#}"
-            ),
+            Err(e) => {
+                log::error!("dropping cached next hops (they expire within a second anyway): {e:#}")
+            }
         }
     }
 
@@ -151,13 +151,13 @@ impl Daemon {
         for ip in backends {
             match (self.routes.get(&ip), routes.get(&ip)) {
                 (Some(a), Some(b)) if a != b => {
-                    eprintln!("route: backend {ip} is now reached through {b} (was {a})");
+                    log::info!("route: backend {ip} is now reached through {b} (was {a})");
                     moved.push(ip);
                 }
-                (Some(a), None) => eprintln!(
-                    "warning: route: no route to backend {ip} any more (was {a}); its source is not checked until there is"
+                (Some(a), None) => log::warn!(
+                    "route: no route to backend {ip} any more (was {a}); its source is not checked until there is"
                 ),
-                (None, Some(b)) => eprintln!("route: backend {ip} is reached through {b}"),
+                (None, Some(b)) => log::info!("route: backend {ip} is reached through {b}"),
                 _ => {}
             }
         }
@@ -191,7 +191,7 @@ impl Daemon {
         let want = guard::entries(self.dp.config(), &routes, &local);
         let w = self.dp.write_guard(&want)?;
         if w.written + w.removed > 0 {
-            eprintln!(
+            log::info!(
                 "guard: {} addresses checked by interface ({} written, {} removed)",
                 want.len(),
                 w.written,

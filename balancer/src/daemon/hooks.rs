@@ -75,7 +75,7 @@ impl Daemon {
         let mut child = match child {
             Ok(c) => c,
             Err(e) => {
-                eprintln!("error: hook {}: {e}", cmd.display());
+                log::error!("hook {}: {e}", cmd.display());
                 return;
             }
         };
@@ -86,14 +86,11 @@ impl Daemon {
             loop {
                 match child.try_wait() {
                     Ok(Some(s)) if s.success() => return,
-                    Ok(Some(s)) => return eprintln!("warning: hook `{what}` exited with {s}"),
+                    Ok(Some(s)) => return log::warn!("hook `{what}` exited with {s}"),
                     Ok(None) if Instant::now() >= end => {
                         let _ = child.kill();
                         let _ = child.wait();
-                        return eprintln!(
-                            "warning: hook `{what}` killed after {}s",
-                            LIMIT.as_secs()
-                        );
+                        return log::warn!("hook `{what}` killed after {}s", LIMIT.as_secs());
                     }
                     Ok(None) => std::thread::sleep(Duration::from_millis(50)),
                     Err(_) => return,

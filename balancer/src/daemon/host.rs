@@ -60,6 +60,6 @@ pub(super) fn warn_forwarding(v4: bool) {
         .map(|s| s.trim() == "0")
         .unwrap_or(false)
     {
-        eprintln!("warning: {path} is 0: in dnat mode this host is a router; the kernel refuses to forward and rewritten datagrams are dropped");
+        log::warn!("{path} is 0: in dnat mode this host is a router; the kernel refuses to forward and rewritten datagrams are dropped");
     }
 }

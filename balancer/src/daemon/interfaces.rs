@@ -53,7 +53,7 @@ impl Daemon {
     /// not use (no longer configured, no backend routed there).
     pub(super) fn drop_stale_links(&mut self) -> Result<()> {
         for i in self.dp.drop_links_except(&self.ifaces)? {
-            eprintln!("note: detached {i}: an earlier run's interface, not used now");
+            log::info!("note: detached {i}: an earlier run's interface, not used now");
         }
         Ok(())
     }
@@ -68,7 +68,7 @@ impl Daemon {
             self.dp.add_tx_port(idx)?;
             self.dp.attach(&i, self.opts.xdp_mode)?;
             if route::is_veth(&i) && self.opts.xdp_mode != XdpMode::Skb {
-                eprintln!(
+                log::info!(
                     "note: {i} is a veth: frames redirected into it are received only if its peer runs NAPI \
                      (an XDP program, or `ethtool -K <peer> gro on`); otherwise they are silently lost"
                 );

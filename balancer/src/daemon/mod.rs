@@ -87,8 +87,8 @@ pub fn run(opts: Options) -> Result<()> {
     requirements::check()?;
     let release = requirements::release();
     if requirements::older_than_tested(&release) {
-        eprintln!(
-            "warning: kernel {release} is older than the oldest tested ({}): it has what the program uses, but is untested",
+        log::warn!(
+            "kernel {release} is older than the oldest tested ({}): it has what the program uses, but is untested",
             requirements::MINIMUM
         );
     }
@@ -103,7 +103,7 @@ pub fn run(opts: Options) -> Result<()> {
     let pins = control::pin_dir(&opts.instance);
     let dp = open_dataplane(&opts, &pins)?;
     if dp.adopted_services() > 0 {
-        eprintln!(
+        log::info!(
             "adopting the pinned data plane of an earlier run ({} services): traffic keeps flowing",
             dp.adopted_services()
         );
@@ -136,7 +136,7 @@ pub fn run(opts: Options) -> Result<()> {
     match staged.commit() {
         Ok(()) => {}
         Err(e @ CommitError::SyncDirectory(_)) => {
-            eprintln!("warning: {}: {e}", d.opts.config_path.display())
+            log::warn!("{}: {e}", d.opts.config_path.display())
         }
         Err(e) => {
             if !d.opts.persist {
@@ -177,7 +177,7 @@ pub fn run(opts: Options) -> Result<()> {
     };
     for (name, n) in d.dp.stats()? {
         if n > 0 {
-            eprintln!("{name:>20} {n}");
+            log::info!("{name:>20} {n}");
         }
     }
     if d.opts.persist && matches!(exit, Exit::Signal) {
@@ -281,9 +281,9 @@ impl Daemon {
                 _ = hup.recv() => {
                     notify::notify("RELOADING=1");
                     match self.reload() {
-                        Ok(a) if a.changes.is_empty() => eprintln!("reload: {}: nothing changed", self.opts.config_path.display()),
+                        Ok(a) if a.changes.is_empty() => log::info!("reload: {}: nothing changed", self.opts.config_path.display()),
                         Ok(_) => {}
-                        Err(e) => eprintln!("error: reload: {e:#}"),
+                        Err(e) => log::error!("reload: {e:#}"),
                     }
                     notify::notify("READY=1");
                 }

@@ -38,7 +38,7 @@ impl Daemon {
                 && unsticky.contains(&b.address)
                 && !self.health.contains_key(&b.address)
             {
-                eprintln!(
+                log::info!(
                     "health: backend {} starts down, as the last run left it",
                     b.address
                 );
@@ -72,7 +72,7 @@ impl Daemon {
         let Some(tr) = t.record(&params, &ev.outcome) else {
             return;
         };
-        eprintln!(
+        log::info!(
             "health: backend {} {} -> {} ({})",
             ev.backend,
             tr.from.name(),
@@ -87,11 +87,11 @@ impl Daemon {
         self.health_rebuilds += 1;
         let config = self.dp.config().clone();
         match self.dp.sync(&config) {
-            Ok(r) => eprintln!(
+            Ok(r) => log::info!(
                 "health: tables rebuilt, in the kernel after {:.2} ms",
                 r.to_kernel.as_secs_f64() * 1e3
             ),
-            Err(e) => eprintln!("error: rebuilding the tables after a health change: {e:#}"),
+            Err(e) => log::error!("rebuilding the tables after a health change: {e:#}"),
         }
     }
 }

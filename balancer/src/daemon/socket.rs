@@ -70,7 +70,7 @@ pub(super) fn listen(path: &Path) -> Result<mpsc::Receiver<Job>> {
                 Ok((s, _)) => s,
                 Err(e) => {
                     // EMFILE and the like: pause rather than spin.
-                    eprintln!("control socket: accepting a connection: {e}");
+                    log::info!("control socket: accepting a connection: {e}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }

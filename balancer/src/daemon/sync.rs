@@ -133,7 +133,7 @@ impl Syncer {
             snapshots: HashMap::new(),
             silent: HashSet::new(),
         };
-        eprintln!(
+        log::info!(
             "sync: on {}, {} peers; asking each for its entries",
             c.listen,
             c.peers.len()
@@ -240,7 +240,7 @@ impl Worker {
             let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
             let rc = unsafe { libc::poll(fds.as_mut_ptr(), 3, ms) };
             if rc < 0 && std::io::Error::last_os_error().kind() != ErrorKind::Interrupted {
-                eprintln!("sync: poll: {}", std::io::Error::last_os_error());
+                log::info!("sync: poll: {}", std::io::Error::last_os_error());
                 std::thread::sleep(Duration::from_millis(100));
             }
             if fds[2].revents != 0 {
@@ -270,7 +270,7 @@ impl Worker {
         let s = self.shared.state.lock().unwrap();
         for (p, (at, _)) in &s.heard {
             if now - *at >= SILENCE && self.silent.insert(*p) {
-                eprintln!("sync: peer {p} silent for {}s", SILENCE.as_secs());
+                log::info!("sync: peer {p} silent for {}s", SILENCE.as_secs());
             }
         }
     }
@@ -368,12 +368,12 @@ impl Worker {
                         let lag = now_ms as i64 - d.header.timestamp_ms as i64;
                         let before = s.heard.insert(from, (now, lag));
                         if before.is_none() {
-                            eprintln!("sync: peer {from} heard");
+                            log::info!("sync: peer {from} heard");
                         }
                         self.silent.remove(&from);
                         // Back after a silence: catch up with what it holds.
                         if let Some((at, _)) = before.filter(|(at, _)| now - *at >= SILENCE) {
-                            eprintln!(
+                            log::info!(
                                 "sync: peer {from} heard again after {:.1}s: asking for its entries",
                                 (now - at).as_secs_f64()
                             );
@@ -413,7 +413,7 @@ impl Worker {
                     b.next = (d.header.cursor != 0).then_some(d.header.cursor);
                     b.at = now + PAGE_GAP;
                     if b.next.is_none() {
-                        eprintln!("sync: caught up with {from}");
+                        log::info!("sync: caught up with {from}");
                         self.shared
                             .state
                             .lock()

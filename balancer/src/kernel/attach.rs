@@ -49,7 +49,7 @@ impl Dataplane {
                 Err(e) => Some(format!("it cannot be read: {e}")),
             };
             if let Some(why) = stale {
-                eprintln!(
+                log::info!(
                     "note: dropping the pinned link {} ({why}); attaching anew",
                     pin.display()
                 );

@@ -148,7 +148,7 @@ impl Dataplane {
         }
         // Without its log the data plane works the same: say so and go on.
         let log = program_log::start(&mut ebpf)
-            .map_err(|e| eprintln!("warning: the XDP program's log is not read: {e:#}"))
+            .map_err(|e| log::warn!("the XDP program's log is not read: {e:#}"))
             .ok();
         let mut dp = Dataplane {
             ebpf,

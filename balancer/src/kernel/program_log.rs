@@ -18,7 +18,7 @@ use aya_log::EbpfLogger;
 /// object is loaded (the ring buffer map exists) and keep the [`Reader`] as long
 /// as the program runs. An error leaves the data plane as it is, without the log.
 pub fn start(ebpf: &mut Ebpf) -> Result<Reader> {
-    start_with(ebpf, Stderr)
+    start_with(ebpf, Forward)
 }
 
 /// Like [`start`], to any logger (tests capture the records).
@@ -95,21 +95,23 @@ impl Drop for Reader {
 }
 
 /// Records as the daemon writes its own lines.
-struct Stderr;
+/// Hands the program's records to the daemon's log (`crate::logging`),
+/// target `xdp`, at their own level.
+struct Forward;
 
-impl log::Log for Stderr {
-    fn enabled(&self, _: &log::Metadata) -> bool {
-        true
+impl log::Log for Forward {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        m.level() <= log::max_level()
     }
 
     fn log(&self, record: &log::Record) {
-        let level = match record.level() {
-            log::Level::Error => "error",
-            log::Level::Warn => "warning",
-            log::Level::Info => "info",
-            log::Level::Debug | log::Level::Trace => "debug",
-        };
-        eprintln!("{level}: xdp: {}", record.args());
+        log::logger().log(
+            &log::Record::builder()
+                .args(*record.args())
+                .level(record.level())
+                .target("xdp")
+                .build(),
+        );
     }
 
     fn flush(&self) {}

@@ -73,7 +73,7 @@ impl Key {
         let meta =
             std::fs::metadata(path).map_err(|e| KeyError::File(name.clone(), e.to_string()))?;
         if meta.permissions().mode() & 0o077 != 0 {
-            eprintln!("warning: sync key file {name} is readable by others: chmod 600 it");
+            log::warn!("sync key file {name} is readable by others: chmod 600 it");
         }
         let text = std::fs::read_to_string(path)
             .map_err(|e| KeyError::File(name.clone(), e.to_string()))?;
