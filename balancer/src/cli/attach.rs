@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use balancer::{
     daemon::{self, parse_xdp_mode, Options},
-    model::{parse_addr, Algorithm, BackendConfig, Config, Mode, ServiceConfig},
+    model::{parse_addr, Algorithm, BackendConfig, Config, MetricsConfig, Mode, ServiceConfig},
 };
 use balancer_common::maglev::DEFAULT_TABLE;
 
@@ -63,6 +63,17 @@ struct Common {
     /// (for a bug report); default /run/balancer/INSTANCE.verifier.log.
     #[arg(long, value_name = "FILE")]
     verifier_log: Option<PathBuf>,
+    /// Serve Prometheus' /metrics on IP:PORT (sets `[metrics] listen`).
+    #[arg(long, value_name = "IP:PORT", value_parser = parse_addr)]
+    metrics: Option<std::net::SocketAddr>,
+}
+
+impl Common {
+    fn apply(&self, c: &mut Config) {
+        if let Some(listen) = self.metrics {
+            c.metrics = Some(MetricsConfig { listen });
+        }
+    }
 }
 
 pub fn attach(instance: &str, a: AttachArgs) -> Result<()> {
@@ -92,6 +103,7 @@ pub fn attach(instance: &str, a: AttachArgs) -> Result<()> {
         config.services.retain(|x| x.vip != vip);
         config.services.push(s);
     }
+    a.common.apply(&mut config);
     config.validate()?;
     daemon::run(Options {
         instance: instance.into(),
@@ -104,7 +116,8 @@ pub fn attach(instance: &str, a: AttachArgs) -> Result<()> {
 }
 
 pub fn run(instance: &str, a: RunArgs) -> Result<()> {
-    let config = Config::load(&a.config)?;
+    let mut config = Config::load(&a.config)?;
+    a.common.apply(&mut config);
     daemon::run(Options {
         instance: instance.into(),
         config_path: a.config,

@@ -93,6 +93,7 @@ impl Daemon {
                 "affinity_entries",
                 next.affinity_entries == prev.affinity_entries,
             ),
+            ("[metrics]", next.metrics == prev.metrics),
         ] {
             if !same {
                 bail!(

@@ -8,6 +8,7 @@ mod guard;
 mod hooks;
 mod host;
 mod interfaces;
+mod metrics;
 mod notify;
 mod probes;
 mod socket;
@@ -263,6 +264,10 @@ impl Daemon {
         // Petted from this loop: a daemon stuck in it is restarted by
         // systemd (with --persist, without losing a datagram).
         let mut watchdog = notify::watchdog().map(tokio::time::interval);
+        let mut scrapes = match &self.dp.config().metrics {
+            Some(m) => Some(metrics::serve(m.listen, control::pin_dir(&self.opts.instance)).await?),
+            None => None,
+        };
         self.run_hooks();
 
         let mut term = signal(SignalKind::terminate())?;
@@ -286,6 +291,13 @@ impl Daemon {
                         Err(e) => log::error!("reload: {e:#}"),
                     }
                     notify::notify("READY=1");
+                }
+                Some(s) = async { scrapes.as_mut().unwrap().recv().await }, if scrapes.is_some() => {
+                    let text = self.metrics_text(s.affinity).unwrap_or_else(|e| {
+                        log::error!("metrics: {e:#}");
+                        "# EOF\n".to_string()
+                    });
+                    let _ = s.answer.send(text);
                 }
                 _ = async { watchdog.as_mut().unwrap().tick().await }, if watchdog.is_some() => {
                     notify::notify("WATCHDOG=1");

@@ -94,6 +94,12 @@ impl AffinityMaps {
         }
     }
 
+    /// How many entries each map holds (fresh or not).
+    pub fn count(&self) -> (u64, u64) {
+        let n = |m: &Entries| m.keys().map_while(|k| k.ok()).count() as u64;
+        (n(&self.client), n(&self.learned))
+    }
+
     /// Every entry still fresh by its service's idle time (`idle_s`, `None`
     /// for a service this balancer does not know): what a peer that asks for
     /// everything gets, with how long ago each was last seen.

@@ -25,6 +25,7 @@ pub mod file;
 pub mod hooks;
 mod kinds;
 mod layout;
+pub mod metrics;
 pub mod policy;
 mod service;
 pub mod sync;
@@ -48,6 +49,7 @@ pub use edit::Op;
 pub use error::ConfigError;
 pub use hooks::HooksConfig;
 pub use kinds::{AdminState, Algorithm, Mode, NoBackend};
+pub use metrics::MetricsConfig;
 pub use policy::{parse_cidr, BlockEntry, Limits};
 pub use service::{parse_addr, BackendConfig, ServiceConfig};
 pub use sync::{SyncConfig, SyncLimits};
@@ -97,6 +99,9 @@ pub struct Config {
     /// Commands run on events (backend state changes).
     #[serde(default, skip_serializing_if = "HooksConfig::is_empty")]
     pub hooks: HooksConfig,
+    /// Where Prometheus scrapes `/metrics`; absent: nowhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsConfig>,
     #[serde(default, rename = "service")]
     pub services: Vec<ServiceConfig>,
     /// Affinity entries exchanged with the other balancers; absent: none.
@@ -118,6 +123,7 @@ impl Default for Config {
             blocks: Vec::new(),
             announce: AnnounceConfig::default(),
             hooks: HooksConfig::default(),
+            metrics: None,
             services: Vec::new(),
             sync: None,
         }
