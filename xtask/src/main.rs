@@ -28,7 +28,13 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Install what building the eBPF object needs (idempotent; says what it does).
-    Setup,
+    /// Leaves no service of what it installs enabled or running.
+    Setup {
+        /// Only print the packages whose services setup keeps disabled and
+        /// stopped, one per line (for tests/setup.rs).
+        #[arg(long, hide = true)]
+        list: bool,
+    },
     /// Build the balancer binary (release) with its embedded XDP object.
     Build,
     /// Run every test: formatting, clippy, host tests, kernel fixtures, netns
@@ -105,7 +111,13 @@ enum Cmd {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Setup => setup::run(),
+        Cmd::Setup { list: true } => {
+            for p in setup::quiet_packages() {
+                println!("{p}");
+            }
+            Ok(())
+        }
+        Cmd::Setup { list: false } => setup::run(),
         Cmd::Build => {
             setup::run()?;
             cargo(&["build", "--release", "-p", "balancer"])
