@@ -104,7 +104,10 @@ fn ip_netns_exec_with_persist_is_refused_in_one_line() {
     assert!(!ok, "the start must be refused: {out}{err}");
     let lines: Vec<&str> = err.lines().collect();
     assert_eq!(lines.len(), 1, "one line, not: {err}");
-    assert!(lines[0].contains("--persist: "), "{err}");
+    assert!(
+        lines[0].starts_with("balancer: attach: --persist: "),
+        "{err}"
+    );
     for hint in ["nsenter --net=/run/netns/NAME", "--netns NAME"] {
         assert!(lines[0].contains(hint), "no `{hint}` in: {err}");
     }

@@ -117,10 +117,32 @@ impl Default for Config {
     }
 }
 
+/// A TOML error in one line: `line 4, column 7: invalid string; expected ...`
+/// (toml's own text draws the line with a caret under it, over several lines).
+fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let what = e
+        .message()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: {what}")
+        }
+        None => what,
+    }
+}
+
 impl Config {
     /// Parses and validates a configuration; errors name the line.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let c: Config = toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        let c: Config =
+            toml::from_str(text).map_err(|e| ConfigError::Syntax(toml_error(text, &e)))?;
         c.validate().map_err(|e| {
             // A duplicate is wrong where it appears the second time.
             let last = matches!(
