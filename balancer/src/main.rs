@@ -34,6 +34,8 @@ enum Command {
     Detach(cli::detach::Args),
     ImportDispatcher(cli::import::Args),
     Inspect(cli::inspect::Args),
+    Completions(cli::docs::CompletionsArgs),
+    Man(cli::docs::ManArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -155,5 +157,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Detach(a) => cli::detach::run(&i, a),
         Command::ImportDispatcher(a) => cli::import::run(&i, a),
         Command::Inspect(a) => cli::inspect::run(a),
+        Command::Completions(a) => {
+            use clap::CommandFactory;
+            cli::docs::completions(Cli::command(), a)
+        }
+        Command::Man(a) => {
+            use clap::CommandFactory;
+            cli::docs::man(Cli::command(), a)
+        }
     }
 }

@@ -2,6 +2,7 @@ pub mod attach;
 pub mod backend;
 pub mod block;
 pub mod detach;
+pub mod docs;
 pub mod import;
 pub mod inspect;
 pub mod peers;

@@ -348,6 +348,15 @@ fn line_of(text: &str, needle: &str, last: bool) -> Option<usize> {
 mod tests {
     use super::*;
 
+    /// The example the Debian package ships (dist/example.toml) is valid.
+    #[test]
+    fn the_packaged_example_is_valid() {
+        let c =
+            Config::parse(include_str!("../../../dist/example.toml")).expect("dist/example.toml");
+        assert_eq!(c.services.len(), 1);
+        assert_eq!(c.services[0].backends.len(), 3);
+    }
+
     const GOOD: &str = r#"
 interfaces = ["eth0"]
 
