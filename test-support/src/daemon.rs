@@ -54,11 +54,14 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `balancer <args>` inside `netns` and waits for its `ready` line.
     pub fn start(netns: &str, args: &[String]) -> Daemon {
-        let mut child = in_netns(netns)
-            .args(args)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn balancer");
+        let mut cmd = in_netns(netns);
+        cmd.args(args);
+        Daemon::start_cmd(cmd)
+    }
+
+    /// Starts `cmd` (a balancer daemon command) and waits for its `ready` line.
+    pub fn start_cmd(mut cmd: Command) -> Daemon {
+        let mut child = cmd.stdout(Stdio::piped()).spawn().expect("spawn balancer");
         let out = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -100,6 +103,26 @@ impl Daemon {
         let ok = child.wait().map(|s| s.success()).unwrap_or(false);
         let said = self.lines.iter().any(|l| l == "detached");
         ok && said
+    }
+
+    /// SIGTERM, then waits (a minute at most); returns whether it exited 0
+    /// and the lines it printed since `ready`.
+    pub fn terminate(mut self) -> (bool, Vec<String>) {
+        let mut child = self.child.take().unwrap();
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let t0 = std::time::Instant::now();
+        let status = loop {
+            if let Some(st) = child.try_wait().expect("wait") {
+                break st;
+            }
+            if t0.elapsed() > Duration::from_secs(60) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("balancer did not exit within a minute of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        (status.success(), self.lines.iter().collect())
     }
 
     fn kill(&mut self) {

@@ -1,9 +1,10 @@
-//! Developer and CI entry points: `cargo xtask setup|build|test|lab|bench|mutants|fuzz`.
+//! Developer and CI entry points: `cargo xtask setup|build|deb|test|lab|bench|mutants|fuzz`.
 //!
 //! Every command that builds calls `setup` first, so a fresh Debian machine needs
 //! nothing but the Rust toolchain from rustup and this repository.
 
 mod bench;
+mod deb;
 mod fuzz;
 mod goals;
 mod kernel_suite;
@@ -28,9 +29,19 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Install what building the eBPF object needs (idempotent; says what it does).
-    Setup,
+    /// Leaves no service of what it installs enabled or running.
+    Setup {
+        /// Only print the packages whose services setup keeps disabled and
+        /// stopped, one per line (for tests/setup.rs).
+        #[arg(long, hide = true)]
+        list: bool,
+    },
     /// Build the balancer binary (release) with its embedded XDP object.
     Build,
+    /// Build the Debian package target/debian/balancer_<version>_<arch>.deb:
+    /// the release binary, the systemd unit, man pages, completions, an example
+    /// configuration.
+    Deb,
     /// Run every test: formatting, clippy, host tests, kernel fixtures, netns
     /// end-to-end, then the eBPF tests again on each supported kernel under QEMU.
     Test {
@@ -105,10 +116,20 @@ enum Cmd {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Setup => setup::run(),
+        Cmd::Setup { list: true } => {
+            for p in setup::quiet_packages() {
+                println!("{p}");
+            }
+            Ok(())
+        }
+        Cmd::Setup { list: false } => setup::run(),
         Cmd::Build => {
             setup::run()?;
             cargo(&["build", "--release", "-p", "balancer"])
+        }
+        Cmd::Deb => {
+            setup::run()?;
+            deb::run(&root()).map(|_| ())
         }
         Cmd::Test { host_only, args } => {
             require_root("the tests load XDP programs and create network namespaces")?;

@@ -6,7 +6,10 @@
 //! - bpf-linker 0.13.0 built against Debian's LLVM 22.
 //! - iproute2 and ethtool for the test bed; bpffs mounted.
 //! - The SIP peers and routing daemons the tests run themselves (sipp, Kamailio,
-//!   BIRD 2, keepalived), their services disabled.
+//!   BIRD 2, keepalived, Prometheus). Nothing is left enabled or running on the host: apt
+//!   installs under a `policy-rc.d` that forbids starts, the services of what
+//!   it installed are disabled, and those of Kamailio, BIRD, keepalived and Prometheus are
+//!   disabled and stopped on every run, also when they were there before.
 //! - QEMU and what prepares Debian's kernel packages for the VM tests.
 
 use std::process::{Command, Stdio};
@@ -16,7 +19,9 @@ use anyhow::{bail, Context, Result};
 /// rustup's name for the Debian toolchain.
 pub const TOOLCHAIN: &str = "balancer-bpf";
 const BPF_LINKER: &str = "0.13.0";
-const PACKAGES: &[&str] = &[
+/// What builds the eBPF object: not needed when `BALANCER_EBPF_TOOLCHAIN` names
+/// a toolchain of one's own.
+const TOOLCHAIN_PACKAGES: &[&str] = &[
     "rustc-web",
     "cargo-web",
     "rust-web-src",
@@ -24,6 +29,9 @@ const PACKAGES: &[&str] = &[
     "libpolly-22-dev",
     "libzstd-dev",
     "zlib1g-dev",
+];
+/// What the tests, the lab and the benches run.
+const TEST_PACKAGES: &[&str] = &[
     "iproute2",
     "ethtool",
     // nsenter and setpriv for the tests (essential on Debian; listed to be sure).
@@ -37,6 +45,9 @@ const PACKAGES: &[&str] = &[
     "bird2",
     // VRRP for the active/standby test (tests/ha.rs); disabled like BIRD.
     "keepalived",
+    // promtool and a Prometheus server for the metrics test (tests/metrics.rs);
+    // disabled like BIRD, the test runs its own.
+    "prometheus",
     // The plain-Linux contender of the throughput bench (nft DNAT).
     "nftables",
     // The VM tests on Debian's own kernels (`cargo xtask kernels`): QEMU, a
@@ -49,15 +60,75 @@ const PACKAGES: &[&str] = &[
     "zstd",
 ];
 
+/// The daemons the tests run themselves, each in its own namespace: a system
+/// one is never wanted on a build or test host (Kamailio would answer SIP on
+/// every address, BIRD and keepalived would speak to the network), so their
+/// services are disabled and stopped on every run of setup, also when they
+/// were installed before it. (package, service, the pid file its service
+/// writes, the process name that pid must have).
+const PEERS: &[(&str, &str, &str, &str)] = &[
+    (
+        "kamailio",
+        "kamailio",
+        "/run/kamailio/kamailio.pid",
+        "kamailio",
+    ),
+    ("bird2", "bird", "/run/bird/bird.pid", "bird"),
+    (
+        "keepalived",
+        "keepalived",
+        "/run/keepalived.pid",
+        "keepalived",
+    ),
+    (
+        "prometheus",
+        "prometheus",
+        "/run/prometheus/prometheus.pid",
+        "prometheus",
+    ),
+];
+
+/// Packages of every Debian system whose services are the host's own
+/// (`fstrim.timer`, module loading, the firewall's `nftables.service`): setup
+/// leaves their enablement as the administrator set it. Installed by setup
+/// (only nftables ever is), their services are disabled like any other's.
+pub const HOST_OWNED: &[&str] = &["util-linux", "kmod", "nftables"];
+
+/// The packages (with the toolchain's) whose services setup keeps off.
+pub fn quiet_packages() -> Vec<&'static str> {
+    TEST_PACKAGES
+        .iter()
+        .chain(TOOLCHAIN_PACKAGES)
+        .copied()
+        .filter(|p| !HOST_OWNED.contains(p))
+        .collect()
+}
+
+/// Written while apt installs, so that no package's maintainer scripts start
+/// a service (`invoke-rc.d` and `deb-systemd-invoke` both ask it; 101 is
+/// "action forbidden"); removed afterwards. The marker tells a leftover of an
+/// interrupted setup from the administrator's own policy, which is kept.
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
+const POLICY_MARKER: &str = "# written by cargo xtask setup";
+
 pub fn run() -> Result<()> {
-    if let Ok(t) = std::env::var("BALANCER_EBPF_TOOLCHAIN") {
+    let own = std::env::var("BALANCER_EBPF_TOOLCHAIN").ok();
+    if let Some(t) = &own {
         say(&format!(
             "BALANCER_EBPF_TOOLCHAIN={t}: using that toolchain for the eBPF object"
         ));
-    } else if have("apt-get") {
-        apt()?;
-        link_toolchain()?;
-    } else if !nightly_has_rust_src() {
+    }
+    if have("apt-get") {
+        let mut packages = TEST_PACKAGES.to_vec();
+        if own.is_none() {
+            packages.extend(TOOLCHAIN_PACKAGES);
+        }
+        let new = apt(&packages)?;
+        quiet_services(&new)?;
+        if own.is_none() {
+            link_toolchain()?;
+        }
+    } else if own.is_none() && !nightly_has_rust_src() {
         bail!("no apt-get here: install a nightly toolchain with rust-src (rustup toolchain install nightly --component rust-src) and bpf-linker, or set BALANCER_EBPF_TOOLCHAIN");
     }
     bpf_linker()?;
@@ -111,62 +182,214 @@ fn installed(pkg: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn apt() -> Result<()> {
-    let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+/// Installs what is missing, with no service started meanwhile; returns what
+/// it installed.
+fn apt(packages: &[&'static str]) -> Result<Vec<&'static str>> {
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
     if missing.is_empty() {
         say("Debian packages present");
-        return Ok(());
+        return Ok(missing);
     }
     say(&format!(
-        "installing Debian packages: {}",
+        "installing Debian packages (no service started): {}",
         missing.join(" ")
     ));
     run_cmd(Command::new("apt-get").args(["update", "-q"]))?;
+    let _policy = NoStarts::new()?;
     run_cmd(
         Command::new("apt-get")
             .args(["install", "-y", "-q"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )?;
-    // Debian enables (and, under systemd, starts) BIRD and keepalived on
-    // installation: not on a build or test host, where the tests run their own.
-    for (pkg, service, pidfile) in [
-        ("bird2", "bird", "/run/bird/bird.pid"),
-        ("keepalived", "keepalived", "/run/keepalived.pid"),
-    ] {
-        if missing.contains(&pkg) {
-            disable_service(service, pidfile);
+    Ok(missing)
+}
+
+/// `policy-rc.d` forbidding every start while it lives (see [`POLICY_RC_D`]).
+struct NoStarts {
+    ours: bool,
+}
+
+impl NoStarts {
+    fn new() -> Result<NoStarts> {
+        let path = std::path::Path::new(POLICY_RC_D);
+        if let Ok(existing) = std::fs::read_to_string(path) {
+            if !existing.contains(POLICY_MARKER) {
+                say(&format!(
+                    "{POLICY_RC_D} exists: keeping it (services are disabled and stopped after installation)"
+                ));
+                return Ok(NoStarts { ours: false });
+            }
         }
+        std::fs::write(path, format!("#!/bin/sh\n{POLICY_MARKER}\nexit 101\n"))
+            .with_context(|| format!("writing {POLICY_RC_D}"))?;
+        let mut perm = std::fs::metadata(path)?.permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
+        std::fs::set_permissions(path, perm)?;
+        Ok(NoStarts { ours: true })
+    }
+}
+
+impl Drop for NoStarts {
+    fn drop(&mut self) {
+        if self.ours {
+            let _ = std::fs::remove_file(POLICY_RC_D);
+        }
+    }
+}
+
+/// The services (systemd units, SysV init scripts) a package installed:
+/// `kamailio` for `/lib/systemd/system/kamailio.service` and
+/// `/etc/init.d/kamailio`. Template units (`name@.service`) run only when
+/// instantiated and are left out.
+pub fn services_of(pkg: &str) -> Vec<String> {
+    let out = Command::new("dpkg")
+        .args(["-L", pkg])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let mut found: Vec<String> = Vec::new();
+    for line in out.lines() {
+        let p = std::path::Path::new(line);
+        let (Some(dir), Some(name)) = (p.parent().and_then(|d| d.to_str()), p.file_name()) else {
+            continue;
+        };
+        let name = name.to_string_lossy();
+        let unit = matches!(dir, "/lib/systemd/system" | "/usr/lib/systemd/system")
+            && [".service", ".socket", ".timer", ".path"]
+                .iter()
+                .any(|s| name.ends_with(s))
+            && !name.contains('@');
+        let service = if unit {
+            name.to_string()
+        } else if dir == "/etc/init.d" {
+            format!("{name}.service")
+        } else {
+            continue;
+        };
+        if !found.contains(&service) {
+            found.push(service);
+        }
+    }
+    found
+}
+
+/// Disables (and stops) the services of every package installed just now,
+/// and those of the test peers ([`PEERS`]) whenever they are enabled or run.
+fn quiet_services(new: &[&str]) -> Result<()> {
+    let mut pending = Vec::new();
+    for pkg in new {
+        if !PEERS.iter().any(|p| p.0 == *pkg) {
+            for unit in services_of(pkg) {
+                pending.push((unit, None));
+            }
+        }
+    }
+    for &(pkg, service, pidfile, comm) in PEERS {
+        if installed(pkg) {
+            pending.push((format!("{service}.service"), Some((pidfile, comm))));
+        }
+    }
+    let mut left = Vec::new();
+    for (unit, daemon) in pending {
+        let name = unit.rsplit_once('.').map(|(n, _)| n).unwrap_or(&unit);
+        let running = daemon.and_then(|(pidfile, comm)| pid_alive(pidfile, comm));
+        if !enabled(&unit) && !active(&unit) && running.is_none() {
+            continue;
+        }
+        say(&format!(
+            "disabling and stopping the {unit} the package installed (the tests start their own)"
+        ));
+        if systemd_runs() {
+            quiet(Command::new("systemctl").args(["disable", "--now", &unit]));
+        } else if have("systemctl") {
+            // Without systemd as init, `systemctl disable` still removes the unit's links.
+            quiet(Command::new("systemctl").args(["disable", &unit]));
+        }
+        if have("update-rc.d") && std::path::Path::new("/etc/init.d").join(name).exists() {
+            quiet(Command::new("update-rc.d").args([name, "disable"]));
+        }
+        // Where systemd does not run, an init script (or `invoke-rc.d`) may
+        // have started it: stop it by its pid file, never by name, which
+        // would hit the tests' own daemons.
+        if let (Some(pid), Some((pidfile, comm))) = (running, daemon) {
+            say(&format!(
+                "stopping the {name} its service started (pid {pid})"
+            ));
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            let t0 = std::time::Instant::now();
+            while pid_alive(pidfile, comm) == Some(pid)
+                && t0.elapsed() < std::time::Duration::from_secs(10)
+            {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+        let still_running = daemon.and_then(|(pidfile, comm)| pid_alive(pidfile, comm));
+        if enabled(&unit) || active(&unit) || still_running.is_some() {
+            left.push(unit);
+        }
+    }
+    if !left.is_empty() {
+        bail!(
+            "could not disable and stop {}: do it by hand (systemctl disable --now, update-rc.d NAME disable)",
+            left.join(", ")
+        );
     }
     Ok(())
 }
 
-/// Stops `service` and keeps it from starting at boot, under systemd or
-/// without it (a container, where `invoke-rc.d` may or may not have started
-/// it): the daemon the package started is stopped by its own pid file, never
-/// by name, which would hit the tests' own BIRDs and keepaliveds.
-fn disable_service(service: &str, pidfile: &str) {
-    say(&format!(
-        "disabling the {service} service (the tests start their own)"
-    ));
-    if have("systemctl") {
-        quiet(Command::new("systemctl").args(["disable", "--now", service]));
+/// systemd is the init system (`systemctl is-active` means something).
+pub fn systemd_runs() -> bool {
+    std::path::Path::new("/run/systemd/system").is_dir()
+}
+
+/// Enabled at boot: by systemd's links (which `systemctl is-enabled` reads
+/// without systemd running, too) or by a SysV start link in a runlevel.
+fn enabled(unit: &str) -> bool {
+    let by_systemd = have("systemctl")
+        && Command::new("systemctl")
+            .args(["is-enabled", unit])
+            .output()
+            .map(|o| {
+                matches!(
+                    String::from_utf8_lossy(&o.stdout).trim(),
+                    "enabled" | "enabled-runtime" | "alias"
+                )
+            })
+            .unwrap_or(false);
+    let name = unit.rsplit_once('.').map(|(n, _)| n).unwrap_or(unit);
+    by_systemd || sysv_start_links(name)
+}
+
+/// `/etc/rcN.d/S??name` in any runlevel.
+pub fn sysv_start_links(name: &str) -> bool {
+    (0..=6)
+        .map(|l| format!("/etc/rc{l}.d"))
+        .chain(["/etc/rcS.d".into()])
+        .any(|d| {
+            std::fs::read_dir(d)
+                .map(|rd| {
+                    rd.flatten().any(|e| {
+                        let f = e.file_name().to_string_lossy().into_owned();
+                        f.starts_with('S') && f.get(3..) == Some(name)
+                    })
+                })
+                .unwrap_or(false)
+        })
+}
+
+fn active(unit: &str) -> bool {
+    systemd_runs() && quiet(Command::new("systemctl").args(["is-active", "--quiet", unit]))
+}
+
+/// The pid in `pidfile`, if that process lives and is named `comm`.
+pub fn pid_alive(pidfile: &str, comm: &str) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(pidfile).ok()?.trim().parse().ok()?;
+    if pid <= 1 {
+        return None;
     }
-    if have("update-rc.d") {
-        quiet(Command::new("update-rc.d").args([service, "disable"]));
-    }
-    let pid: Option<i32> = std::fs::read_to_string(pidfile)
-        .ok()
-        .and_then(|s| s.trim().parse().ok());
-    if let Some(pid) = pid.filter(|p| *p > 1) {
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        if comm.trim() == service {
-            say(&format!(
-                "stopping the {service} the package started (pid {pid})"
-            ));
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-        }
-    }
+    let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    (name.trim() == comm).then_some(pid)
 }
 
 fn link_toolchain() -> Result<()> {

@@ -52,6 +52,11 @@ pub struct RunArgs {
 
 #[derive(clap::Args)]
 struct Common {
+    /// Run in the network namespace /run/netns/NAME (entered before anything
+    /// else; bpffs and /run stay the host's, so --persist works, which it does
+    /// not under `ip netns exec`).
+    #[arg(long, value_name = "NAME")]
+    netns: Option<String>,
     /// Leave programs, links and maps pinned when the daemon exits or crashes, so
     /// traffic keeps flowing and the next start adopts them (hitless restart).
     #[arg(long)]
@@ -77,6 +82,9 @@ impl Common {
 }
 
 pub fn attach(instance: &str, a: AttachArgs) -> Result<()> {
+    if let Some(ns) = &a.common.netns {
+        daemon::enter_netns(ns)?;
+    }
     balancer::control::check_instance(instance)?;
     let path = a
         .config
@@ -116,6 +124,9 @@ pub fn attach(instance: &str, a: AttachArgs) -> Result<()> {
 }
 
 pub fn run(instance: &str, a: RunArgs) -> Result<()> {
+    if let Some(ns) = &a.common.netns {
+        daemon::enter_netns(ns)?;
+    }
     let mut config = Config::load(&a.config)?;
     a.common.apply(&mut config);
     daemon::run(Options {

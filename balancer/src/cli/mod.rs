@@ -3,6 +3,7 @@ pub mod backend;
 pub mod block;
 pub mod check;
 pub mod detach;
+pub mod docs;
 pub mod import;
 pub mod inspect;
 pub mod peers;

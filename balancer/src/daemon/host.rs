@@ -50,6 +50,85 @@ pub(super) fn ensure_bpffs() -> Result<()> {
     Ok(())
 }
 
+/// With `--persist`, the pins must outlive this process: refused when the
+/// bpffs at /sys/fs/bpf belongs to a mount namespace of this process alone,
+/// as under `ip netns exec`, which gives its command a private mount
+/// namespace with a fresh /sys (and the bpffs mounted there vanishes with
+/// it). The bpffs is the host's when this process shares its mount namespace
+/// with PID 1 or with the nearest ancestor in another mount namespace, or
+/// when that ancestor sees the same bpffs (a systemd unit with a private
+/// mount namespace shares the host's /sys/fs/bpf). What cannot be read (a
+/// container's hidden PID 1) is taken to be the host's.
+pub(super) fn check_pins_outlive() -> Result<()> {
+    let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
+    let Some(own) = ns("self") else {
+        return Ok(());
+    };
+    if ns("1").as_ref() == Some(&own) {
+        return Ok(());
+    }
+    let own_dev = match std::fs::metadata("/sys/fs/bpf") {
+        Ok(m) => std::os::unix::fs::MetadataExt::dev(&m),
+        Err(_) => return Ok(()),
+    };
+    let mut pid = std::os::unix::process::parent_id();
+    for _ in 0..64 {
+        if pid <= 1 {
+            return Ok(());
+        }
+        let Some(theirs) = ns(&pid.to_string()) else {
+            return Ok(());
+        };
+        if theirs != own {
+            let seen = std::fs::metadata(format!("/proc/{pid}/root/sys/fs/bpf"))
+                .map(|m| std::os::unix::fs::MetadataExt::dev(&m));
+            return match seen {
+                Ok(dev) if dev == own_dev => Ok(()),
+                Ok(_) => bail!(
+                    "--persist: /sys/fs/bpf here is private to this process's mount namespace (as under `ip netns exec`, which remounts /sys), so the pins would vanish when it exits: run it as `nsenter --net=/run/netns/NAME balancer ...` or give it `--netns NAME`"
+                ),
+                Err(_) => Ok(()),
+            };
+        }
+        pid = match parent_of(pid) {
+            Some(p) => p,
+            None => return Ok(()),
+        };
+    }
+    Ok(())
+}
+
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// `--netns NAME`: moves the process into the network namespace
+/// /run/netns/NAME (as `ip netns add` makes them), network only, so bpffs and
+/// /run stay the host's. Must run before any thread is started: `setns`
+/// moves the calling thread, and threads inherit it from their creator.
+pub fn enter_netns(name: &str) -> Result<()> {
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        bail!("--netns {name}: expected the name of a namespace in /run/netns");
+    }
+    let path = Path::new("/run/netns").join(name);
+    let f = std::fs::File::open(&path)
+        .with_context(|| format!("--netns {name}: opening {}", path.display()))?;
+    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        bail!(
+            "--netns {name}: entering {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
 pub(super) fn warn_forwarding(v4: bool) {
     let path = if v4 {
         "/proc/sys/net/ipv4/ip_forward"

@@ -29,7 +29,8 @@ use crate::kernel::requirements::{self, KernelError, Rejected};
 use crate::kernel::Dataplane;
 use crate::model::file::CommitError;
 use crate::model::{Config, ConfigError, Mode};
-use host::{ensure_bpffs, instance_lock, warn_forwarding, RemoveOnDrop};
+pub use host::enter_netns;
+use host::{check_pins_outlive, ensure_bpffs, instance_lock, warn_forwarding, RemoveOnDrop};
 
 pub struct Options {
     pub instance: String,
@@ -95,6 +96,9 @@ pub fn run(opts: Options) -> Result<()> {
     }
     let _lock = instance_lock(&opts.instance)?;
     ensure_bpffs()?;
+    if opts.persist {
+        check_pins_outlive()?;
+    }
     // Written beside the file before anything is loaded or attached: a full
     // or read-only disk stops the start here, with nothing left behind.
     let staged = opts

@@ -130,6 +130,27 @@ impl Default for Config {
     }
 }
 
+/// A TOML error in one line: `line 4, column 7: invalid string; expected ...`
+/// (toml's own text draws the line with a caret under it, over several lines).
+fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let what = e
+        .message()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: {what}")
+        }
+        None => what,
+    }
+}
+
 impl Config {
     /// Parses and validates a configuration; errors name the line.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
@@ -160,22 +181,7 @@ impl Config {
 
     /// The text as a configuration, unchecked; a syntax error in one line.
     fn syntax(text: &str) -> Result<Config, ConfigError> {
-        toml::from_str(text).map_err(|e| {
-            let msg = e.message().trim().replace('\n', "; ");
-            match e.span() {
-                Some(span) => {
-                    let line = text[..span.start.min(text.len())].lines().count().max(1);
-                    // A span at a line's very start counts from that line.
-                    let line = if text[..span.start.min(text.len())].ends_with('\n') {
-                        line + 1
-                    } else {
-                        line
-                    };
-                    ConfigError::Syntax(format!("line {line}: {msg}"))
-                }
-                None => ConfigError::Syntax(msg),
-            }
-        })
+        toml::from_str(text).map_err(|e| ConfigError::Syntax(toml_error(text, &e)))
     }
 
     pub fn load(path: &Path) -> anyhow::Result<Config> {
@@ -408,6 +414,15 @@ fn line_of(text: &str, needle: &str, last: bool) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The example the Debian package ships (dist/example.toml) is valid.
+    #[test]
+    fn the_packaged_example_is_valid() {
+        let c =
+            Config::parse(include_str!("../../../dist/example.toml")).expect("dist/example.toml");
+        assert_eq!(c.services.len(), 1);
+        assert_eq!(c.services[0].backends.len(), 3);
+    }
 
     const GOOD: &str = r#"
 interfaces = ["eth0"]
