@@ -54,11 +54,29 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `balancer <args>` inside `netns` and waits for its `ready` line.
     pub fn start(netns: &str, args: &[String]) -> Daemon {
-        let mut child = in_netns(netns)
-            .args(args)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn balancer");
+        Daemon::start_with(netns, args, None)
+    }
+
+    /// [`Daemon::start`] with each line of the daemon's log (its stderr)
+    /// written as `LABEL: line`, for beds with several daemons.
+    pub fn start_labelled(netns: &str, args: &[String], label: &str) -> Daemon {
+        Daemon::start_with(netns, args, Some(label.to_string()))
+    }
+
+    fn start_with(netns: &str, args: &[String], label: Option<String>) -> Daemon {
+        let mut cmd = in_netns(netns);
+        cmd.args(args).stdout(Stdio::piped());
+        if label.is_some() {
+            cmd.stderr(Stdio::piped());
+        }
+        let mut child = cmd.spawn().expect("spawn balancer");
+        if let (Some(label), Some(err)) = (label, child.stderr.take()) {
+            std::thread::spawn(move || {
+                for l in BufReader::new(err).lines().map_while(Result::ok) {
+                    eprintln!("{label}: {l}");
+                }
+            });
+        }
         let out = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
