@@ -22,8 +22,12 @@ fn backend(i: usize) -> String {
 }
 
 /// The announcement routes in `ns`, as `ip route` lists them.
+/// Empty while the table does not exist yet (no route was ever written to
+/// it: `ip` then fails with "FIB table does not exist").
 fn routes(ns: &str) -> String {
-    sh_out(&format!("ip -n {ns} route show table 252 proto 252"))
+    sh_out(&format!(
+        "ip -n {ns} route show table 252 proto 252 2>/dev/null || true"
+    ))
 }
 
 fn carried(ns: &str) -> bool {

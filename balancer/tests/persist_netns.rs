@@ -125,7 +125,7 @@ fn netns_option_persists_pins_beyond_the_process() {
     // network namespace itself.
     let mut cmd = Command::new(balancer_bin());
     cmd.args(bed.attach_args()).args(["--netns", &bed.ns.name]);
-    let d = Daemon::start_cmd(cmd);
+    let d = Daemon::start_cmd(cmd, None);
     let link = sh_out(&format!("ip -n {} link show dev pa0", bed.ns.name));
     assert!(
         link.contains("xdp"),

@@ -56,12 +56,32 @@ impl Daemon {
     pub fn start(netns: &str, args: &[String]) -> Daemon {
         let mut cmd = in_netns(netns);
         cmd.args(args);
-        Daemon::start_cmd(cmd)
+        Daemon::start_cmd(cmd, None)
     }
 
-    /// Starts `cmd` (a balancer daemon command) and waits for its `ready` line.
-    pub fn start_cmd(mut cmd: Command) -> Daemon {
-        let mut child = cmd.stdout(Stdio::piped()).spawn().expect("spawn balancer");
+    /// [`Daemon::start`] with each line of the daemon's log (its stderr)
+    /// written as `LABEL: line`, for beds with several daemons.
+    pub fn start_labelled(netns: &str, args: &[String], label: &str) -> Daemon {
+        let mut cmd = in_netns(netns);
+        cmd.args(args);
+        Daemon::start_cmd(cmd, Some(label.to_string()))
+    }
+
+    /// Starts `cmd` (a balancer daemon command) and waits for its `ready`
+    /// line; with a `label`, its log lines are written as `LABEL: line`.
+    pub fn start_cmd(mut cmd: Command, label: Option<String>) -> Daemon {
+        cmd.stdout(Stdio::piped());
+        if label.is_some() {
+            cmd.stderr(Stdio::piped());
+        }
+        let mut child = cmd.spawn().expect("spawn balancer");
+        if let (Some(label), Some(err)) = (label, child.stderr.take()) {
+            std::thread::spawn(move || {
+                for l in BufReader::new(err).lines().map_while(Result::ok) {
+                    eprintln!("{label}: {l}");
+                }
+            });
+        }
         let out = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {

@@ -241,7 +241,7 @@ impl HaBed {
     pub fn new(prefix: &str, mode: Mode, balancers: usize, backends: usize) -> HaBed {
         assert!((1..=MAX_BALANCERS).contains(&balancers));
         assert!(backends <= MAX_BACKENDS);
-        let dir = PathBuf::from(format!("/tmp/balancer-ha-{prefix}"));
+        let dir = dir(prefix);
         let mut bed = HaBed {
             prefix: prefix.to_string(),
             mode,
@@ -473,6 +473,7 @@ impl HaBed {
 
     /// Starts every balancer daemon (at once: each load is a verifier run)
     /// from [`HaBed::balancer_config`], and in ECMP mode each host's BIRD.
+    /// Balancer `i`'s log lines read `lbI: ...`.
     pub fn start_balancers(&mut self, top: &str, backends: &str, sync: bool) {
         self.start_balancers_each(sync, |_| (top.to_string(), backends.to_string()));
     }
@@ -491,10 +492,11 @@ impl HaBed {
         let daemons: Vec<Daemon> = std::thread::scope(|s| {
             let hs: Vec<_> = configs
                 .iter()
-                .map(|(ns, inst, path)| {
+                .enumerate()
+                .map(|(i, (ns, inst, path))| {
                     s.spawn(move || {
                         let args = ["--instance", inst, "run", "--config", path].map(String::from);
-                        Daemon::start(ns, &args)
+                        Daemon::start_labelled(ns, &args, &format!("lb{i}"))
                     })
                 })
                 .collect();
@@ -883,38 +885,7 @@ impl HaBed {
     }
 
     pub fn cleanup(&self) {
-        let mut names = vec![self.router_ns(), self.client_ns(), self.switch_ns()];
-        for i in 0..MAX_BALANCERS {
-            names.push(self.balancer_ns(i));
-            let inst = self.instance(i);
-            let _ = std::fs::remove_file(crate::bed::config_path(&inst));
-            let _ = std::fs::remove_dir_all(format!("/sys/fs/bpf/balancer/{inst}"));
-        }
-        for i in 0..MAX_BACKENDS {
-            names.push(self.backend_ns(i));
-        }
-        for n in names {
-            // What a killed run left running in its namespaces (its BIRDs,
-            // daemons, sipps), by pid: deleting a namespace ends no process.
-            if let Ok(o) = Command::new("ip")
-                .args(["netns", "pids", &n])
-                .stderr(Stdio::null())
-                .output()
-            {
-                for pid in String::from_utf8_lossy(&o.stdout)
-                    .split_whitespace()
-                    .filter_map(|p| p.parse::<i32>().ok())
-                    .filter(|p| *p > 1)
-                {
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
-                }
-            }
-            let _ = Command::new("ip")
-                .args(["netns", "del", &n])
-                .stderr(Stdio::null())
-                .status();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        cleanup(&self.prefix);
     }
 }
 
@@ -941,6 +912,51 @@ impl Drop for HaBed {
         }
         self.cleanup();
     }
+}
+
+/// Configurations, BIRD sockets and logs of the bed named `prefix`.
+fn dir(prefix: &str) -> PathBuf {
+    PathBuf::from(format!("/tmp/balancer-ha-{prefix}"))
+}
+
+/// Removes what a bed named `prefix` made: kills every process left in its
+/// namespaces, deletes them, its balancers' configurations and pins, and its
+/// directory. For a handler that has no [`HaBed`] at hand (Ctrl-C); a bed
+/// does this on drop.
+pub fn cleanup(prefix: &str) {
+    let ns = |role: String| format!("{prefix}-{role}");
+    let mut names = vec![ns("rt".into()), ns("cli".into()), ns("sw".into())];
+    for i in 0..MAX_BALANCERS {
+        names.push(ns(format!("lb{i}")));
+        let inst = format!("{prefix}-lb{i}");
+        let _ = std::fs::remove_file(crate::bed::config_path(&inst));
+        let _ = std::fs::remove_dir_all(format!("/sys/fs/bpf/balancer/{inst}"));
+    }
+    for i in 0..MAX_BACKENDS {
+        names.push(ns(format!("b{i}")));
+    }
+    for n in names {
+        // What a killed run left running in its namespaces (its BIRDs,
+        // daemons, sipps), by pid: deleting a namespace ends no process.
+        if let Ok(o) = Command::new("ip")
+            .args(["netns", "pids", &n])
+            .stderr(Stdio::null())
+            .output()
+        {
+            for pid in String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+                .filter(|p| *p > 1)
+            {
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &n])
+            .stderr(Stdio::null())
+            .status();
+    }
+    let _ = std::fs::remove_dir_all(dir(prefix));
 }
 
 /// An example of `dist/announce/` with each `(from, to)` replaced; every

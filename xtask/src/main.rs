@@ -60,7 +60,8 @@ enum Cmd {
         #[arg(long = "kernel")]
         kernels: Vec<String>,
     },
-    /// The lab demo: a netns topology, sipp calls through the balancer, a live per-backend table, a backend killed midway.
+    /// The lab demo: a netns topology, sipp calls through the balancer, a live per-backend table, a backend killed
+    /// midway (`--balancers 3`: several balancers behind a BGP/ECMP router, one cut off).
     // `--help` goes to the lab itself, which lists its knobs.
     #[command(disable_help_flag = true)]
     Lab {

@@ -5,6 +5,8 @@
 //! balancer from a configuration file, prints a per-backend table while the
 //! calls run, kills one backend midway to show failover, and cleans everything
 //! up on exit or Ctrl-C.
+//!
+//! `--balancers 2` to `4`: the several-balancer variant instead (`ha.rs`).
 
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Seek, SeekFrom};
@@ -13,6 +15,8 @@ use std::time::{Duration, Instant};
 use balancer_test_support::sipp::{self, Calls, Logs, Sipp};
 use balancer_test_support::{bed, daemon};
 use clap::Parser;
+
+mod ha;
 
 /// SIP XDP balancer lab: a whole gateway in network namespaces, real SIP calls.
 #[derive(Parser)]
@@ -29,9 +33,10 @@ struct Args {
     /// How long each call lasts (ACK to BYE), in milliseconds.
     #[arg(long, default_value_t = 4000)]
     call_length: u32,
-    /// Kill the last backend this many seconds in (0: never).
-    #[arg(long, default_value_t = 12)]
-    kill_after: u64,
+    /// Kill the last backend's SIP server this many seconds in (0: never;
+    /// default 12 with one balancer, never with several).
+    #[arg(long)]
+    kill_after: Option<u64>,
     /// Weights, comma-separated, one per backend (default all 1).
     #[arg(long, value_delimiter = ',')]
     weights: Vec<u32>,
@@ -42,12 +47,39 @@ struct Args {
     /// Seconds between two tables.
     #[arg(long, default_value_t = 2)]
     every: u64,
+    /// Balancers: 1, the gateway above; 2-4, balancer hosts behind a router
+    /// (BIRD: BGP with BFD, ECMP), sharing dialogs by [sync], one cut off
+    /// midway (dnat mode).
+    #[arg(long, default_value_t = 1)]
+    balancers: usize,
+    /// Several balancers: cut one off (its link down) this many seconds in
+    /// (0: never).
+    #[arg(long, default_value_t = 12)]
+    cut_after: u64,
+    /// Several balancers: the last backend joins (`backend add` on every
+    /// balancer) this many seconds in (0: it serves from the start; default
+    /// 2 s before the cut).
+    #[arg(long)]
+    add_after: Option<u64>,
+    /// Several balancers: without [sync], to see what it saves.
+    #[arg(long)]
+    no_sync: bool,
+    /// Several balancers: calls a backend host places to a phone on the
+    /// client side, which only the balancer they pass learns (0: none).
+    #[arg(long, default_value_t = 20)]
+    backend_calls: usize,
 }
 
 const INSTANCE: &str = "lab";
 
 fn main() {
     let a = Args::parse();
+    assert!((1..=4).contains(&a.balancers), "--balancers 1 to 4");
+    if a.balancers > 1 {
+        ha::run(&a);
+        return;
+    }
+    let kill_after = a.kill_after.unwrap_or(12);
     assert!((1..=8).contains(&a.backends), "--backends 1 to 8");
     assert!(a.mode == "dnat" || a.mode == "dsr", "--mode dnat or dsr");
     let bed = bed::Bed::new(INSTANCE, a.backends);
@@ -106,7 +138,7 @@ fn main() {
         a.call_length,
         bed::CLIENT,
         addrs[a.backends - 1],
-        a.kill_after
+        kill_after
     );
     let caller = Sipp::uac(&bed.ns("cli"), "client", bed::CLIENT, 5070, &vip, &c, &logs);
     let mut counters: Vec<LogCounter> = servers
@@ -119,7 +151,7 @@ fn main() {
     let end = Duration::from_secs(a.duration + 30 + a.call_length as u64 / 1000);
     while start.elapsed() < end {
         std::thread::sleep(Duration::from_millis(100));
-        if !killed && a.kill_after > 0 && start.elapsed() >= Duration::from_secs(a.kill_after) {
+        if !killed && kill_after > 0 && start.elapsed() >= Duration::from_secs(kill_after) {
             for s in servers[a.backends - 1].drain(..) {
                 s.kill();
             }
@@ -174,14 +206,16 @@ fn config(a: &Args, addrs: &[String]) -> String {
     c
 }
 
-/// Counts the INVITEs and BYEs a sipp server has logged so far, reading only
-/// what was appended since the last call.
+/// Counts the INVITEs and BYEs a sipp server has logged so far (and the
+/// Call-IDs of every message it received), reading only what was appended
+/// since the last call.
 struct LogCounter {
     path: String,
     offset: u64,
     tail: String,
     invites: HashSet<String>,
     byes: HashSet<String>,
+    seen: HashSet<String>,
 }
 
 impl LogCounter {
@@ -192,6 +226,7 @@ impl LogCounter {
             tail: String::new(),
             invites: HashSet::new(),
             byes: HashSet::new(),
+            seen: HashSet::new(),
         }
     }
 
@@ -218,6 +253,7 @@ impl LogCounter {
                 continue;
             };
             let id = id.trim().to_string();
+            self.seen.insert(id.clone());
             if block.contains(":\n\nINVITE ") {
                 self.invites.insert(id);
             } else if block.contains(":\n\nBYE ") {
@@ -309,7 +345,7 @@ fn summary(
         "\n{calls} calls placed: {} completed, {} failed",
         out.successful, out.failed
     );
-    if a.kill_after > 0 {
+    if a.kill_after.unwrap_or(12) > 0 {
         println!(
             "failed calls that were on a backend still alive: {failed_on_living} (the others were up on {} when it died)",
             addrs[a.backends - 1]
