@@ -14,6 +14,7 @@ use crate::control::protocol::{
     Applied, BackendState, BackendStatus, ServiceStatus, Stats, Status, Whereis,
 };
 use crate::health::Health;
+use crate::kernel::SyncReport;
 use crate::model::file::CommitError;
 use crate::model::{self, Op};
 
@@ -56,22 +57,7 @@ impl Daemon {
                 return Err(e);
             }
         };
-        for s in &said {
-            log::info!(
-                "{s} (in the kernel after {:.2} ms)",
-                report.to_kernel.as_secs_f64() * 1e3
-            );
-        }
-        if let Err(e) = self.update_guard() {
-            log::error!("updating GUARD after the change: {e:#}");
-        }
-        self.update_probes()?;
-        Ok(Applied {
-            changes: said,
-            tables: report.tables,
-            to_kernel_us: report.to_kernel.as_micros() as u64,
-            total_us: report.total.as_micros() as u64,
-        })
+        self.changed(said, report, "")
     }
 
     /// Re-reads the configuration file (SIGHUP, `balancer reload`) and
@@ -124,14 +110,20 @@ impl Daemon {
                 return Err(e).with_context(|| format!("reloading {}", path.display()));
             }
         };
+        self.changed(said, report, "reload: ")
+    }
+
+    /// What follows a change in the kernel: each change logged (with
+    /// `prefix`), `GUARD` and the probes brought up to date, the answer.
+    fn changed(&mut self, said: Vec<String>, report: SyncReport, prefix: &str) -> Result<Applied> {
         for s in &said {
             log::info!(
-                "reload: {s} (in the kernel after {:.2} ms)",
+                "{prefix}{s} (in the kernel after {:.2} ms)",
                 report.to_kernel.as_secs_f64() * 1e3
             );
         }
         if let Err(e) = self.update_guard() {
-            log::error!("updating GUARD after the reload: {e:#}");
+            log::error!("updating GUARD after the change: {e:#}");
         }
         self.update_probes()?;
         Ok(Applied {
@@ -148,12 +140,7 @@ impl Daemon {
             let t = self.dp.service_traffic(live.id)?;
             let mut backends = Vec::new();
             for b in &live.config.backends {
-                let member = live
-                    .selector
-                    .backends
-                    .iter()
-                    .any(|m| m.address == b.address);
-                backends.push(self.backend_status(*vip, b, member)?);
+                backends.push(self.backend_status(*vip, b, live.is_member(b.address))?);
             }
             let c = &live.config;
             services.push(ServiceStatus {

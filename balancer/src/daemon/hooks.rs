@@ -25,11 +25,7 @@ impl Daemon {
         let mut out = States::new();
         for (vip, live) in self.dp.live() {
             for b in &live.config.backends {
-                let member = live
-                    .selector
-                    .backends
-                    .iter()
-                    .any(|m| m.address == b.address);
+                let member = live.is_member(b.address);
                 let health = self.health.get(&b.address).map_or(Health::Up, |t| t.health);
                 out.insert(
                     (*vip, b.address),

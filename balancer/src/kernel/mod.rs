@@ -73,6 +73,14 @@ pub struct Live {
     pub kernel: Service,
 }
 
+impl Live {
+    /// Whether the backend is in the service's table now (a member of its
+    /// selector: usable, of the best priority present).
+    pub fn is_member(&self, backend: SocketAddr) -> bool {
+        self.selector.backends.iter().any(|m| m.address == backend)
+    }
+}
+
 pub struct Dataplane {
     ebpf: Ebpf,
     pins: Option<PathBuf>,
