@@ -9,14 +9,8 @@ use std::process::Command;
 
 use balancer_test_support::bed;
 use balancer_test_support::daemon::{cli, cli_ok, Daemon};
+use balancer_test_support::netns::require_root;
 use serde_json::Value;
-
-fn require_root() {
-    assert!(
-        unsafe { libc::geteuid() } == 0,
-        "run as root (cargo xtask test)"
-    );
-}
 
 fn vip() -> SocketAddr {
     format!("{}:5060", bed::VIP).parse().unwrap()

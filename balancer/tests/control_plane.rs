@@ -7,15 +7,9 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::time::Duration;
 
 use balancer_test_support::daemon::{cli, cli_ok, Daemon};
+use balancer_test_support::netns::require_root;
 use balancer_test_support::{bed, daemon, peers};
 use serde_json::Value;
-
-fn require_root() {
-    assert!(
-        unsafe { libc::geteuid() } == 0,
-        "run as root (cargo xtask test)"
-    );
-}
 
 fn vip() -> SocketAddr {
     format!("{}:5060", bed::VIP).parse().unwrap()

@@ -20,16 +20,10 @@ use balancer::{model::BackendConfig, select::Selector};
 use balancer_test_support::bed::{self, Bed};
 use balancer_test_support::daemon::{cli_ok, Daemon};
 use balancer_test_support::forge::{self, Capture, Injector};
+use balancer_test_support::netns::require_root;
 use balancer_test_support::peers::{self, Uas};
 use balancer_test_support::sipp::{self, Calls, Logged, Logs, Sipp};
 use serde_json::Value;
-
-fn require_root() {
-    assert!(
-        unsafe { libc::geteuid() } == 0,
-        "run as root (cargo xtask test)"
-    );
-}
 
 fn vip() -> SocketAddr {
     format!("{}:5060", bed::VIP).parse().unwrap()

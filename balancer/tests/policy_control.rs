@@ -11,16 +11,10 @@ use aya::maps::lpm_trie::LpmTrie;
 use aya::maps::{HashMap as BpfHashMap, Map, MapData};
 use balancer_common::maps::{Block, Cidr, Guard, SourceAddr};
 use balancer_test_support::daemon::{cli, cli_ok, in_netns};
+use balancer_test_support::netns::require_root;
 use balancer_test_support::netns::sh;
 use balancer_test_support::{bed, peers};
 use serde_json::Value;
-
-fn require_root() {
-    assert!(
-        unsafe { libc::geteuid() } == 0,
-        "run as root (cargo xtask test)"
-    );
-}
 
 fn vip() -> SocketAddr {
     format!("{}:5060", bed::VIP).parse().unwrap()

@@ -12,13 +12,7 @@ use aya::maps::{HashMap as BpfHashMap, Map, MapData};
 use balancer::kernel::{remove_pins, Dataplane, Via};
 use balancer::model::{BackendConfig, Config, ServiceConfig};
 use balancer_common::maps::{Affinity, AffinityKey, AllowCidr};
-
-fn require_root() {
-    assert!(
-        unsafe { libc::geteuid() } == 0,
-        "run as root (cargo xtask test)"
-    );
-}
+use balancer_test_support::netns::require_root;
 
 /// A pin directory removed on drop.
 struct Pins(PathBuf);

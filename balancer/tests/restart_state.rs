@@ -12,15 +12,9 @@ use std::time::{Duration, Instant};
 use aya::maps::{Array, Map, MapData};
 use balancer_common::maps::{Backend, Endpoint, MAX_BACKENDS};
 use balancer_test_support::daemon::{cli, cli_ok, in_netns, Daemon};
+use balancer_test_support::netns::require_root;
 use balancer_test_support::{bed, peers};
 use serde_json::Value;
-
-fn require_root() {
-    assert!(
-        unsafe { libc::geteuid() } == 0,
-        "run as root (cargo xtask test)"
-    );
-}
 
 fn backend(i: usize) -> String {
     format!("{}:5060", bed::backend_ip(i))

@@ -10,15 +10,9 @@ use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
 use balancer_test_support::daemon::{cli_ok, in_netns};
+use balancer_test_support::netns::require_root;
 use balancer_test_support::netns::{sh, sh_out};
 use balancer_test_support::{bed, peers};
-
-fn require_root() {
-    assert!(
-        unsafe { libc::geteuid() } == 0,
-        "run as root (cargo xtask test)"
-    );
-}
 
 fn vip() -> SocketAddr {
     format!("{}:5060", bed::VIP).parse().unwrap()

@@ -8,13 +8,7 @@ use balancer::{
     kernel::{remove_pins, Dataplane},
     model::{BackendConfig, Config, ServiceConfig},
 };
-
-fn require_root() {
-    assert!(
-        unsafe { libc::geteuid() } == 0,
-        "run as root (cargo xtask test)"
-    );
-}
+use balancer_test_support::netns::require_root;
 
 const VIP: &str = "10.0.0.10:5060";
 
