@@ -89,17 +89,6 @@ fn wait_placed(s: &Sipp, calls: u64, limit: Duration) {
     std::thread::sleep(Duration::from_secs(1));
 }
 
-/// Call-ID -> the backends (index into `logs`) that received a message of it.
-fn where_seen(logs: &[Vec<Logged>], ids: &HashSet<String>) -> HashMap<String, Vec<usize>> {
-    let mut out: HashMap<String, Vec<usize>> = HashMap::new();
-    for (b, log) in logs.iter().enumerate() {
-        for id in sipp::dialogs(log, ids).into_keys() {
-            out.entry(id).or_default().push(b);
-        }
-    }
-    out
-}
-
 /// The dialogs of `ids` whose requests reached more than one backend, and
 /// those that did not reach one backend whole (INVITE, ACK, BYE).
 fn split_and_incomplete(logs: &[Vec<Logged>], ids: &[String]) -> (Vec<String>, Vec<String>) {
@@ -171,7 +160,7 @@ fn ecmp() {
     let (split, incomplete) = split_and_incomplete(&logs_b, &ids);
     assert!(split.is_empty(), "dialogs on two backends: {split:?}");
     assert!(incomplete.is_empty(), "dialogs not whole: {incomplete:?}");
-    let seen = where_seen(&logs_b, &ids.iter().cloned().collect());
+    let seen = sipp::where_seen(&logs_b, &ids.iter().cloned().collect());
     let per_backend: Vec<usize> = (0..3)
         .map(|b| seen.values().filter(|v| v.contains(&b)).count())
         .collect();
@@ -381,7 +370,7 @@ fn failover(tag: &str, sync: bool) -> Failover {
     let learned_ids: HashSet<String> = Sipp::call_ids("fromb4", &host, LEARNED)
         .into_iter()
         .collect();
-    let learned_split = where_seen(&logs_b, &learned_ids).len();
+    let learned_split = sipp::where_seen(&logs_b, &learned_ids).len();
     let after_ids = Sipp::call_ids("after", ha::CLIENT, AFTER);
     let (after_split, after_incomplete) = split_and_incomplete(&logs_b, &after_ids);
 

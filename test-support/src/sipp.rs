@@ -565,6 +565,18 @@ pub fn dialogs(log: &[Logged], ids: &HashSet<String>) -> HashMap<String, Vec<Str
     out
 }
 
+/// Over several backends' logs: Call-ID (of `ids`) -> the backends (index
+/// into `logs`) that received a request of it.
+pub fn where_seen(logs: &[Vec<Logged>], ids: &HashSet<String>) -> HashMap<String, Vec<usize>> {
+    let mut out: HashMap<String, Vec<usize>> = HashMap::new();
+    for (b, log) in logs.iter().enumerate() {
+        for id in dialogs(log, ids).into_keys() {
+            out.entry(id).or_default().push(b);
+        }
+    }
+    out
+}
+
 /// A complete dialog as a backend sees it: the INVITE (retransmissions
 /// allowed), the ACK, the BYE.
 pub fn complete(methods: &[String]) -> bool {

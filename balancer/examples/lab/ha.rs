@@ -518,17 +518,6 @@ fn split_so_far(counters: &[LogCounter]) -> (usize, usize) {
     (split, astray)
 }
 
-/// Call-ID -> the backends whose logs hold a request of it.
-fn where_seen(logs: &[Vec<Logged>], ids: &HashSet<String>) -> HashMap<String, Vec<usize>> {
-    let mut out: HashMap<String, Vec<usize>> = HashMap::new();
-    for (b, log) in logs.iter().enumerate() {
-        for id in sipp::dialogs(log, ids).into_keys() {
-            out.entry(id).or_default().push(b);
-        }
-    }
-    out
-}
-
 fn summary(
     a: &Args,
     calls: usize,
@@ -541,7 +530,7 @@ fn summary(
     let ids: HashSet<String> = Sipp::call_ids(CLIENT_TAG, ha::CLIENT, calls)
         .into_iter()
         .collect();
-    let split = where_seen(logs, &ids)
+    let split = sipp::where_seen(logs, &ids)
         .values()
         .filter(|v| v.len() > 1)
         .count();
@@ -577,7 +566,7 @@ fn summary(
                 .into_iter()
                 .collect();
         // Split: a message of it went to a serving backend instead of its caller.
-        let astray = where_seen(logs, &ids).len();
+        let astray = sipp::where_seen(logs, &ids).len();
         println!(
             "  backend's calls: {} placed, {} succeeded, {} failed; dialogs split (a message at a serving backend): {astray}",
             a.backend_calls, o.successful, o.failed
