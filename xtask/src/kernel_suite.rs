@@ -69,8 +69,21 @@ const UNSUPPORTED: &[Step] = &[(
 /// Longest a VM may run (the whole suite takes about 3 minutes per kernel).
 const TIMEOUT: Duration = Duration::from_secs(20 * 60);
 
-/// Runs the suite on `names` (all supported kernels when empty).
-pub fn run(names: &[String]) -> Result<()> {
+/// Runs the suite on `names` (all supported kernels when empty): the steps
+/// labelled in `only` (all when empty), each `repeat` times.
+pub fn run(names: &[String], only: &[String], repeat: u32) -> Result<()> {
+    if let Some(o) = only.iter().find(|o| {
+        !SUPPORTED
+            .iter()
+            .chain(UNSUPPORTED)
+            .any(|s| s.0 == o.as_str())
+    }) {
+        let labels: Vec<&str> = SUPPORTED.iter().chain(UNSUPPORTED).map(|s| s.0).collect();
+        bail!(
+            "no step is labelled {o:?} (the steps: {})",
+            labels.join(", ")
+        );
+    }
     let kernels: Vec<&'static kernels::Kernel> = if names.is_empty() {
         kernels::KERNELS.iter().collect()
     } else {
@@ -82,8 +95,14 @@ pub fn run(names: &[String]) -> Result<()> {
     let binaries = crate::binaries("test", SUPPORTED.iter().chain(UNSUPPORTED).map(|s| s.1))?;
     let steps = |list: &[Step]| -> Vec<vm::Step> {
         list.iter()
-            .map(|(label, bin, args)| vm::Step {
-                label: label.to_string(),
+            .filter(|s| only.is_empty() || only.iter().any(|o| o == s.0))
+            .flat_map(|s| (1..=repeat.max(1)).map(move |i| (s, i)))
+            .map(|((label, bin, args), i)| vm::Step {
+                label: if repeat > 1 {
+                    format!("{label} #{i}")
+                } else {
+                    label.to_string()
+                },
                 argv: std::iter::once(binaries[*bin].clone())
                     .chain(args.iter().map(|a| a.to_string()))
                     .chain(["--color".to_string(), "never".to_string()])
@@ -95,19 +114,16 @@ pub fn run(names: &[String]) -> Result<()> {
     let mut summary = Vec::new();
     let mut failed = false;
     for k in kernels {
+        let list = steps(if k.supported { SUPPORTED } else { UNSUPPORTED });
+        if list.is_empty() {
+            continue;
+        }
         let p = k.prepare()?;
         eprintln!(
             "\n=== kernel {} ({}, {}) under QEMU ===",
             p.name, p.package, p.release
         );
-        let list = if k.supported { SUPPORTED } else { UNSUPPORTED };
-        let out = vm::run(
-            &p,
-            &root,
-            &steps(list),
-            &[("RUST_BACKTRACE", "1".into())],
-            TIMEOUT,
-        )?;
+        let out = vm::run(&p, &root, &list, &[("RUST_BACKTRACE", "1".into())], TIMEOUT)?;
         for (label, ok) in &out.steps {
             failed |= !ok;
             summary.push(format!(

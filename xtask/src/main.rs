@@ -59,6 +59,12 @@ enum Cmd {
         /// Only this kernel (6.1, 6.12); repeat for several. Default: all.
         #[arg(long = "kernel")]
         kernels: Vec<String>,
+        /// Only the step with this label ("hitless restart"); repeat for several.
+        #[arg(long = "only")]
+        only: Vec<String>,
+        /// Run each step this many times in the same VM (chasing a rare failure).
+        #[arg(long, default_value_t = 1)]
+        repeat: u32,
     },
     /// The lab demo: a netns topology, sipp calls through the balancer, a live per-backend table, a backend killed
     /// midway (`--balancers 3`: several balancers behind a BGP/ECMP router, one cut off).
@@ -143,15 +149,19 @@ fn main() -> Result<()> {
             a.extend(args);
             test(&a.iter().map(String::as_str).collect::<Vec<_>>())?;
             if vms {
-                kernel_suite::run(&[])?;
+                kernel_suite::run(&[], &[], 1)?;
             }
             Ok(())
         }
-        Cmd::Kernels { kernels } => {
+        Cmd::Kernels {
+            kernels,
+            only,
+            repeat,
+        } => {
             require_root("the VMs share the host's root over 9p, which needs root")?;
             setup::run()?;
             cargo(&["build", "-p", "balancer", "--bins"])?;
-            kernel_suite::run(&kernels)
+            kernel_suite::run(&kernels, &only, repeat)
         }
         Cmd::Lab { args } => {
             require_root("the lab creates network namespaces and attaches XDP")?;

@@ -3,6 +3,15 @@
 //! test binaries and the host's tools at their usual paths) and private /run,
 //! /tmp, /dev, /sys and bpffs. QEMU emulates the CPU (TCG): KVM is not usable on
 //! the machines this runs on; `BALANCER_VM_ACCEL=kvm` uses it where it is.
+//!
+//! TCG runs both virtual CPUs on one host thread (`thread=single`). With a
+//! thread per CPU (QEMU 7.2's default), a CPU can still run code another one
+//! has just patched: when the XDP program is replaced under traffic, the
+//! kernel patches `bpf_dispatcher_xdp_func` with `text_poke_bp` and the NAPI
+//! thread on the other CPU executes the temporary int3 after the patch is
+//! done, an oops and a panic (6.12, about one hitless-restart run in three).
+//! Real CPUs serialise on the kernel's IPIs; the emulator's translated code
+//! does not always. `BALANCER_VM_ACCEL=tcg,thread=multi` brings it back.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -62,11 +71,15 @@ fn boot(
     std::fs::write(share.join("cmd.sh"), script(cwd, steps, env))?;
     std::fs::create_dir(share.join("out"))?;
 
-    let accel = std::env::var("BALANCER_VM_ACCEL").unwrap_or_else(|_| "tcg".into());
-    let cpu = if accel == "kvm" { "host" } else { "max" };
+    let accel = std::env::var("BALANCER_VM_ACCEL").unwrap_or_else(|_| "tcg,thread=single".into());
+    let cpu = if accel.starts_with("kvm") {
+        "host"
+    } else {
+        "max"
+    };
     let mut qemu = Command::new("qemu-system-x86_64");
     qemu.args(["-nodefaults", "-no-user-config", "-no-reboot"])
-        .args(["-machine", &format!("q35,accel={accel}"), "-cpu", cpu])
+        .args(["-machine", "q35", "-accel", &accel, "-cpu", cpu])
         .args(["-m", "2G", "-smp", "2"])
         .args(["-display", "none", "-monitor", "none", "-serial", "stdio"])
         .arg("-kernel")
