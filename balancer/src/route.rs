@@ -1,6 +1,7 @@
 //! Which interface leads to an address, per the kernel's routing table.
 
 pub mod announce;
+pub mod announced;
 mod lookup;
 
 use std::collections::HashMap;

@@ -1,7 +1,8 @@
 //! `[announce]` end to end: the daemon in the bed's balancer namespace writes
 //! `blackhole VIP/32 table 252 proto 252` while the VIP has a usable backend,
 //! withdraws it when none is (health down, admin disabled), keeps it across a
-//! `--persist` restart, removes it on `detach`; a real BIRD 2 learns it.
+//! `--persist` restart, removes it on `detach` (also when the daemon was
+//! killed and only its data plane runs); a real BIRD 2 learns it.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -138,6 +139,22 @@ fn the_vip_route_follows_usable_backends() {
         routes(&lb)
     );
     drop(d);
+
+    // A daemon killed under --persist leaves the route (its data plane still
+    // forwards); `detach`, run from another namespace with no daemon to ask,
+    // withdraws it in the namespace it was written in.
+    let d = Daemon::start(&lb, &args(inst, &bs, health, true));
+    assert!(until(WRITE, || carried(&lb)), "{}", routes(&lb));
+    d.crash();
+    assert!(holds(HOLD, || carried(&lb)), "{}", routes(&lb));
+    let said = cli_ok(inst, &["detach"]);
+    assert!(
+        said.contains(&format!("withdrew the announcement of {}", bed::VIP)),
+        "{said}"
+    );
+    assert!(routes(&lb).trim().is_empty(), "{}", routes(&lb));
+    let record = format!("/run/balancer/{inst}.announced");
+    assert!(!std::path::Path::new(&record).exists(), "{record} left");
 }
 
 /// BIRD 2 in the balancer's namespace, learning table 252.

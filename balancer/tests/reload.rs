@@ -145,3 +145,99 @@ fn sighup_and_reload_apply_the_file_and_keep_health() {
     assert_eq!(states(inst).len(), 2);
     assert!(d.stop(), "the daemon did not stop cleanly");
 }
+
+/// Starts the daemon of `args` in `ns` and sends it `signal` half a second
+/// in, while its first probe round still waits for a silent backend (2 s).
+/// Returns the process, its stdout lines and its log (stderr) as it grows.
+fn signalled_in_start(
+    ns: &str,
+    args: &[String],
+    signal: i32,
+) -> (
+    std::process::Child,
+    std::sync::mpsc::Receiver<String>,
+    std::sync::Arc<std::sync::Mutex<String>>,
+) {
+    use std::io::BufRead;
+    use std::process::Stdio;
+    let mut child = balancer_test_support::daemon::in_netns(ns)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let (err, sink) = (child.stderr.take().unwrap(), log.clone());
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+            eprintln!("{l}");
+            sink.lock().unwrap().push_str(&(l + "\n"));
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the daemon ended before the signal"
+    );
+    assert!(lines.try_recv().is_err(), "ready before the signal");
+    unsafe { libc::kill(child.id() as i32, signal) };
+    (child, lines, log)
+}
+
+/// Waits (30 s at most) for `child` to exit; whether it exited 0.
+fn exited_ok(child: &mut std::process::Child) -> bool {
+    let mut status = None;
+    until(Duration::from_secs(30), Duration::from_millis(50), || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    if status.is_none() {
+        let _ = child.kill();
+    }
+    status.is_some_and(|s| s.success())
+}
+
+#[test]
+fn signals_during_the_start_wait_for_it() {
+    require_root();
+    let bed = Bed::new("rls", 1);
+    let inst = "test-reload-start";
+    // Nothing answers at the backend: the first probe round waits 2 s.
+    let args = Bed::attach_args("dnat", inst, &[backend(0)]);
+    let path = bed::config_path(inst);
+    let text = std::fs::read_to_string(&path).unwrap()
+        + "\n[health]\ninterval = \"3s\"\ntimeout = \"2s\"\n";
+    std::fs::write(&path, &text).unwrap();
+    let lb = bed.ns("lb");
+
+    // SIGHUP (a reload) during the start: the daemon starts, then reloads.
+    let (mut child, lines, log) = signalled_in_start(&lb, &args, libc::SIGHUP);
+    let ready = lines
+        .recv_timeout(Duration::from_secs(60))
+        .unwrap_or_default();
+    assert!(ready.starts_with("ready"), "{ready:?}");
+    assert!(
+        until(Duration::from_secs(5), Duration::from_millis(50), || log
+            .lock()
+            .unwrap()
+            .contains("reload: ")),
+        "no reload in the log"
+    );
+    assert!(child.try_wait().unwrap().is_none(), "the daemon ended");
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(exited_ok(&mut child), "{}", log.lock().unwrap());
+
+    // SIGTERM during the start: it ends cleanly once started, nothing pinned
+    // left behind (no --persist).
+    let (mut child, _lines, log) = signalled_in_start(&lb, &args, libc::SIGTERM);
+    assert!(exited_ok(&mut child), "{}", log.lock().unwrap());
+    let pins = format!("/sys/fs/bpf/balancer/{inst}");
+    assert!(!std::path::Path::new(&pins).exists(), "{pins} left behind");
+}

@@ -1,13 +1,15 @@
 //! `balancer detach`
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use balancer::{
     control::{self, call, protocol::Detached, Request},
     kernel::remove_pins,
+    route::announced,
 };
 
 /// Stop the daemon and remove its programs, links, pins and socket. Works also
-/// when no daemon runs but a persisted data plane is still attached.
+/// when no daemon runs but a persisted data plane is still attached (its
+/// `[announce]` routes are then withdrawn too).
 #[derive(clap::Args)]
 pub struct Args {}
 
@@ -20,10 +22,19 @@ pub fn run(instance: &str, _a: Args) -> Result<()> {
         Err(e) if pins.exists() => eprintln!("{e:#}; removing the pinned data plane"),
         Err(e) => return Err(e),
     }
+    // A daemon withdraws its routes itself; one killed under --persist left
+    // them. Withdrawn first, as a daemon does: routers stop sending here
+    // before the data plane goes.
+    let withdrawn = announced::withdraw(instance);
     remove_pins(&pins)?;
     let _ = std::fs::remove_file(control::socket_path(instance));
+    for v in withdrawn.as_ref().ok().into_iter().flatten().flatten() {
+        println!("withdrew the announcement of {v}");
+    }
     println!("detached instance {instance}");
-    Ok(())
+    withdrawn
+        .map(|_| ())
+        .context("the data plane is detached, but its announcement routes stay (a routing daemon may still advertise this host)")
 }
 
 fn wait_for_exit(instance: &str) {

@@ -8,13 +8,15 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
+use super::threads::{self, Watched};
 use super::Daemon;
 use crate::model::{AdminState, Config};
 use crate::route::announce::{reconcile, Place};
+use crate::route::announced;
 
 /// After a failed write, try again this often.
 const RETRY: Duration = Duration::from_secs(1);
@@ -40,7 +42,7 @@ pub fn carried(c: &Config, down: &HashSet<SocketAddr>) -> BTreeMap<IpAddr, usize
 /// The writer thread and what it was last asked for.
 pub(super) struct Announcer {
     tx: Option<Sender<BTreeSet<IpAddr>>>,
-    thread: Option<JoinHandle<()>>,
+    thread: Option<Watched>,
     /// What was last decided, with the usable backends of each VIP.
     carried: BTreeMap<IpAddr, usize>,
     /// Whether the thread was given a set yet.
@@ -48,50 +50,62 @@ pub(super) struct Announcer {
 }
 
 impl Announcer {
-    pub(super) fn start(place: Place) -> Announcer {
+    /// `record`: where to keep what was written (`route::announced`).
+    pub(super) fn start(place: Place, record: PathBuf) -> Announcer {
         let (tx, rx) = channel::<BTreeSet<IpAddr>>();
-        let thread = std::thread::Builder::new()
-            .name("announce".into())
-            .spawn(move || {
-                let mut want: Option<BTreeSet<IpAddr>> = None;
-                let mut failed = false;
-                loop {
-                    let next = if failed {
-                        rx.recv_timeout(RETRY)
-                    } else {
-                        rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
-                    };
-                    match next {
-                        Ok(w) => want = Some(w),
-                        Err(RecvTimeoutError::Timeout) => {}
-                        Err(RecvTimeoutError::Disconnected) => return,
-                    }
-                    // Only the latest set counts.
-                    while let Ok(w) = rx.try_recv() {
-                        want = Some(w);
-                    }
-                    let Some(w) = want.as_ref() else { continue };
-                    match reconcile(w, place) {
-                        Ok(_) => failed = false,
-                        Err(e) => {
-                            if !failed {
-                                log::error!(
-                                    "announce: writing the routes of table {} (retrying every second): {e}",
-                                    place.table
-                                );
-                            }
-                            failed = true;
+        let thread = threads::spawn("announce", move || {
+            let mut want: Option<BTreeSet<IpAddr>> = None;
+            let mut failed = false;
+            loop {
+                let next = if failed {
+                    rx.recv_timeout(RETRY)
+                } else {
+                    rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
+                };
+                match next {
+                    Ok(w) => want = Some(w),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+                // Only the latest set counts.
+                while let Ok(w) = rx.try_recv() {
+                    want = Some(w);
+                }
+                let Some(w) = want.as_ref() else { continue };
+                match reconcile(w, place) {
+                    Ok(_) => {
+                        failed = false;
+                        if let Err(e) = announced::save(&record, place, w) {
+                            log::warn!(
+                                "announce: keeping {} (for a detach without daemon): {e}",
+                                record.display()
+                            );
                         }
                     }
+                    Err(e) => {
+                        if !failed {
+                            log::error!(
+                                "announce: writing the routes of table {} (retrying every second): {e}",
+                                place.table
+                            );
+                        }
+                        failed = true;
+                    }
                 }
-            })
-            .expect("spawning the announce thread");
+            }
+        })
+        .expect("spawning the announce thread");
         Announcer {
             tx: Some(tx),
             thread: Some(thread),
             carried: BTreeMap::new(),
             sent: false,
         }
+    }
+
+    /// Why the thread stopped, if it did by a panic.
+    pub(super) fn failure(&self) -> Option<String> {
+        self.thread.as_ref().and_then(Watched::failure)
     }
 
     /// Stops the thread after its last write; with `withdraw`, that write
@@ -106,7 +120,7 @@ impl Announcer {
             }
         }
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            t.join();
         }
     }
 }

@@ -13,6 +13,7 @@ mod notify;
 mod probes;
 mod socket;
 mod sync;
+mod threads;
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -80,9 +81,37 @@ pub fn parse_xdp_mode(s: &str) -> Result<XdpMode> {
     })
 }
 
+/// SIGTERM and SIGHUP, caught from the first moment: during the start (which
+/// can take seconds: loading, the first probe round) their default action
+/// would end the process, the pins of a run without `--persist` left behind
+/// and a reload lost. They wait, and are answered once the daemon serves.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn catch(rt: &tokio::runtime::Runtime) -> Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let _in = rt.enter();
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
 /// Runs until SIGINT/SIGTERM or `balancer detach`.
 pub fn run(opts: Options) -> Result<()> {
     control::check_instance(&opts.instance)?;
+    // `serve` runs on this thread, outside the runtime's workers: its blocking
+    // work (the grace period, fsync, `ip`) never holds up the connection tasks
+    // or the prober, which run on the workers.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let signals = Signals::catch(&rt)?;
     if opts.config.interfaces.is_empty() {
         bail!(ConfigError::NoInterfaces);
     }
@@ -154,14 +183,7 @@ pub fn run(opts: Options) -> Result<()> {
         warn_forwarding(config.services.iter().any(|s| s.vip.is_ipv4()));
     }
 
-    // `serve` runs on this thread, outside the runtime's workers: its blocking
-    // work (the grace period, fsync, `ip`) never holds up the connection tasks
-    // or the prober, which run on the workers.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let exit = rt.block_on(d.serve());
+    let exit = rt.block_on(d.serve(signals));
     notify::notify("STOPPING=1");
     // Without --persist, or on detach, the routing daemon stops announcing
     // this host before the data plane goes.
@@ -228,8 +250,8 @@ fn open_dataplane(opts: &Options, pins: &Path) -> Result<Dataplane> {
 }
 
 impl Daemon {
-    async fn serve(&mut self) -> Result<Exit> {
-        use tokio::signal::unix::{signal, SignalKind};
+    async fn serve(&mut self, signals: Signals) -> Result<Exit> {
+        let Signals { mut term, mut hup } = signals;
         let path = control::socket_path(&self.opts.instance);
         let mut jobs = socket::listen(&path)?;
         let _socket = RemoveOnDrop(path.clone());
@@ -240,10 +262,13 @@ impl Daemon {
         self.first_probe_round(&mut events).await?;
         let a = &self.dp.config().announce;
         if a.enabled {
-            self.announcer = Some(announce::Announcer::start(crate::route::announce::Place {
-                table: a.table,
-                protocol: a.protocol,
-            }));
+            self.announcer = Some(announce::Announcer::start(
+                crate::route::announce::Place {
+                    table: a.table,
+                    protocol: a.protocol,
+                },
+                crate::route::announced::path(&self.opts.instance),
+            ));
             self.update_announce();
         }
         if let Some(c) = self.dp.config().sync.clone() {
@@ -274,19 +299,18 @@ impl Daemon {
         };
         self.run_hooks();
 
-        let mut term = signal(SignalKind::terminate())?;
-        // SIGHUP re-reads the file, as systemd's ExecReload sends it.
-        let mut hup = signal(SignalKind::hangup())?;
         let mut routing = guard::watch();
         // Routes were looked up at start: changes from then on count.
         let mut follow_at: Option<tokio::time::Instant> = None;
         let mut expiry = tokio::time::interval(blocks::EXPIRY_CHECK);
+        let mut threads_check = tokio::time::interval(Duration::from_secs(1));
         loop {
             let follow = follow_at
                 .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => return Ok(Exit::Signal),
                 _ = term.recv() => return Ok(Exit::Signal),
+                // SIGHUP re-reads the file, as systemd's ExecReload sends it.
                 _ = hup.recv() => {
                     notify::notify("RELOADING=1");
                     match self.reload() {
@@ -315,6 +339,13 @@ impl Daemon {
                     self.follow_routes().await;
                 }
                 _ = expiry.tick() => self.expire_blocks(),
+                _ = threads_check.tick() => {
+                    let failed = self.syncer.as_ref().and_then(|s| s.failure())
+                        .or_else(|| self.announcer.as_ref().and_then(|a| a.failure()));
+                    if let Some(why) = failed {
+                        bail!("{why}; exiting, for a restart to bring it back");
+                    }
+                }
                 Some(job) = jobs.recv() => {
                     if self.answer(job).await {
                         return Ok(Exit::Detach);

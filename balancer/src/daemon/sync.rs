@@ -24,12 +24,12 @@ use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
 use balancer_common::maps::AffinityKey;
 
+use super::threads::{self, Watched};
 use super::Daemon;
 use crate::control::protocol::{PeerStatus, Peers as PeersReply, SyncTotals};
 use crate::kernel::affinity::{AffinityMaps, Events, Put};
@@ -73,7 +73,7 @@ pub(super) struct Syncer {
     listen: SocketAddr,
     shared: Arc<Shared>,
     stop: OwnedFd,
-    thread: Option<JoinHandle<()>>,
+    thread: Option<Watched>,
 }
 
 impl Syncer {
@@ -138,10 +138,8 @@ impl Syncer {
             c.listen,
             c.peers.len()
         );
-        let thread = std::thread::Builder::new()
-            .name("sync".into())
-            .spawn(move || w.run(wake))
-            .context("starting the sync thread")?;
+        let thread =
+            threads::spawn("sync", move || w.run(wake)).context("starting the sync thread")?;
         Ok(Syncer {
             listen: c.listen,
             shared,
@@ -152,11 +150,21 @@ impl Syncer {
 
     /// The services and backends the kernel serves now.
     pub(super) fn set_directory(&self, d: Directory) {
-        *self.shared.directory.write().unwrap() = d;
+        // Poisoned only by a panic of the thread, which ends the daemon.
+        *self
+            .shared
+            .directory
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = d;
+    }
+
+    /// Why the thread stopped, if it did by a panic.
+    pub(super) fn failure(&self) -> Option<String> {
+        self.thread.as_ref().and_then(Watched::failure)
     }
 
     pub(super) fn report(&self) -> PeersReply {
-        let s = self.shared.state.lock().unwrap();
+        let s = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         let mut totals = s.totals.clone();
         totals.not_a_peer = s.peers.unknown;
@@ -194,7 +202,7 @@ impl Drop for Syncer {
         let one: u64 = 1;
         unsafe { libc::write(self.stop.as_raw_fd(), (&one as *const u64).cast(), 8) };
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            t.join();
         }
     }
 }

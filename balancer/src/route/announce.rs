@@ -223,6 +223,21 @@ pub fn reconcile(want: &BTreeSet<IpAddr>, place: Place) -> io::Result<Changes> {
     Ok(c)
 }
 
+/// Removes the routes to `addrs` in `place` (those already gone count as
+/// removed); the others stay. What `balancer detach` does without a daemon.
+pub fn remove(addrs: &BTreeSet<IpAddr>, place: Place) -> io::Result<Vec<IpAddr>> {
+    let sock = open()?;
+    let mut done = Vec::new();
+    for (seq, a) in (1..).zip(addrs) {
+        match ask(&sock, &del_request(*a, place, seq), seq) {
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+            r => r?,
+        }
+        done.push(*a);
+    }
+    Ok(done)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
