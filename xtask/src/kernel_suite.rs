@@ -66,7 +66,7 @@ const UNSUPPORTED: &[Step] = &[(
     ],
 )];
 
-/// Longest a VM may run (the whole suite takes about 3 minutes per kernel).
+/// Longest a VM may run the suite once (it takes about 8 minutes per kernel).
 const TIMEOUT: Duration = Duration::from_secs(20 * 60);
 
 /// Runs the suite on `names` (all supported kernels when empty): the steps
@@ -123,7 +123,13 @@ pub fn run(names: &[String], only: &[String], repeat: u32) -> Result<()> {
             "\n=== kernel {} ({}, {}) under QEMU ===",
             p.name, p.package, p.release
         );
-        let out = vm::run(&p, &root, &list, &[("RUST_BACKTRACE", "1".into())], TIMEOUT)?;
+        let out = vm::run(
+            &p,
+            &root,
+            &list,
+            &[("RUST_BACKTRACE", "1".into())],
+            TIMEOUT * repeat.max(1),
+        )?;
         for (label, ok) in &out.steps {
             failed |= !ok;
             summary.push(format!(

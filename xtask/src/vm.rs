@@ -9,7 +9,7 @@
 //! has just patched: when the XDP program is replaced under traffic, the
 //! kernel patches `bpf_dispatcher_xdp_func` with `text_poke_bp` and the NAPI
 //! thread on the other CPU executes the temporary int3 after the patch is
-//! done, an oops and a panic (6.12, about one hitless-restart run in three).
+//! done, an oops and a panic (6.12, hitless restart; rare).
 //! Real CPUs serialise on the kernel's IPIs; the emulator's translated code
 //! does not always. `BALANCER_VM_ACCEL=tcg,thread=multi` brings it back.
 
