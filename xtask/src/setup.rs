@@ -6,9 +6,9 @@
 //! - bpf-linker 0.13.0 built against Debian's LLVM 22.
 //! - iproute2 and ethtool for the test bed; bpffs mounted.
 //! - The SIP peers and routing daemons the tests run themselves (sipp, Kamailio,
-//!   BIRD 2, keepalived, Prometheus). Nothing is left enabled or running on the host: apt
+//!   BIRD 2, FRR, keepalived, Prometheus). Nothing is left enabled or running on the host: apt
 //!   installs under a `policy-rc.d` that forbids starts, the services of what
-//!   it installed are disabled, and those of Kamailio, BIRD, keepalived and Prometheus are
+//!   it installed are disabled, and those of Kamailio, BIRD, FRR, keepalived and Prometheus are
 //!   disabled and stopped on every run, also when they were there before.
 //! - QEMU and what prepares Debian's kernel packages for the VM tests.
 
@@ -45,6 +45,9 @@ const TEST_PACKAGES: &[&str] = &[
     "bird2",
     // VRRP for the active/standby test (tests/ha.rs); disabled like BIRD.
     "keepalived",
+    // FRR running dist/announce/frr.conf (tests/frr.rs); disabled like BIRD,
+    // the test starts its own daemons.
+    "frr",
     // promtool and a Prometheus server for the metrics test (tests/metrics.rs);
     // disabled like BIRD, the test runs its own.
     "prometheus",
@@ -62,10 +65,12 @@ const TEST_PACKAGES: &[&str] = &[
 
 /// The daemons the tests run themselves, each in its own namespace: a system
 /// one is never wanted on a build or test host (Kamailio would answer SIP on
-/// every address, BIRD and keepalived would speak to the network), so their
+/// every address, BIRD, FRR and keepalived would speak to the network), so their
 /// services are disabled and stopped on every run of setup, also when they
 /// were installed before it. (package, service, the pid file its service
-/// writes, the process name that pid must have).
+/// writes, the process name that pid must have). FRR's service runs several
+/// processes and watchfrr, which restarts the others, exits alone on SIGTERM:
+/// one entry each, watchfrr first.
 const PEERS: &[(&str, &str, &str, &str)] = &[
     (
         "kamailio",
@@ -86,6 +91,11 @@ const PEERS: &[(&str, &str, &str, &str)] = &[
         "/run/prometheus/prometheus.pid",
         "prometheus",
     ),
+    ("frr", "frr", "/run/frr/watchfrr.pid", "watchfrr"),
+    ("frr", "frr", "/run/frr/zebra.pid", "zebra"),
+    ("frr", "frr", "/run/frr/staticd.pid", "staticd"),
+    ("frr", "frr", "/run/frr/bgpd.pid", "bgpd"),
+    ("frr", "frr", "/run/frr/bfdd.pid", "bfdd"),
 ];
 
 /// Packages of every Debian system whose services are the host's own
@@ -291,30 +301,35 @@ fn quiet_services(new: &[&str]) -> Result<()> {
         }
     }
     let mut left = Vec::new();
+    // A unit with several daemons (FRR's) comes once per daemon.
+    let mut disabled: Vec<String> = Vec::new();
     for (unit, daemon) in pending {
         let name = unit.rsplit_once('.').map(|(n, _)| n).unwrap_or(&unit);
         let running = daemon.and_then(|(pidfile, comm)| pid_alive(pidfile, comm));
         if !enabled(&unit) && !active(&unit) && running.is_none() {
             continue;
         }
-        say(&format!(
-            "disabling and stopping the {unit} the package installed (the tests start their own)"
-        ));
-        if systemd_runs() {
-            quiet(Command::new("systemctl").args(["disable", "--now", &unit]));
-        } else if have("systemctl") {
-            // Without systemd as init, `systemctl disable` still removes the unit's links.
-            quiet(Command::new("systemctl").args(["disable", &unit]));
-        }
-        if have("update-rc.d") && std::path::Path::new("/etc/init.d").join(name).exists() {
-            quiet(Command::new("update-rc.d").args([name, "disable"]));
+        if !disabled.contains(&unit) {
+            say(&format!(
+                "disabling and stopping the {unit} the package installed (the tests start their own)"
+            ));
+            if systemd_runs() {
+                quiet(Command::new("systemctl").args(["disable", "--now", &unit]));
+            } else if have("systemctl") {
+                // Without systemd as init, `systemctl disable` still removes the unit's links.
+                quiet(Command::new("systemctl").args(["disable", &unit]));
+            }
+            if have("update-rc.d") && std::path::Path::new("/etc/init.d").join(name).exists() {
+                quiet(Command::new("update-rc.d").args([name, "disable"]));
+            }
+            disabled.push(unit.clone());
         }
         // Where systemd does not run, an init script (or `invoke-rc.d`) may
         // have started it: stop it by its pid file, never by name, which
         // would hit the tests' own daemons.
         if let (Some(pid), Some((pidfile, comm))) = (running, daemon) {
             say(&format!(
-                "stopping the {name} its service started (pid {pid})"
+                "stopping the {comm} the {name} service started (pid {pid})"
             ));
             unsafe { libc::kill(pid, libc::SIGTERM) };
             let t0 = std::time::Instant::now();
@@ -325,7 +340,7 @@ fn quiet_services(new: &[&str]) -> Result<()> {
             }
         }
         let still_running = daemon.and_then(|(pidfile, comm)| pid_alive(pidfile, comm));
-        if enabled(&unit) || active(&unit) || still_running.is_some() {
+        if (enabled(&unit) || active(&unit) || still_running.is_some()) && !left.contains(&unit) {
             left.push(unit);
         }
     }

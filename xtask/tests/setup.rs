@@ -17,12 +17,17 @@ const XTASK: &str = env!("CARGO_BIN_EXE_xtask");
 const KAMAILIO_PID: &str = "/run/kamailio/kamailio.pid";
 
 /// Pid files the Debian packages' init scripts and units write (the units of
-/// BIRD and keepalived name none, their init scripts do).
+/// BIRD and keepalived name none, their init scripts do; FRR's names only
+/// watchfrr's, not those of the daemons it starts).
 const KNOWN_PIDFILES: &[(&str, &str)] = &[
     ("kamailio", KAMAILIO_PID),
     ("bird", "/run/bird/bird.pid"),
     ("keepalived", "/run/keepalived.pid"),
     ("prometheus", "/run/prometheus/prometheus.pid"),
+    ("frr", "/run/frr/zebra.pid"),
+    ("frr", "/run/frr/staticd.pid"),
+    ("frr", "/run/frr/bgpd.pid"),
+    ("frr", "/run/frr/bfdd.pid"),
 ];
 
 fn sh(cmd: &str) -> bool {
