@@ -104,7 +104,7 @@ pub fn tools_present(tools: &[&str]) -> bool {
         return true;
     }
     let msg = format!(
-        "missing {} (cargo xtask setup installs bird2, keepalived and sip-tester)",
+        "missing {} (cargo xtask setup installs bird2, frr, keepalived and sip-tester)",
         missing.join(", ")
     );
     assert!(std::env::var_os("CI").is_none(), "{msg}");
@@ -968,7 +968,7 @@ pub fn dist_example(name: &str, edits: &[(&str, &str)]) -> String {
     for (from, to) in edits {
         assert!(
             text.contains(from),
-            "{path} no longer has {from:?}: update test-support/src/ha.rs"
+            "{path} no longer has {from:?}: update the test that runs it"
         );
         text = text.replace(from, to);
     }
