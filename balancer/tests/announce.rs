@@ -1,5 +1,5 @@
 //! `[announce]` end to end: the daemon in the bed's balancer namespace writes
-//! `blackhole VIP/32 table 252 proto 252` while the VIP has a usable backend,
+//! `blackhole VIP/32 table 251 proto 252` while the VIP has a usable backend,
 //! withdraws it when none is (health down, admin disabled), keeps it across a
 //! `--persist` restart, removes it on `detach` (also when the daemon was
 //! killed and only its data plane runs); a real BIRD 2 learns it.
@@ -27,7 +27,7 @@ fn backend(i: usize) -> String {
 /// it: `ip` then fails with "FIB table does not exist").
 fn routes(ns: &str) -> String {
     sh_out(&format!(
-        "ip -n {ns} route show table 252 proto 252 2>/dev/null || true"
+        "ip -n {ns} route show table 251 proto 252 2>/dev/null || true"
     ))
 }
 
@@ -157,7 +157,7 @@ fn the_vip_route_follows_usable_backends() {
     assert!(!std::path::Path::new(&record).exists(), "{record} left");
 }
 
-/// BIRD 2 in the balancer's namespace, learning table 252.
+/// BIRD 2 in the balancer's namespace, learning table 251.
 struct Bird {
     child: Child,
     socket: String,
@@ -174,7 +174,7 @@ impl Bird {
             &conf,
             "router id 10.0.1.1;\n\
              protocol device {}\n\
-             protocol kernel balancer {\n  kernel table 252;\n  learn;\n  scan time 1;\n  \
+             protocol kernel balancer {\n  kernel table 251;\n  learn;\n  scan time 1;\n  \
              ipv4 { import all; export none; };\n}\n",
         )
         .unwrap();

@@ -23,7 +23,7 @@ use balancer_test_support::netns::{require_root, sh, sh_out};
 /// The bed's prefix and the balancer instance's name: `Bed`'s cleanup then
 /// removes the instance's configuration and pins too.
 const NAME: &str = "test-frr";
-/// The table the example tells the balancer to write its routes in.
+/// The table the example imports: `[announce]`'s default.
 const TABLE: u32 = 251;
 /// Where Debian's package puts FRR's daemons.
 const FRR_DAEMONS: &str = "/usr/lib/frr";
@@ -372,8 +372,8 @@ fn frr_announces_the_vip_with_bfd() {
     let backend = format!("{}:5060", bed::backend_ip(0));
 
     // The example as shipped, for the bed's addresses. What the bed takes
-    // from it as it is must still be there: the table, which its comment
-    // tells the balancer to use too, and the AS numbers the router peers with.
+    // from it as it is must still be there: the table (the balancer's default,
+    // which the daemon below keeps) and the AS numbers the router peers with.
     let conf = ha::dist_example(
         "frr.conf",
         &[("192.0.2.254", CLIENT), ("192.0.2.1", LB_CLIENT_SIDE)],
@@ -381,7 +381,6 @@ fn frr_announces_the_vip_with_bfd() {
     for kept in [
         format!("ip import-table {TABLE}\n"),
         format!("redistribute table {TABLE} "),
-        format!("`table = {TABLE}`"),
         "router bgp 65001\n".into(),
         "remote-as 65000\n".into(),
     ] {
@@ -395,7 +394,7 @@ fn frr_announces_the_vip_with_bfd() {
     let args = Bed::attach_args("dnat", NAME, std::slice::from_ref(&backend));
     let path = bed::config_path(NAME);
     let text = std::fs::read_to_string(&path).unwrap()
-        + &format!("\n[health]\nenabled = false\n\n[announce]\nenabled = true\ntable = {TABLE}\n");
+        + &format!("\n[health]\nenabled = false\n\n[announce]\nenabled = true\n");
     std::fs::write(&path, text).unwrap();
     let d = Daemon::start(&lb, &args);
     let written = || {

@@ -847,7 +847,7 @@ impl HaBed {
         for i in 0..self.balancers {
             let lb = self.balancer_ns(i);
             cmds.push(format!("ip -n {lb} -br addr"));
-            cmds.push(format!("ip -n {lb} route show table 252"));
+            cmds.push(format!("ip -n {lb} route show table 251"));
         }
         let mut out = String::new();
         for c in cmds {

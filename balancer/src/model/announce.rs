@@ -4,7 +4,7 @@
 //! ```toml
 //! [announce]
 //! enabled = true
-//! table = 252      # routing table of the announcement routes
+//! table = 251      # routing table of the announcement routes
 //! protocol = 252   # their route protocol number (`ip route` shows `proto 252`)
 //! ```
 
@@ -13,8 +13,9 @@ use serde::{Deserialize, Serialize};
 use super::ConfigError;
 
 /// Default table of the announcement routes: one no rule points to, so the
-/// main table's forwarding is untouched.
-pub const ANNOUNCE_TABLE: u32 = 252;
+/// main table's forwarding is untouched, and one that both BIRD and FRR
+/// import (FRR refuses 252, Linux's `RT_TABLE_COMPAT`).
+pub const ANNOUNCE_TABLE: u32 = 251;
 /// Default route protocol number of the announcement routes: unassigned in
 /// `/etc/iproute2/rt_protos` (zebra is 11, bird 12, bgp 186), so a routing
 /// daemon can match on it.
@@ -53,12 +54,12 @@ impl AnnounceConfig {
         *self == AnnounceConfig::default()
     }
 
-    /// Not the kernel's own tables (unspec 0, default 253, main 254, local
-    /// 255), nor a protocol number the kernel or a routing daemon uses for its
+    /// Not the kernel's own tables (unspec 0, compat 252, default 253, main
+    /// 254, local 255: FRR will not import 252), nor a protocol number the kernel or a routing daemon uses for its
     /// own routes (0 to 4: unspec, redirect, kernel, boot, static; zebra 11,
     /// bird 12, bgp 186 and the other FRR numbers 187 to 196).
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if matches!(self.table, 0 | 253..=255) {
+        if matches!(self.table, 0 | 252..=255) {
             return Err(ConfigError::AnnounceTable(self.table));
         }
         if matches!(self.protocol, 0..=4 | 11 | 12 | 186..=196) {
@@ -91,6 +92,7 @@ mod tests {
         for (text, want) in [
             ("table = 254", ConfigError::AnnounceTable(254)),
             ("table = 0", ConfigError::AnnounceTable(0)),
+            ("table = 252", ConfigError::AnnounceTable(252)),
             ("protocol = 12", ConfigError::AnnounceProtocol(12)),
             ("protocol = 4", ConfigError::AnnounceProtocol(4)),
         ] {

@@ -13,7 +13,7 @@ use ipnet::IpNet;
 pub enum ConfigError {
     #[error("{0}")]
     Syntax(String),
-    #[error("[announce] table {0}: not one of the kernel's own (0, 253, 254, 255)")]
+    #[error("[announce] table {0}: not one of the kernel's own (0, 252-255)")]
     AnnounceTable(u32),
     #[error(
         "[announce] protocol {0}: taken by the kernel (0-4) or a routing daemon (11, 12, 186-196)"

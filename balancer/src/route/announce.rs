@@ -243,7 +243,7 @@ mod tests {
     use super::*;
 
     const PLACE: Place = Place {
-        table: 252,
+        table: 251,
         protocol: 252,
     };
 
@@ -263,7 +263,7 @@ mod tests {
                 32,
                 0,
                 0,
-                252,
+                251,
                 252,
                 0,
                 libc::RTN_BLACKHOLE
@@ -305,7 +305,7 @@ mod tests {
             let listed = list(PLACE).unwrap();
             let again = reconcile(&both, PLACE).unwrap();
             let other = list(Place {
-                table: 252,
+                table: 251,
                 protocol: 251,
             })
             .unwrap();
