@@ -394,7 +394,7 @@ fn frr_announces_the_vip_with_bfd() {
     let args = Bed::attach_args("dnat", NAME, std::slice::from_ref(&backend));
     let path = bed::config_path(NAME);
     let text = std::fs::read_to_string(&path).unwrap()
-        + &format!("\n[health]\nenabled = false\n\n[announce]\nenabled = true\n");
+        + "\n[health]\nenabled = false\n\n[announce]\nenabled = true\n";
     std::fs::write(&path, text).unwrap();
     let d = Daemon::start(&lb, &args);
     let written = || {

@@ -6,10 +6,11 @@
 //! - bpf-linker 0.13.0 built against Debian's LLVM 22.
 //! - iproute2 and ethtool for the test bed; bpffs mounted.
 //! - The SIP peers and routing daemons the tests run themselves (sipp, Kamailio,
-//!   BIRD 2, FRR, keepalived, Prometheus). Nothing is left enabled or running on the host: apt
-//!   installs under a `policy-rc.d` that forbids starts, the services of what
-//!   it installed are disabled, and those of Kamailio, BIRD, FRR, keepalived and Prometheus are
-//!   disabled and stopped on every run, also when they were there before.
+//!   BIRD 2, FRR, keepalived, Prometheus). Nothing is left enabled or running
+//!   on the host: apt installs under a `policy-rc.d` that forbids starts, the
+//!   units of what it installed (dependencies included) are disabled, and
+//!   those of Kamailio, BIRD, FRR, keepalived and Prometheus are disabled and
+//!   stopped on every run, also when they were there before.
 //! - QEMU and what prepares Debian's kernel packages for the VM tests.
 
 use std::process::{Command, Stdio};
@@ -192,14 +193,30 @@ fn installed(pkg: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Every package dpkg has installed.
+fn installed_now() -> std::collections::BTreeSet<String> {
+    let out = Command::new("dpkg-query")
+        .args(["-W", "-f=${Package} ${Status}\n"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    out.lines()
+        .filter(|l| l.ends_with(" install ok installed"))
+        .filter_map(|l| l.split(' ').next())
+        .map(str::to_string)
+        .collect()
+}
+
 /// Installs what is missing, with no service started meanwhile; returns what
-/// it installed.
-fn apt(packages: &[&'static str]) -> Result<Vec<&'static str>> {
+/// it installed, the dependencies apt chose included (installing FRR brings
+/// `logrotate` and its enabled timer, for one).
+fn apt(packages: &[&'static str]) -> Result<Vec<String>> {
     let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
     if missing.is_empty() {
         say("Debian packages present");
-        return Ok(missing);
+        return Ok(Vec::new());
     }
+    let before = installed_now();
     say(&format!(
         "installing Debian packages (no service started): {}",
         missing.join(" ")
@@ -212,7 +229,7 @@ fn apt(packages: &[&'static str]) -> Result<Vec<&'static str>> {
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )?;
-    Ok(missing)
+    Ok(installed_now().difference(&before).cloned().collect())
 }
 
 /// `policy-rc.d` forbidding every start while it lives (see [`POLICY_RC_D`]).
@@ -286,10 +303,10 @@ pub fn services_of(pkg: &str) -> Vec<String> {
 
 /// Disables (and stops) the services of every package installed just now,
 /// and those of the test peers ([`PEERS`]) whenever they are enabled or run.
-fn quiet_services(new: &[&str]) -> Result<()> {
+fn quiet_services(new: &[String]) -> Result<()> {
     let mut pending = Vec::new();
     for pkg in new {
-        if !PEERS.iter().any(|p| p.0 == *pkg) {
+        if !PEERS.iter().any(|p| p.0 == pkg.as_str()) {
             for unit in services_of(pkg) {
                 pending.push((unit, None));
             }
