@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use balancer_test_support::bed::{self, Bed, CLIENT, LB_CLIENT_SIDE, VIP};
 use balancer_test_support::daemon::{cli_ok, Daemon};
 use balancer_test_support::ha;
-use balancer_test_support::netns::{require_root, sh, sh_out};
+use balancer_test_support::netns::{self, require_root, sh, sh_out};
 
 /// The bed's prefix and the balancer instance's name: `Bed`'s cleanup then
 /// removes the instance's configuration and pins too.
@@ -67,17 +67,7 @@ impl Proc {
             .append(true)
             .open(&log)
             .expect("log file");
-        let err = out.try_clone().unwrap();
-        // nsenter --net execs the program: the child's pid is the daemon's.
-        let child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{ns}"))
-            .arg("--")
-            .args(argv)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {name} ({argv:?}): {e}"));
+        let child = netns::spawn_logged(ns, name, argv, out);
         Proc {
             child,
             name: name.to_string(),

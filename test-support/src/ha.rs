@@ -124,16 +124,7 @@ struct Proc {
 impl Proc {
     fn spawn(ns: &str, name: &str, argv: &[String], log: &PathBuf) -> Proc {
         let out = std::fs::File::create(log).expect("log file");
-        let err = out.try_clone().unwrap();
-        let child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{ns}"))
-            .arg("--")
-            .args(argv)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {name} ({argv:?}): {e}"));
+        let child = crate::netns::spawn_logged(ns, name, argv, out);
         Proc {
             child: Some(child),
             name: name.to_string(),

@@ -21,6 +21,27 @@ pub fn sh_out(cmd: &str) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// `argv` run in the network namespace `ns` (`nsenter --net`, which execs
+/// it: the child's pid is the program's), its stdout and stderr into `log`.
+/// `name` is for the panic message if it cannot be started.
+pub fn spawn_logged(
+    ns: &str,
+    name: &str,
+    argv: &[String],
+    log: std::fs::File,
+) -> std::process::Child {
+    let err = log.try_clone().expect("log file");
+    Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{ns}"))
+        .arg("--")
+        .args(argv)
+        .stdin(std::process::Stdio::null())
+        .stdout(log)
+        .stderr(err)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {name} ({argv:?}): {e}"))
+}
+
 pub fn require_root() {
     assert!(
         unsafe { libc::geteuid() } == 0,
